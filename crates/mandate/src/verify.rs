@@ -315,6 +315,15 @@ pub trait KeyResolver: Send + Sync {
     ) -> impl Future<Output = Result<Arc<KeyRecord>, ResolveError>> + Send;
 }
 
+impl<T: KeyResolver + ?Sized> KeyResolver for Arc<T> {
+    fn resolve(
+        &self,
+        kid: &Kid,
+    ) -> impl Future<Output = Result<Arc<KeyRecord>, ResolveError>> + Send {
+        (**self).resolve(kid)
+    }
+}
+
 /// The replay set's key for one mandate: SHA-256 over the length-prefixed `iss` and the `jti`,
 /// in hex. Keyed on `(iss, jti)`, never on the token bytes: a high-S twin of a signature, or
 /// a re-encoded token, is the same mandate.
@@ -369,6 +378,17 @@ pub trait ReplayGuard: Send + Sync {
         until_unix: i64,
         now_unix: i64,
     ) -> impl Future<Output = Result<(), ReplayError>> + Send;
+}
+
+impl<T: ReplayGuard + ?Sized> ReplayGuard for Arc<T> {
+    fn consume(
+        &self,
+        key: &ReplayKey,
+        until_unix: i64,
+        now_unix: i64,
+    ) -> impl Future<Output = Result<(), ReplayError>> + Send {
+        (**self).consume(key, until_unix, now_unix)
+    }
 }
 
 /// The verifier's settings.
