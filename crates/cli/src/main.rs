@@ -1,1 +1,318 @@
-fn main() {}
+//! `ap2`: cart hashes, keys, and minting and verifying intent mandates offline.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use ap2_mandate::memory::{MemoryKeys, MemoryReplayGuard};
+use ap2_mandate::{
+    AgentId, Cart, Clock, Consume, EcPublicKey, FixedClock, IntentMandate, Jti, KeyRecord,
+    KeyStatus, LocalSigner, MerchantId, Money, Presentation, Signer, SystemClock, Verifier,
+    VerifierConfig,
+};
+use clap::{Parser, Subcommand};
+
+/// AP2 intent mandates from the command line.
+#[derive(Parser)]
+#[command(name = "ap2", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the cart_hash of a SPEC §3 cart (JSON from FILE, or standard input).
+    CartHash {
+        /// The cart's JSON file; `-` or nothing for standard input.
+        file: Option<PathBuf>,
+        /// Print the RFC 8785 canonical bytes the hash is taken over instead of the hash.
+        #[arg(long)]
+        canonical: bool,
+    },
+    /// Generate a P-256 key: write the private key as PKCS#8 PEM (mode 0600), print the
+    /// public JWK with its RFC 7638 thumbprint as kid.
+    Keygen {
+        /// Where to write the private key.
+        #[arg(long)]
+        out: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Mint an intent mandate for a cart, signed with a PKCS#8 PEM key.
+    Mint {
+        /// The private key (PKCS#8 PEM).
+        #[arg(long)]
+        key: PathBuf,
+        /// The kid to put in the header (default: the key's RFC 7638 thumbprint).
+        #[arg(long)]
+        kid: Option<String>,
+        /// The wallet (`iss`).
+        #[arg(long)]
+        iss: String,
+        /// The user (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// The agent allowed to present it.
+        #[arg(long)]
+        agent: String,
+        /// The cart's JSON file.
+        #[arg(long)]
+        cart: PathBuf,
+        /// The ceiling as a decimal string (default: the cart's total).
+        #[arg(long)]
+        max_amount: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 300)]
+        ttl: i64,
+        /// The token id (default: 128 random bits).
+        #[arg(long)]
+        jti: Option<String>,
+        /// Issue as of this Unix time (default: now).
+        #[arg(long)]
+        now: Option<i64>,
+    },
+    /// Verify a mandate (SPEC §4) against a public JWK, a cart and an agent. Prints the
+    /// claims; on refusal prints the problem code and exits with status 1.
+    Verify {
+        /// The token; `-` or nothing for standard input.
+        token: Option<String>,
+        /// The signer's public JWK (JSON file).
+        #[arg(long)]
+        jwk: PathBuf,
+        /// The issuer registered for the key.
+        #[arg(long)]
+        iss: String,
+        /// The subject registered for the key.
+        #[arg(long)]
+        sub: String,
+        /// The presenting agent.
+        #[arg(long)]
+        agent: String,
+        /// The merchant's cart (JSON file).
+        #[arg(long)]
+        cart: PathBuf,
+        /// This merchant's id (default: the cart's merchant_id).
+        #[arg(long)]
+        audience: Option<String>,
+        /// Verify as of this Unix time (default: now).
+        #[arg(long)]
+        now: Option<i64>,
+        /// Clock leeway in seconds.
+        #[arg(long, default_value_t = ap2_mandate::verify::DEFAULT_LEEWAY_SECS)]
+        leeway: i64,
+        /// Longest accepted lifetime in seconds.
+        #[arg(long, default_value_t = ap2_mandate::verify::DEFAULT_MAX_LIFETIME_SECS)]
+        max_lifetime: i64,
+    },
+}
+
+/// Exit status for a mandate that was refused (as opposed to a usage or I/O error).
+const REFUSED: u8 = 1;
+const FAILED: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("ap2: {err:#}");
+            ExitCode::from(FAILED)
+        }
+    }
+}
+
+fn run(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::CartHash { file, canonical } => {
+            let text = read_input(file.as_deref())?;
+            let mut out = std::io::stdout().lock();
+            for cart in carts_in(&text)? {
+                if canonical {
+                    out.write_all(&cart.canonical_json()?)?;
+                    writeln!(out)?;
+                } else {
+                    writeln!(out, "{}", cart.hash())?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keygen { out, force } => keygen(&out, force),
+        Command::Mint {
+            key,
+            kid,
+            iss,
+            sub,
+            agent,
+            cart,
+            max_amount,
+            ttl,
+            jti,
+            now,
+        } => {
+            let pem = std::fs::read_to_string(&key)
+                .with_context(|| format!("reading {}", key.display()))?;
+            let kid = kid.map(|k| ap2_mandate::Kid::parse(&k)).transpose()?;
+            let signer = LocalSigner::from_pkcs8_pem(&pem, kid)
+                .with_context(|| format!("loading {}", key.display()))?;
+            let cart = read_cart(Some(&cart))?;
+            let max_amount = match max_amount {
+                Some(text) => Money::parse(&text, cart.currency())
+                    .with_context(|| format!("--max-amount {text:?}"))?,
+                None => cart.total(),
+            };
+            let iat = now.unwrap_or_else(|| SystemClock.now_unix());
+            let claims = IntentMandate {
+                iss,
+                sub,
+                aud: cart.merchant_id().clone(),
+                iat,
+                nbf: None,
+                exp: iat.checked_add(ttl).context("--ttl overflows")?,
+                jti: match jti {
+                    Some(jti) => Jti::parse(&jti)?,
+                    None => Jti::random()?,
+                },
+                scope: ap2_mandate::Ap2Scope {
+                    max_amount,
+                    cart_hash: cart.hash().clone(),
+                    allow_agent_id: AgentId::parse(&agent).context("--agent")?,
+                },
+            };
+            println!("{}", ap2_mandate::mint(&signer, &claims)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify {
+            token,
+            jwk,
+            iss,
+            sub,
+            agent,
+            cart,
+            audience,
+            now,
+            leeway,
+            max_lifetime,
+        } => {
+            let token = match token.as_deref() {
+                None | Some("-") => read_input(None)?,
+                Some(token) => token.to_owned(),
+            };
+            let jwk_text = std::fs::read_to_string(&jwk)
+                .with_context(|| format!("reading {}", jwk.display()))?;
+            let jwk_value: serde_json::Value =
+                serde_json::from_str(&jwk_text).context("the JWK is not JSON")?;
+            let (public, kid) = EcPublicKey::from_jwk(&jwk_value).context("the JWK")?;
+            let kid = kid.unwrap_or_else(|| public.thumbprint());
+            let cart = read_cart(Some(&cart))?;
+            let audience = match audience {
+                Some(a) => MerchantId::parse(&a).context("--audience")?,
+                None => cart.merchant_id().clone(),
+            };
+            let keys = MemoryKeys::new();
+            keys.insert(KeyRecord {
+                kid,
+                issuer: iss,
+                subject: sub,
+                status: KeyStatus::Active,
+                key: public.verification_key()?,
+            });
+            let mut config = VerifierConfig::new(audience);
+            config.leeway_secs = leeway;
+            config.max_lifetime_secs = max_lifetime;
+            let clock = FixedClock(now.unwrap_or_else(|| SystemClock.now_unix()));
+            let verifier = Verifier::new(config, keys, MemoryReplayGuard::new(), clock);
+            let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+            let presentation = Presentation {
+                token: token.trim(),
+                agent_id: &agent,
+                cart: &cart,
+            };
+            match runtime.block_on(verifier.verify(&presentation, Consume::No)) {
+                Ok(verified) => {
+                    println!("{}", serde_json::to_string_pretty(&verified.claims)?);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(refusal) => {
+                    eprintln!("refused: {}: {refusal}", refusal.code());
+                    Ok(ExitCode::from(REFUSED))
+                }
+            }
+        }
+    }
+}
+
+fn keygen(out: &Path, force: bool) -> Result<ExitCode> {
+    let signer = LocalSigner::generate()?;
+    let pem = signer.to_pkcs8_pem()?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true);
+    if force {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(out)
+        .with_context(|| format!("creating {} (use --force to overwrite)", out.display()))?;
+    file.write_all(pem.as_bytes())?;
+    file.sync_all()?;
+    let jwk = signer.public_key().to_jwk(signer.kid());
+    println!("{}", serde_json::to_string_pretty(&jwk)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_input(file: Option<&Path>) -> Result<String> {
+    match file {
+        Some(path) if path != Path::new("-") => {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+        }
+        _ => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("reading standard input")?;
+            Ok(text)
+        }
+    }
+}
+
+fn read_cart(file: Option<&Path>) -> Result<Cart> {
+    parse_cart(read_input(file)?.as_bytes())
+}
+
+fn parse_cart(json: &[u8]) -> Result<Cart> {
+    match Cart::from_json(json) {
+        Ok(cart) => Ok(cart),
+        Err(err) => bail!("the cart is refused: {err}"),
+    }
+}
+
+/// One cart, or a JSON array of carts or of test vectors (`{"cart": …}`), in order.
+fn carts_in(text: &str) -> Result<Vec<Cart>> {
+    #[derive(serde::Deserialize)]
+    struct Vector<'a> {
+        #[serde(borrow)]
+        cart: &'a serde_json::value::RawValue,
+    }
+    if !text.trim_start().starts_with('[') {
+        return Ok(vec![parse_cart(text.as_bytes())?]);
+    }
+    let items: Vec<&serde_json::value::RawValue> =
+        serde_json::from_str(text).context("the input is not a JSON array")?;
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let json = match serde_json::from_str::<Vector<'_>>(item.get()) {
+                Ok(vector) => vector.cart.get(),
+                Err(_) => item.get(),
+            };
+            parse_cart(json.as_bytes()).with_context(|| format!("cart #{}", i + 1))
+        })
+        .collect()
+}

@@ -1,0 +1,227 @@
+//! The `ap2` binary, run as a process.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+const CART_VECTORS: &str = "../mandate/tests/vectors/cart_vectors.json";
+const JWT_VECTOR: &str = "../mandate/tests/vectors/jwt_vector.json";
+
+fn ap2(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ap2"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap()
+}
+
+fn ap2_stdin(args: &[&str], input: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ap2"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8(out.stderr.clone()).unwrap()
+}
+
+fn vectors() -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(CART_VECTORS);
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn cart_hash_prints_the_published_hashes_of_the_vector_file() {
+    let out = ap2(&["cart-hash", CART_VECTORS]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let expected: Vec<String> = vectors()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["cart_hash"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(stdout(&out).lines().collect::<Vec<_>>(), expected);
+}
+
+#[test]
+fn cart_hash_reads_one_cart_from_standard_input_and_prints_its_canonical_form() {
+    let v = &vectors()[2];
+    let out = ap2_stdin(&["cart-hash", "-"], &v["cart"].to_string());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim_end(), v["cart_hash"].as_str().unwrap());
+    let out = ap2_stdin(&["cart-hash", "--canonical"], &v["cart"].to_string());
+    assert_eq!(
+        stdout(&out).trim_end_matches('\n'),
+        v["canonical"].as_str().unwrap()
+    );
+}
+
+#[test]
+fn cart_hash_refuses_a_bad_cart_with_a_clear_error() {
+    let mut cart = vectors()[0]["cart"].clone();
+    cart["total"] = serde_json::json!(1);
+    let out = ap2_stdin(&["cart-hash"], &cart.to_string());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("total 1 is not the sum"),
+        "{}",
+        stderr(&out)
+    );
+    let out = ap2(&["cart-hash", "no-such-file.json"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("no-such-file.json"));
+}
+
+#[test]
+fn keygen_mint_verify_round_trip_and_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("user.pem");
+    let key = key.to_str().unwrap();
+    let out = ap2(&["keygen", "--out", key]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let jwk: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(jwk["crv"], "P-256");
+    assert!(jwk.get("d").is_none(), "the private key is never printed");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // keygen does not overwrite by accident.
+    assert_eq!(ap2(&["keygen", "--out", key]).status.code(), Some(2));
+
+    let jwk_path = dir.path().join("user.jwk");
+    std::fs::write(&jwk_path, jwk.to_string()).unwrap();
+    let cart_path = dir.path().join("cart.json");
+    std::fs::write(&cart_path, vectors()[0]["cart"].to_string()).unwrap();
+    let (jwk_path, cart_path) = (jwk_path.to_str().unwrap(), cart_path.to_str().unwrap());
+
+    let out = ap2(&[
+        "mint",
+        "--key",
+        key,
+        "--iss",
+        "https://wallet.example",
+        "--sub",
+        "user-123",
+        "--agent",
+        "agent-7",
+        "--cart",
+        cart_path,
+        "--now",
+        "1798761600",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let token = stdout(&out).trim().to_owned();
+
+    let verify = |agent: &str, now: &str| {
+        ap2(&[
+            "verify",
+            &token,
+            "--jwk",
+            jwk_path,
+            "--iss",
+            "https://wallet.example",
+            "--sub",
+            "user-123",
+            "--agent",
+            agent,
+            "--cart",
+            cart_path,
+            "--now",
+            now,
+        ])
+    };
+    let out = verify("agent-7", "1798761700");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let claims: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(claims["ap2_scope"]["max_amount"], "89.99");
+    assert_eq!(claims["aud"], "acme-corp");
+
+    let out = verify("agent-8", "1798761700");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("mandate_agent_mismatch"),
+        "{}",
+        stderr(&out)
+    );
+    let out = verify("agent-7", "1798762000");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("mandate_expired"));
+}
+
+#[test]
+fn verify_accepts_the_vector_token_from_standard_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(JWT_VECTOR)).unwrap(),
+    )
+    .unwrap();
+    let jwk = dir.path().join("jwk.json");
+    std::fs::write(&jwk, v["jwk"].to_string()).unwrap();
+    let out = ap2_stdin(
+        &[
+            "verify",
+            "--jwk",
+            jwk.to_str().unwrap(),
+            "--iss",
+            "https://wallet.example",
+            "--sub",
+            "user-123",
+            "--agent",
+            "agent-7",
+            "--cart",
+            "../mandate/tests/vectors/cart_v1.json",
+            "--now",
+            "1798761700",
+        ],
+        v["token"].as_str().unwrap(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn mint_refuses_a_bad_max_amount() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k.pem");
+    assert!(
+        ap2(&["keygen", "--out", key.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let out = ap2(&[
+        "mint",
+        "--key",
+        key.to_str().unwrap(),
+        "--iss",
+        "i",
+        "--sub",
+        "s",
+        "--agent",
+        "a",
+        "--cart",
+        "../mandate/tests/vectors/cart_v1.json",
+        "--max-amount",
+        "89.9",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--max-amount"), "{}", stderr(&out));
+}
