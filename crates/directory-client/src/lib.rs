@@ -1,0 +1,321 @@
+//! The key directory's client. As a [`KeyResolver`] it keeps keys in a cache: a fresh entry
+//! is served from memory, concurrent misses for one kid make one upstream request, unknown
+//! kids are remembered briefly, and once an entry is stale an unreachable directory is an
+//! error (`key_directory_unavailable`), never an accept. Each key is parsed once, when it is
+//! fetched. The wallet uses the same client to register and revoke keys.
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ap2_mandate::{EcPublicKey, KeyRecord, KeyResolver, KeyStatus, Kid, ResolveError};
+use moka::Expiry;
+use moka::future::Cache;
+use reqwest::StatusCode;
+use reqwest::header::CACHE_CONTROL;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Cache and network settings.
+#[derive(Debug, Clone)]
+pub struct DirectoryClientConfig {
+    /// Longest a key is served from memory; a shorter `max-age` from the directory wins.
+    pub fresh_for: Duration,
+    /// How long an unknown kid is remembered as unknown.
+    pub unknown_for: Duration,
+    /// Timeout of one request to the directory, connection included.
+    pub timeout: Duration,
+    /// Most entries kept.
+    pub max_entries: u64,
+}
+
+impl Default for DirectoryClientConfig {
+    fn default() -> Self {
+        Self {
+            fresh_for: Duration::from_secs(60),
+            unknown_for: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            max_entries: 100_000,
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Entry {
+    Found {
+        record: Arc<KeyRecord>,
+        ttl: Duration,
+    },
+    Unknown {
+        ttl: Duration,
+    },
+}
+
+struct EntryExpiry;
+
+impl Expiry<Kid, Entry> for EntryExpiry {
+    fn expire_after_create(&self, _: &Kid, entry: &Entry, _: Instant) -> Option<Duration> {
+        Some(match entry {
+            Entry::Found { ttl, .. } | Entry::Unknown { ttl } => *ttl,
+        })
+    }
+}
+
+/// Why a write to the directory failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// The directory refused, with its problem code.
+    #[error("key directory answered {status}: {code}: {detail}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The problem's `code`.
+        code: String,
+        /// The problem's `detail`.
+        detail: String,
+    },
+    /// The directory could not be reached or answered nonsense.
+    #[error("key directory unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A key as the directory serves it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct KeyView {
+    /// The kid.
+    pub kid: String,
+    /// The registering issuer.
+    pub issuer: String,
+    /// The user.
+    pub subject: String,
+    /// `active` or `revoked`.
+    pub status: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339, once revoked.
+    #[serde(default)]
+    pub revoked_at: Option<String>,
+    /// The public JWK.
+    pub jwk: Value,
+}
+
+/// The key directory's client. Cheap to clone; clones share the cache.
+#[derive(Clone)]
+pub struct DirectoryClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    base: String,
+    cache: Cache<Kid, Entry>,
+    config: DirectoryClientConfig,
+    upstream_fetches: AtomicU64,
+}
+
+impl DirectoryClient {
+    /// A client of the directory at `base_url` (e.g. `http://127.0.0.1:8083`).
+    pub fn new(base_url: &str, config: DirectoryClientConfig) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .map_err(|e| ClientError::Unavailable(e.to_string()))?;
+        let cache = Cache::builder()
+            .max_capacity(config.max_entries)
+            .expire_after(EntryExpiry)
+            .build();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                base: base_url.trim_end_matches('/').to_owned(),
+                cache,
+                config,
+                upstream_fetches: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// How many lookups went to the directory so far (cache misses that were not coalesced).
+    pub fn upstream_fetches(&self) -> u64 {
+        self.inner.upstream_fetches.load(Ordering::Relaxed)
+    }
+
+    /// Registers `jwk` for `subject` with the issuer's token. Returns the stored key and
+    /// whether it was new (201) rather than the same registration again (200).
+    pub async fn register(
+        &self,
+        issuer_token: &SecretString,
+        subject: &str,
+        jwk: &Value,
+    ) -> Result<(KeyView, bool), ClientError> {
+        let response = self
+            .inner
+            .http
+            .post(format!("{}/v1/keys", self.inner.base))
+            .bearer_auth(issuer_token.expose_secret())
+            .json(&serde_json::json!({ "subject": subject, "jwk": jwk }))
+            .send()
+            .await
+            .map_err(|e| ClientError::Unavailable(e.to_string()))?;
+        let created = response.status() == StatusCode::CREATED;
+        Ok((read_key(response).await?, created))
+    }
+
+    /// Revokes `kid` with the issuer's token.
+    pub async fn revoke(
+        &self,
+        issuer_token: &SecretString,
+        kid: &Kid,
+    ) -> Result<KeyView, ClientError> {
+        let response = self
+            .inner
+            .http
+            .post(format!("{}/v1/keys/{kid}/revoke", self.inner.base))
+            .bearer_auth(issuer_token.expose_secret())
+            .send()
+            .await
+            .map_err(|e| ClientError::Unavailable(e.to_string()))?;
+        let view = read_key(response).await?;
+        self.inner.cache.invalidate(kid).await;
+        Ok(view)
+    }
+
+    async fn fetch(&self, kid: &Kid) -> Result<Entry, ResolveError> {
+        self.inner.upstream_fetches.fetch_add(1, Ordering::Relaxed);
+        let unavailable = |why: String| {
+            metrics::counter!("ap2_key_directory_errors_total").increment(1);
+            tracing::warn!(%kid, error = %why, "key directory lookup failed");
+            ResolveError::Unavailable(why)
+        };
+        let response = self
+            .inner
+            .http
+            .get(format!("{}/v1/keys/{kid}", self.inner.base))
+            .send()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        match response.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND => {
+                return Ok(Entry::Unknown {
+                    ttl: self.inner.config.unknown_for,
+                });
+            }
+            other => return Err(unavailable(format!("status {other}"))),
+        }
+        let ttl = max_age(response.headers().get(CACHE_CONTROL))
+            .map_or(self.inner.config.fresh_for, |age| {
+                age.min(self.inner.config.fresh_for)
+            });
+        let view: KeyView = response
+            .json()
+            .await
+            .map_err(|e| unavailable(format!("unreadable key: {e}")))?;
+        let record = to_record(view, kid).map_err(unavailable)?;
+        Ok(Entry::Found {
+            record: Arc::new(record),
+            ttl,
+        })
+    }
+}
+
+impl KeyResolver for DirectoryClient {
+    async fn resolve(&self, kid: &Kid) -> Result<Arc<KeyRecord>, ResolveError> {
+        let entry = match self.inner.cache.get(kid).await {
+            Some(entry) => {
+                metrics::counter!("ap2_key_cache_hits_total").increment(1);
+                entry
+            }
+            None => {
+                metrics::counter!("ap2_key_cache_misses_total").increment(1);
+                self.inner
+                    .cache
+                    .try_get_with_by_ref(kid, self.fetch(kid))
+                    .await
+                    .map_err(|e| ResolveError::clone(&e))?
+            }
+        };
+        match entry {
+            Entry::Found { record, .. } => Ok(record),
+            Entry::Unknown { .. } => Err(ResolveError::Unknown),
+        }
+    }
+}
+
+fn to_record(view: KeyView, kid: &Kid) -> Result<KeyRecord, String> {
+    if view.kid != kid.as_str() {
+        return Err("the directory answered for another kid".into());
+    }
+    let status = match view.status.as_str() {
+        "active" => KeyStatus::Active,
+        "revoked" => KeyStatus::Revoked,
+        _ => return Err(format!("unknown key status {:?}", view.status)),
+    };
+    let (public, _) = EcPublicKey::from_jwk(&view.jwk).map_err(|e| format!("bad JWK: {e}"))?;
+    Ok(KeyRecord {
+        kid: kid.clone(),
+        issuer: view.issuer,
+        subject: view.subject,
+        status,
+        key: public.verification_key().map_err(|e| e.to_string())?,
+    })
+}
+
+/// `max-age` of a `Cache-Control` header, if any.
+fn max_age(value: Option<&reqwest::header::HeaderValue>) -> Option<Duration> {
+    let text = value?.to_str().ok()?;
+    text.split(',')
+        .filter_map(|directive| directive.trim().strip_prefix("max-age="))
+        .find_map(|secs| secs.parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+async fn read_key(response: reqwest::Response) -> Result<KeyView, ClientError> {
+    let status = response.status();
+    if status.is_success() {
+        return response
+            .json()
+            .await
+            .map_err(|e| ClientError::Unavailable(format!("unreadable answer: {e}")));
+    }
+    let problem: Value = response.json().await.unwrap_or(Value::Null);
+    let text = |name: &str| {
+        problem
+            .get(name)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    if status.is_server_error() {
+        return Err(ClientError::Unavailable(format!(
+            "status {status}: {}",
+            text("code")
+        )));
+    }
+    Err(ClientError::Refused {
+        status: status.as_u16(),
+        code: text("code"),
+        detail: text("detail"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_age_is_read_from_cache_control() {
+        let v = |s: &'static str| reqwest::header::HeaderValue::from_static(s);
+        assert_eq!(
+            max_age(Some(&v("public, max-age=60"))),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(max_age(Some(&v("max-age=5"))), Some(Duration::from_secs(5)));
+        assert_eq!(max_age(Some(&v("no-store"))), None);
+        assert_eq!(max_age(None), None);
+    }
+}

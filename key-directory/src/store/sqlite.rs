@@ -1,0 +1,174 @@
+//! The default store: one SQLite file, WAL, synchronous commits.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::{KeyEntry, KeyStore, Registered, StoreError};
+
+/// Keys in a SQLite database file.
+#[derive(Debug)]
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS keys (
+    kid        TEXT PRIMARY KEY NOT NULL,
+    issuer     TEXT NOT NULL,
+    subject    TEXT NOT NULL,
+    thumbprint TEXT NOT NULL UNIQUE,
+    jwk        TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+) STRICT;
+";
+
+const COLUMNS: &str = "kid, issuer, subject, thumbprint, jwk, created_at, revoked_at";
+
+impl SqliteStore {
+    /// Opens (or creates) the database at `path`, creating its directory.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let conn = Connection::open(path)?;
+        // WAL for concurrent readers; FULL so an acknowledged registration or revocation
+        // survives a power cut.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self
+            .conn
+            .lock()
+            .map_err(|_| backend("connection lock poisoned"))?;
+        f(&mut conn)
+    }
+}
+
+fn row_to_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<(KeyEntry, String)> {
+    let jwk_text: String = row.get(4)?;
+    Ok((
+        KeyEntry {
+            kid: row.get(0)?,
+            issuer: row.get(1)?,
+            subject: row.get(2)?,
+            thumbprint: row.get(3)?,
+            jwk: serde_json::Value::Null,
+            created_at: row.get(5)?,
+            revoked_at: row.get(6)?,
+        },
+        jwk_text,
+    ))
+}
+
+fn finish((mut entry, jwk_text): (KeyEntry, String)) -> Result<KeyEntry, StoreError> {
+    entry.jwk = serde_json::from_str(&jwk_text).map_err(backend)?;
+    Ok(entry)
+}
+
+fn select_by(conn: &Connection, column: &str, value: &str) -> Result<Option<KeyEntry>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM keys WHERE {column} = ?1");
+    conn.query_row(&sql, params![value], row_to_entry)
+        .optional()
+        .map_err(backend)?
+        .map(finish)
+        .transpose()
+}
+
+impl KeyStore for SqliteStore {
+    fn register(&self, entry: KeyEntry) -> Result<Registered, StoreError> {
+        self.with(|conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            if let Some(existing) = select_by(&tx, "kid", &entry.kid)? {
+                if !existing.same_registration(&entry) {
+                    return Err(StoreError::KidTaken);
+                }
+                if existing.revoked_at.is_some() {
+                    return Err(StoreError::Revoked);
+                }
+                return Ok(Registered::Existing(existing));
+            }
+            if select_by(&tx, "thumbprint", &entry.thumbprint)?.is_some() {
+                return Err(StoreError::KeyTaken);
+            }
+            tx.execute(
+                "INSERT INTO keys (kid, issuer, subject, thumbprint, jwk, created_at, revoked_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)",
+                params![
+                    entry.kid,
+                    entry.issuer,
+                    entry.subject,
+                    entry.thumbprint,
+                    entry.jwk.to_string(),
+                    entry.created_at
+                ],
+            )
+            .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(Registered::Created(entry))
+        })
+    }
+
+    fn get(&self, kid: &str) -> Result<Option<KeyEntry>, StoreError> {
+        self.with(|conn| select_by(conn, "kid", kid))
+    }
+
+    fn revoke(&self, kid: &str, issuer: &str, now: i64) -> Result<KeyEntry, StoreError> {
+        self.with(|conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let entry = select_by(&tx, "kid", kid)?.ok_or(StoreError::NotFound)?;
+            if entry.issuer != issuer {
+                return Err(StoreError::NotYours);
+            }
+            if entry.revoked_at.is_some() {
+                return Ok(entry);
+            }
+            tx.execute(
+                "UPDATE keys SET revoked_at = ?2 WHERE kid = ?1 AND revoked_at IS NULL",
+                params![kid, now],
+            )
+            .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(KeyEntry {
+                revoked_at: Some(now),
+                ..entry
+            })
+        })
+    }
+
+    fn active(&self) -> Result<Vec<KeyEntry>, StoreError> {
+        self.with(|conn| {
+            let sql = format!(
+                "SELECT {COLUMNS} FROM keys WHERE revoked_at IS NULL ORDER BY created_at, kid"
+            );
+            let mut stmt = conn.prepare(&sql).map_err(backend)?;
+            let rows = stmt.query_map([], row_to_entry).map_err(backend)?;
+            rows.map(|row| row.map_err(backend).and_then(finish))
+                .collect()
+        })
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        self.with(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(backend))
+    }
+}
