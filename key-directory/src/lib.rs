@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 
 pub use config::Config;
 use routes::AppState;
-use store::{KeyStore, SqliteStore};
+use store::SqliteStore;
 
 /// The service, bound to its port and ready to run.
 pub struct Application {
@@ -76,6 +76,39 @@ impl Application {
     }
 }
 
+/// A directory serving in the background of this process (tests, the demo).
+pub struct Running {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// `http://<addr>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops it gracefully and waits until it has.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.task.await??;
+        Ok(())
+    }
+}
+
+/// Builds and starts the service on a background task.
+pub async fn spawn(config: Config) -> anyhow::Result<Running> {
+    let app = Application::build(config).await?;
+    let addr = app.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until(async move {
+        let _ = stopped.await;
+    }));
+    Ok(Running { addr, stop, task })
+}
+
 /// The routes of SPEC §5 with the standard layers.
 pub fn router(state: AppState, limits: Limits) -> Router {
     let api = Router::new()
@@ -89,6 +122,3 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         .with_state(state);
     with_standard_layers(api, "key-directory", limits)
 }
-
-/// Keeps the trait in the public API for alternative stores.
-pub type DynKeyStore = Arc<dyn KeyStore>;

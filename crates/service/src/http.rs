@@ -39,6 +39,8 @@ impl Default for Limits {
 /// body limit, panic capture, and request ids (`x-request-id`, made when absent, echoed back,
 /// and on every log line of the request).
 pub fn with_standard_layers(router: Router, service: &'static str, limits: Limits) -> Router {
+    // Install the recorder before the first request is counted.
+    crate::telemetry::metrics();
     let timeout = limits.request_timeout;
     router
         .fallback(not_found)
