@@ -1,0 +1,69 @@
+//! Configuration: flags with environment fallbacks. The master key comes from the
+//! environment only (`WALLET_MASTER_KEY`), never from a flag that `ps` would show.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use ap2_service::NamedToken;
+use secrecy::SecretString;
+
+/// How the wallet runs.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "wallet",
+    version,
+    about = "The AP2 wallet: keys, approvals, mandates"
+)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8081")]
+    pub listen: SocketAddr,
+    /// This wallet's issuer URL: the `iss` of its mandates and its name at the key directory.
+    #[arg(long, env = "WALLET_ISSUER")]
+    pub issuer: String,
+    /// Where the wallet keeps its database and, unless WALLET_MASTER_KEY is set, its master key.
+    #[arg(long, env = "WALLET_DATA_DIR", default_value = "./data/wallet")]
+    pub data_dir: PathBuf,
+    /// The key directory's base URL.
+    #[arg(long, env = "KEY_DIRECTORY_URL")]
+    pub key_directory_url: String,
+    /// This wallet's issuer token at the key directory.
+    #[arg(long, env = "KEY_DIRECTORY_TOKEN", hide_env_values = true)]
+    pub key_directory_token: SecretString,
+    /// The administrator's bearer token (creates users).
+    #[arg(long, env = "WALLET_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: SecretString,
+    /// An agent and its bearer token: AGENT_ID=TOKEN. Repeatable; the environment takes a
+    /// comma-separated list.
+    #[arg(
+        long = "agent-token",
+        env = "WALLET_AGENT_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub agent_tokens: Vec<NamedToken>,
+    /// Longest mandate lifetime an agent may ask for, in seconds.
+    #[arg(long, env = "WALLET_MAX_MANDATE_TTL_SECS", default_value_t = 300)]
+    pub max_mandate_ttl_secs: i64,
+    /// How long a request waits for the user's approval, in seconds.
+    #[arg(long, env = "WALLET_APPROVAL_TTL_SECS", default_value_t = 300)]
+    pub approval_ttl_secs: i64,
+    /// Largest request body, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+    /// The master key, base64 of 32 bytes (environment only). Without it the wallet creates
+    /// `master.key` in the data directory, readable only by its owner.
+    #[arg(skip)]
+    pub master_key: Option<SecretString>,
+}
+
+impl Config {
+    /// Reads `WALLET_MASTER_KEY` into the configuration.
+    pub fn with_master_key_from_env(mut self) -> Self {
+        self.master_key = std::env::var("WALLET_MASTER_KEY")
+            .ok()
+            .filter(|k| !k.is_empty())
+            .map(SecretString::from);
+        self
+    }
+}

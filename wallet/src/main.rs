@@ -1,0 +1,22 @@
+//! `wallet`: parse the configuration, start logging, serve.
+
+use clap::Parser;
+use wallet::{Application, Config};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    ap2_service::telemetry::init_logs();
+    let config = Config::parse().with_master_key_from_env();
+    anyhow::ensure!(
+        wallet::has_secret(&config.admin_token),
+        "--admin-token is empty"
+    );
+    anyhow::ensure!(
+        wallet::has_secret(&config.key_directory_token),
+        "--key-directory-token is empty"
+    );
+    let app = Application::build(config).await?;
+    tracing::info!(addr = %app.local_addr()?, "wallet listening");
+    app.run_until_stopped().await?;
+    Ok(())
+}

@@ -1,0 +1,180 @@
+//! The HTTP API (SPEC §5, wallet) and what its handlers share.
+
+pub mod health;
+pub mod requests;
+pub mod users;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use ap2_directory_client::DirectoryClient;
+use ap2_mandate::{Clock, Kid, LocalSigner};
+use ap2_service::TokenSet;
+use ap2_service::auth::{BearerError, bearer_token};
+use ap2_service::problem::Problem;
+use axum::extract::FromRequestParts;
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use secrecy::SecretString;
+
+use crate::crypto::MasterKey;
+use crate::store::{StoreError, WalletStore};
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// Users and requests.
+    pub store: Arc<dyn WalletStore>,
+    /// Seals private keys at rest.
+    pub master: Arc<MasterKey>,
+    /// Users' keys, opened once and kept in memory for signing.
+    pub signers: Arc<RwLock<HashMap<String, Arc<LocalSigner>>>>,
+    /// The key directory.
+    pub directory: DirectoryClient,
+    /// This wallet's issuer token at the directory.
+    pub directory_token: SecretString,
+    /// The administrator's token.
+    pub admin: Arc<TokenSet>,
+    /// Agents' tokens.
+    pub agents: Arc<TokenSet>,
+    /// `iss`.
+    pub issuer: String,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// Longest mandate lifetime.
+    pub max_mandate_ttl_secs: i64,
+    /// Approval window.
+    pub approval_ttl_secs: i64,
+    /// For `/readyz`.
+    pub key_directory_url: String,
+    /// For `/readyz`.
+    pub http: reqwest::Client,
+}
+
+/// Wrong codes before a request locks.
+pub const MAX_OTP_ATTEMPTS: i64 = 3;
+
+fn token_of(parts: &Parts) -> Result<&str, Problem> {
+    bearer_token(&parts.headers).map_err(|e| match e {
+        BearerError::Missing => Problem::unauthorized(
+            "a bearer token is required: Authorization: Bearer <token>",
+            false,
+        ),
+        BearerError::Malformed => {
+            Problem::unauthorized("the Authorization header is not Bearer <token>", true)
+        }
+    })
+}
+
+/// The administrator.
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+        state
+            .admin
+            .name_of(token_of(parts)?)
+            .map(|_| Admin)
+            .ok_or_else(|| Problem::unauthorized("the admin token is not valid", true))
+    }
+}
+
+/// Who is calling: an agent (by its configured token) or a user (by the token the wallet
+/// issued at creation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// An agent id.
+    Agent(String),
+    /// A user id.
+    User(String),
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+        let token = token_of(parts)?;
+        if let Some(agent) = state.agents.name_of(token) {
+            return Ok(Caller::Agent(agent.to_owned()));
+        }
+        let hash = crate::crypto::token_hash(token);
+        match blocking(state, move |store| store.user_by_token_hash(&hash)).await? {
+            Some(user) => Ok(Caller::User(user)),
+            None => Err(Problem::unauthorized("the token is not valid", true)),
+        }
+    }
+}
+
+impl Caller {
+    /// The agent id, or 403 for a user.
+    pub fn agent(self) -> Result<String, Problem> {
+        match self {
+            Caller::Agent(agent) => Ok(agent),
+            Caller::User(_) => Err(Problem::forbidden("this needs an agent token")),
+        }
+    }
+
+    /// The user id, or 403 for an agent.
+    pub fn user(self) -> Result<String, Problem> {
+        match self {
+            Caller::User(user) => Ok(user),
+            Caller::Agent(_) => Err(Problem::forbidden("this needs the user's token")),
+        }
+    }
+}
+
+/// Runs a store call on the blocking pool; store failures are 503, a missing row 404, another
+/// user's row 403.
+pub async fn blocking<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce(&dyn WalletStore) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, Problem> {
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || f(store.as_ref()))
+        .await
+        .map_err(Problem::internal)?
+        .map_err(|e| match e {
+            StoreError::NotFound => Problem::not_found("not_found", "no such resource"),
+            StoreError::NotYours => Problem::forbidden("this belongs to another user"),
+            StoreError::UserExists => {
+                Problem::new(StatusCode::CONFLICT, "user_exists", "this user id is taken")
+            }
+            StoreError::Mint(why) => Problem::internal(format!("minting failed: {why}")),
+            StoreError::Backend(why) => {
+                tracing::error!(error = %why, "wallet store failed");
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the wallet's store is unavailable",
+                )
+            }
+        })
+}
+
+/// The user's signer, opened from the store once and then kept in memory.
+pub async fn signer_for(state: &AppState, user_id: &str) -> Result<Arc<LocalSigner>, Problem> {
+    if let Some(signer) = state
+        .signers
+        .read()
+        .ok()
+        .and_then(|signers| signers.get(user_id).cloned())
+    {
+        return Ok(signer);
+    }
+    let id = user_id.to_owned();
+    let user = blocking(state, move |store| store.user(&id))
+        .await?
+        .ok_or_else(|| Problem::not_found("user_not_found", "no such user"))?;
+    let der = state
+        .master
+        .open(&user.user_id, &user.sealed_key)
+        .map_err(Problem::internal)?;
+    let kid = Kid::parse(&user.kid).map_err(Problem::internal)?;
+    let signer = Arc::new(LocalSigner::from_pkcs8_der(&der, Some(kid)).map_err(Problem::internal)?);
+    if let Ok(mut signers) = state.signers.write() {
+        signers.insert(user.user_id, signer.clone());
+    }
+    Ok(signer)
+}

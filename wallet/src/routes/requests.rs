@@ -1,0 +1,285 @@
+//! `/v1/mandate-requests`: an agent asks, the user approves with the code, the wallet mints.
+
+use ap2_mandate::{AgentId, Ap2Scope, Cart, CartHash, IntentMandate, Jti, MerchantId, Money};
+use ap2_service::problem::{ApiJson, Problem};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use super::{AppState, Caller, MAX_OTP_ATTEMPTS, blocking, signer_for};
+use crate::crypto;
+use crate::store::{Approval, RequestRow, Status};
+
+fn unprocessable(code: &'static str, detail: impl Into<String>) -> Problem {
+    Problem::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
+}
+
+fn request_not_found() -> Problem {
+    Problem::not_found("request_not_found", "no such mandate request")
+}
+
+/// `POST /v1/mandate-requests` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    user_id: String,
+    merchant_id: String,
+    cart: Box<RawValue>,
+    #[serde(default)]
+    max_amount: Option<String>,
+    #[serde(default)]
+    ttl_seconds: Option<i64>,
+}
+
+/// `POST /v1/mandate-requests` answer.
+#[derive(Debug, Serialize)]
+pub struct Created {
+    id: String,
+    status: &'static str,
+    cart_hash: String,
+    expires_at: String,
+}
+
+/// An agent asks for a mandate for itself; the user gets a code.
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CreateRequest>,
+) -> Result<(StatusCode, ApiJson<Created>), Problem> {
+    let agent = caller.agent()?;
+    let agent_id = AgentId::parse(&agent).map_err(Problem::internal)?;
+    let cart = Cart::from_json(body.cart.get().as_bytes())
+        .map_err(|e| unprocessable("cart_invalid", e.to_string()))?;
+    let merchant = MerchantId::parse(&body.merchant_id)
+        .map_err(|e| unprocessable("merchant_id_invalid", e.to_string()))?;
+    if cart.merchant_id() != &merchant {
+        return Err(unprocessable(
+            "merchant_mismatch",
+            "merchant_id is not the cart's merchant_id",
+        ));
+    }
+    let max_amount = match &body.max_amount {
+        None => cart.total(),
+        Some(text) => Money::parse(text, cart.currency())
+            .map_err(|e| unprocessable("max_amount_invalid", format!("max_amount: {e}")))?,
+    };
+    if max_amount.minor_units() < cart.total().minor_units() {
+        return Err(unprocessable(
+            "max_amount_below_total",
+            "max_amount is below the cart's total",
+        ));
+    }
+    let ttl = body.ttl_seconds.unwrap_or(state.max_mandate_ttl_secs);
+    if !(1..=state.max_mandate_ttl_secs).contains(&ttl) {
+        return Err(unprocessable(
+            "ttl_invalid",
+            format!("ttl_seconds is 1..={}", state.max_mandate_ttl_secs),
+        ));
+    }
+    let user_id = body.user_id.clone();
+    let user = blocking(&state, move |store| store.user(&user_id)).await?;
+    if !user.is_some_and(|u| u.registered) {
+        return Err(Problem::not_found("user_not_found", "no such user"));
+    }
+    let now = state.clock.now_unix();
+    let row = RequestRow {
+        id: crypto::random_token(16).map_err(Problem::internal)?,
+        user_id: body.user_id,
+        agent_id: agent_id.to_string(),
+        merchant_id: merchant.to_string(),
+        cart: serde_json::to_string(&cart).map_err(Problem::internal)?,
+        cart_hash: cart.hash().to_string(),
+        max_amount: max_amount.to_string(),
+        currency: cart.currency().code().to_owned(),
+        ttl_secs: ttl,
+        otp: crypto::otp().map_err(Problem::internal)?,
+        attempts: 0,
+        status: Status::PendingApproval,
+        created_at: now,
+        expires_at: now.saturating_add(state.approval_ttl_secs),
+        mandate: None,
+        mandate_exp: None,
+    };
+    let created = Created {
+        id: row.id.clone(),
+        status: Status::PendingApproval.as_str(),
+        cart_hash: row.cart_hash.clone(),
+        expires_at: ap2_service::rfc3339(row.expires_at),
+    };
+    tracing::info!(
+        request_id = %row.id, user_id = %row.user_id, agent_id = %row.agent_id,
+        merchant_id = %row.merchant_id, total = %cart.total(), currency = %cart.currency(),
+        "mandate requested; approval code sent to the user"
+    );
+    blocking(&state, move |store| store.create_request(&row)).await?;
+    Ok((StatusCode::CREATED, ApiJson(created)))
+}
+
+/// A request as its agent or its user sees it; the mandate once approved.
+#[derive(Debug, Serialize)]
+pub struct View {
+    id: String,
+    status: &'static str,
+    user_id: String,
+    agent_id: String,
+    merchant_id: String,
+    cart: Value,
+    cart_hash: String,
+    max_amount: String,
+    currency: String,
+    expires_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mandate: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mandate_expires_at: Option<String>,
+}
+
+fn view(row: RequestRow, now: i64) -> View {
+    View {
+        status: row.status_at(now).as_str(),
+        cart: serde_json::from_str(&row.cart).unwrap_or(Value::Null),
+        expires_at: ap2_service::rfc3339(row.expires_at),
+        mandate_expires_at: row.mandate_exp.map(ap2_service::rfc3339),
+        id: row.id,
+        user_id: row.user_id,
+        agent_id: row.agent_id,
+        merchant_id: row.merchant_id,
+        cart_hash: row.cart_hash,
+        max_amount: row.max_amount,
+        currency: row.currency,
+        mandate: row.mandate,
+    }
+}
+
+async fn load(state: &AppState, id: String) -> Result<RequestRow, Problem> {
+    blocking(state, move |store| store.request(&id))
+        .await?
+        .ok_or_else(request_not_found)
+}
+
+/// `GET /v1/mandate-requests/{id}`: for the agent that asked or the user it is for.
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<ApiJson<View>, Problem> {
+    let row = load(&state, id).await?;
+    let allowed = match &caller {
+        Caller::Agent(agent) => *agent == row.agent_id,
+        Caller::User(user) => *user == row.user_id,
+    };
+    if !allowed {
+        return Err(Problem::forbidden(
+            "this request belongs to another agent or user",
+        ));
+    }
+    Ok(ApiJson(view(row, state.clock.now_unix())))
+}
+
+/// `POST /v1/mandate-requests/{id}/approve` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approve {
+    otp: String,
+}
+
+/// The user approves with the code: the mandate is minted, once.
+pub async fn approve(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<Approve>,
+) -> Result<ApiJson<View>, Problem> {
+    let user_id = caller.user()?;
+    let row = load(&state, id.clone()).await?;
+    if row.user_id != user_id {
+        return Err(Problem::forbidden("this request belongs to another user"));
+    }
+    let signer = signer_for(&state, &user_id).await?;
+    let issuer = state.issuer.clone();
+    let now = state.clock.now_unix();
+    let outcome = blocking(&state, move |store| {
+        store.approve(
+            &id,
+            &user_id,
+            &body.otp,
+            now,
+            MAX_OTP_ATTEMPTS,
+            &mut |row| {
+                let claims = claims_for(row, &issuer, now)?;
+                let token =
+                    ap2_mandate::mint(signer.as_ref(), &claims).map_err(|e| e.to_string())?;
+                Ok((token, claims.exp))
+            },
+        )
+    })
+    .await?;
+    match outcome {
+        Approval::Approved(row) => {
+            tracing::info!(request_id = %row.id, user_id = %row.user_id, "request approved; mandate minted");
+            Ok(ApiJson(view(*row, now)))
+        }
+        Approval::WrongCode { remaining } => Err(unprocessable(
+            "otp_invalid",
+            format!("the code is wrong; {remaining} tries left"),
+        )),
+        Approval::Locked => Err(Problem::new(
+            StatusCode::LOCKED,
+            "request_locked",
+            "too many wrong codes: the request is locked",
+        )),
+        Approval::Expired => Err(Problem::new(
+            StatusCode::GONE,
+            "request_expired",
+            "the approval window has passed",
+        )),
+        Approval::NotPending(status) => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "request_not_pending",
+            format!("the request is {}", status.as_str()),
+        )),
+    }
+}
+
+/// The claims for an approved request: issued now, living `ttl_secs`.
+fn claims_for(row: &RequestRow, issuer: &str, now: i64) -> Result<IntentMandate, String> {
+    let currency = ap2_mandate::Currency::parse(&row.currency).map_err(|e| e.to_string())?;
+    Ok(IntentMandate {
+        iss: issuer.to_owned(),
+        sub: row.user_id.clone(),
+        aud: MerchantId::parse(&row.merchant_id).map_err(|e| e.to_string())?,
+        iat: now,
+        nbf: None,
+        exp: now.saturating_add(row.ttl_secs),
+        jti: Jti::random().map_err(|e| e.to_string())?,
+        scope: Ap2Scope {
+            max_amount: Money::parse(&row.max_amount, currency).map_err(|e| e.to_string())?,
+            cart_hash: CartHash::parse(&row.cart_hash).map_err(|e| e.to_string())?,
+            allow_agent_id: AgentId::parse(&row.agent_id).map_err(|e| e.to_string())?,
+        },
+    })
+}
+
+/// The user says no.
+pub async fn deny(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<ApiJson<View>, Problem> {
+    let user_id = caller.user()?;
+    let row = load(&state, id.clone()).await?;
+    if row.user_id != user_id {
+        return Err(Problem::forbidden("this request belongs to another user"));
+    }
+    let now = state.clock.now_unix();
+    match blocking(&state, move |store| store.deny(&id, &user_id, now)).await? {
+        Ok(row) => Ok(ApiJson(view(row, now))),
+        Err(status) => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "request_not_pending",
+            format!("the request is {}", status.as_str()),
+        )),
+    }
+}

@@ -1,0 +1,142 @@
+//! `POST /v1/users` and `GET /v1/users/{id}/notifications`.
+
+use ap2_directory_client::ClientError;
+use ap2_mandate::{AgentId, Signer};
+use ap2_service::problem::{ApiJson, Problem};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{Admin, AppState, Caller, blocking};
+use crate::crypto;
+use crate::store::UserRow;
+
+/// `POST /v1/users` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    user_id: String,
+}
+
+/// `POST /v1/users` answer. The user token is shown once; the wallet keeps only its hash.
+#[derive(Debug, Serialize)]
+pub struct CreatedUser {
+    user_id: String,
+    kid: String,
+    user_token: String,
+}
+
+/// Creates a user: a fresh P-256 key, sealed at rest, registered at the key directory.
+pub async fn create(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiJson(body): ApiJson<CreateUser>,
+) -> Result<(StatusCode, ApiJson<CreatedUser>), Problem> {
+    // User ids share the agent-id alphabet: they travel in paths, logs and `sub`.
+    AgentId::check(&body.user_id).map_err(|_| {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "user_id_invalid",
+            "user_id is 1..=128 chars of [A-Za-z0-9._:-]",
+        )
+    })?;
+    let signer = ap2_mandate::LocalSigner::generate().map_err(Problem::internal)?;
+    let der = signer.to_pkcs8_der().map_err(Problem::internal)?;
+    let sealed = state
+        .master
+        .seal(&body.user_id, &der)
+        .map_err(Problem::internal)?;
+    let token = crypto::random_token(32).map_err(Problem::internal)?;
+    let row = UserRow {
+        user_id: body.user_id.clone(),
+        kid: signer.kid().to_string(),
+        token_hash: crypto::token_hash(&token),
+        sealed_key: sealed,
+        registered: false,
+        created_at: state.clock.now_unix(),
+    };
+    blocking(&state, move |store| store.create_user(&row)).await?;
+    let jwk = signer.public_key().to_jwk(signer.kid());
+    if let Err(err) = state
+        .directory
+        .register(&state.directory_token, &body.user_id, &jwk)
+        .await
+    {
+        let user_id = body.user_id.clone();
+        blocking(&state, move |store| {
+            store.delete_unregistered_user(&user_id)
+        })
+        .await?;
+        tracing::error!(user_id = %body.user_id, error = %err, "the key directory did not take the key");
+        return Err(match err {
+            ClientError::Unavailable(_) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "key_directory_unavailable",
+                "the key directory could not be reached; nothing was created",
+            ),
+            ClientError::Refused { .. } => Problem::new(
+                StatusCode::BAD_GATEWAY,
+                "key_directory_refused",
+                "the key directory refused the key; nothing was created",
+            ),
+        });
+    }
+    let user_id = body.user_id.clone();
+    blocking(&state, move |store| store.mark_registered(&user_id)).await?;
+    let kid = signer.kid().to_string();
+    if let Ok(mut signers) = state.signers.write() {
+        signers.insert(body.user_id.clone(), std::sync::Arc::new(signer));
+    }
+    tracing::info!(user_id = %body.user_id, %kid, "user created and key registered");
+    Ok((
+        StatusCode::CREATED,
+        ApiJson(CreatedUser {
+            user_id: body.user_id,
+            kid,
+            user_token: token,
+        }),
+    ))
+}
+
+/// One pending request as the user sees it, with its code: the out-of-band channel.
+#[derive(Debug, Serialize)]
+pub struct Notification {
+    request_id: String,
+    merchant_id: String,
+    agent_id: String,
+    cart: Value,
+    max_amount: String,
+    currency: String,
+    otp: String,
+    expires_at: String,
+}
+
+/// The user's pending requests.
+pub async fn notifications(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(user_id): Path<String>,
+) -> Result<ApiJson<Value>, Problem> {
+    if caller.user()? != user_id {
+        return Err(Problem::forbidden("these are another user's notifications"));
+    }
+    let now = state.clock.now_unix();
+    let pending = blocking(&state, move |store| store.pending_for_user(&user_id, now)).await?;
+    let notifications: Vec<Notification> = pending
+        .into_iter()
+        .map(|r| Notification {
+            cart: serde_json::from_str(&r.cart).unwrap_or(Value::Null),
+            request_id: r.id,
+            merchant_id: r.merchant_id,
+            agent_id: r.agent_id,
+            max_amount: r.max_amount,
+            currency: r.currency,
+            otp: r.otp,
+            expires_at: ap2_service::rfc3339(r.expires_at),
+        })
+        .collect();
+    Ok(ApiJson(
+        serde_json::json!({ "notifications": notifications }),
+    ))
+}

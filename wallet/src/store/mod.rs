@@ -1,0 +1,195 @@
+//! What the wallet keeps: users (with their sealed keys) and mandate requests. The trait is
+//! synchronous because the backend is; handlers call it on the blocking pool.
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+/// A user as stored.
+#[derive(Debug, Clone)]
+pub struct UserRow {
+    /// The user's id (the mandate's `sub`).
+    pub user_id: String,
+    /// The kid of the user's key.
+    pub kid: String,
+    /// SHA-256 of the user's bearer token.
+    pub token_hash: String,
+    /// The private key, PKCS#8 DER sealed with the master key.
+    pub sealed_key: Vec<u8>,
+    /// Whether the key directory has the public key.
+    pub registered: bool,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// Where a mandate request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Waiting for the user's code.
+    PendingApproval,
+    /// Approved; the mandate is minted.
+    Approved,
+    /// The user said no.
+    Denied,
+    /// Three wrong codes.
+    Locked,
+    /// Not approved in time.
+    Expired,
+}
+
+impl Status {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PendingApproval => "pending_approval",
+            Self::Approved => "approved",
+            Self::Denied => "denied",
+            Self::Locked => "locked",
+            Self::Expired => "expired",
+        }
+    }
+
+    /// Parses the wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending_approval" => Self::PendingApproval,
+            "approved" => Self::Approved,
+            "denied" => Self::Denied,
+            "locked" => Self::Locked,
+            "expired" => Self::Expired,
+            _ => return None,
+        })
+    }
+}
+
+/// A mandate request as stored.
+#[derive(Debug, Clone)]
+pub struct RequestRow {
+    /// Random id.
+    pub id: String,
+    /// Whose approval it needs.
+    pub user_id: String,
+    /// The agent that asked, and the only one the mandate will allow.
+    pub agent_id: String,
+    /// The merchant (`aud`).
+    pub merchant_id: String,
+    /// The cart's JSON, as validated.
+    pub cart: String,
+    /// The cart's hash, computed by the wallet.
+    pub cart_hash: String,
+    /// The ceiling, a decimal string in `currency`.
+    pub max_amount: String,
+    /// ISO 4217.
+    pub currency: String,
+    /// The mandate's lifetime once approved.
+    pub ttl_secs: i64,
+    /// The one-time code.
+    pub otp: String,
+    /// Wrong codes so far.
+    pub attempts: i64,
+    /// Where it stands (a pending request past `expires_at` is expired).
+    pub status: Status,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// The approval deadline, Unix seconds.
+    pub expires_at: i64,
+    /// The minted mandate, once approved.
+    pub mandate: Option<String>,
+    /// The mandate's `exp`.
+    pub mandate_exp: Option<i64>,
+}
+
+impl RequestRow {
+    /// The status as of `now`: a pending request past its deadline reads as expired.
+    pub fn status_at(&self, now: i64) -> Status {
+        if self.status == Status::PendingApproval && now >= self.expires_at {
+            Status::Expired
+        } else {
+            self.status
+        }
+    }
+}
+
+/// What an approval attempt did.
+#[derive(Debug, Clone)]
+pub enum Approval {
+    /// The code was right; the mandate was minted, exactly once.
+    Approved(Box<RequestRow>),
+    /// A wrong code; `remaining` tries left.
+    WrongCode {
+        /// Tries left before the request locks.
+        remaining: i64,
+    },
+    /// This attempt (or an earlier one) used the last try.
+    Locked,
+    /// The deadline passed.
+    Expired,
+    /// Already approved, denied or locked.
+    NotPending(Status),
+}
+
+/// Signs the mandate for an approved request: the token and its `exp`.
+pub type Minter<'a> = &'a mut dyn FnMut(&RequestRow) -> Result<(String, i64), String>;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The user id is taken.
+    #[error("the user exists")]
+    UserExists,
+    /// No such user or request.
+    #[error("not found")]
+    NotFound,
+    /// The request belongs to another user.
+    #[error("the request belongs to another user")]
+    NotYours,
+    /// Minting failed; nothing changed.
+    #[error("minting failed: {0}")]
+    Mint(String),
+    /// The database failed.
+    #[error("store failure: {0}")]
+    Backend(String),
+}
+
+/// The wallet's storage.
+pub trait WalletStore: Send + Sync + 'static {
+    /// Adds a user (not yet registered at the directory).
+    fn create_user(&self, user: &UserRow) -> Result<(), StoreError>;
+    /// Records that the directory has the user's key.
+    fn mark_registered(&self, user_id: &str) -> Result<(), StoreError>;
+    /// Removes a user whose key never reached the directory.
+    fn delete_unregistered_user(&self, user_id: &str) -> Result<(), StoreError>;
+    /// Users whose key has not reached the directory yet.
+    fn unregistered_users(&self) -> Result<Vec<UserRow>, StoreError>;
+    /// A user.
+    fn user(&self, user_id: &str) -> Result<Option<UserRow>, StoreError>;
+    /// The user whose token hashes to `token_hash`.
+    fn user_by_token_hash(&self, token_hash: &str) -> Result<Option<String>, StoreError>;
+    /// Adds a request.
+    fn create_request(&self, request: &RequestRow) -> Result<(), StoreError>;
+    /// A request.
+    fn request(&self, id: &str) -> Result<Option<RequestRow>, StoreError>;
+    /// A user's pending requests whose deadline has not passed, oldest first.
+    fn pending_for_user(&self, user_id: &str, now: i64) -> Result<Vec<RequestRow>, StoreError>;
+    /// Checks `otp` for `user_id`'s request and, when right, mints with `mint` (which returns
+    /// the token and its `exp`) and stores the mandate, all in one transaction: concurrent
+    /// approvals mint once.
+    fn approve(
+        &self,
+        id: &str,
+        user_id: &str,
+        otp: &str,
+        now: i64,
+        max_attempts: i64,
+        mint: Minter<'_>,
+    ) -> Result<Approval, StoreError>;
+    /// Denies a pending request.
+    fn deny(
+        &self,
+        id: &str,
+        user_id: &str,
+        now: i64,
+    ) -> Result<Result<RequestRow, Status>, StoreError>;
+    /// Whether the store answers.
+    fn ping(&self) -> Result<(), StoreError>;
+}

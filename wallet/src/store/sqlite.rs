@@ -1,0 +1,371 @@
+//! The wallet's SQLite database (WAL, synchronous commits).
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::{Approval, Minter, RequestRow, Status, StoreError, UserRow, WalletStore};
+
+/// Users and requests in one SQLite file.
+#[derive(Debug)]
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS users (
+    user_id    TEXT PRIMARY KEY NOT NULL,
+    kid        TEXT NOT NULL UNIQUE,
+    token_hash TEXT NOT NULL UNIQUE,
+    sealed_key BLOB NOT NULL,
+    registered INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS requests (
+    id          TEXT PRIMARY KEY NOT NULL,
+    user_id     TEXT NOT NULL REFERENCES users(user_id),
+    agent_id    TEXT NOT NULL,
+    merchant_id TEXT NOT NULL,
+    cart        TEXT NOT NULL,
+    cart_hash   TEXT NOT NULL,
+    max_amount  TEXT NOT NULL,
+    currency    TEXT NOT NULL,
+    ttl_secs    INTEGER NOT NULL,
+    otp         TEXT NOT NULL,
+    attempts    INTEGER NOT NULL,
+    status      TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    mandate     TEXT,
+    mandate_exp INTEGER
+) STRICT;
+CREATE INDEX IF NOT EXISTS requests_by_user ON requests(user_id, status);
+";
+
+const USER_COLUMNS: &str = "user_id, kid, token_hash, sealed_key, registered, created_at";
+const REQUEST_COLUMNS: &str = "id, user_id, agent_id, merchant_id, cart, cart_hash, max_amount, \
+     currency, ttl_secs, otp, attempts, status, created_at, expires_at, mandate, mandate_exp";
+
+fn user_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> {
+    Ok(UserRow {
+        user_id: row.get(0)?,
+        kid: row.get(1)?,
+        token_hash: row.get(2)?,
+        sealed_key: row.get(3)?,
+        registered: row.get::<_, i64>(4)? != 0,
+        created_at: row.get(5)?,
+    })
+}
+
+fn request_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RequestRow> {
+    let status: String = row.get(11)?;
+    Ok(RequestRow {
+        id: row.get(0)?,
+        user_id: row.get(1)?,
+        agent_id: row.get(2)?,
+        merchant_id: row.get(3)?,
+        cart: row.get(4)?,
+        cart_hash: row.get(5)?,
+        max_amount: row.get(6)?,
+        currency: row.get(7)?,
+        ttl_secs: row.get(8)?,
+        otp: row.get(9)?,
+        attempts: row.get(10)?,
+        status: Status::parse(&status).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                11,
+                rusqlite::types::Type::Text,
+                format!("unknown status {status:?}").into(),
+            )
+        })?,
+        created_at: row.get(12)?,
+        expires_at: row.get(13)?,
+        mandate: row.get(14)?,
+        mandate_exp: row.get(15)?,
+    })
+}
+
+fn select_request(conn: &Connection, id: &str) -> Result<Option<RequestRow>, StoreError> {
+    conn.query_row(
+        &format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE id = ?1"),
+        params![id],
+        request_row,
+    )
+    .optional()
+    .map_err(backend)
+}
+
+fn set_status(conn: &Connection, id: &str, status: Status) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE requests SET status = ?2 WHERE id = ?1",
+        params![id, status.as_str()],
+    )
+    .map(|_| ())
+    .map_err(backend)
+}
+
+impl SqliteStore {
+    /// Opens (or creates) `wallet.db` in `data_dir`.
+    pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(data_dir)?;
+        let conn = Connection::open(data_dir.join("wallet.db"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self
+            .conn
+            .lock()
+            .map_err(|_| backend("connection lock poisoned"))?;
+        f(&mut conn)
+    }
+}
+
+impl WalletStore for SqliteStore {
+    fn create_user(&self, user: &UserRow) -> Result<(), StoreError> {
+        self.with(|conn| {
+            let result = conn.execute(
+                &format!("INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+                params![
+                    user.user_id,
+                    user.kid,
+                    user.token_hash,
+                    user.sealed_key,
+                    i64::from(user.registered),
+                    user.created_at
+                ],
+            );
+            match result {
+                Ok(_) => Ok(()),
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    Err(StoreError::UserExists)
+                }
+                Err(e) => Err(backend(e)),
+            }
+        })
+    }
+
+    fn mark_registered(&self, user_id: &str) -> Result<(), StoreError> {
+        self.with(|conn| {
+            conn.execute(
+                "UPDATE users SET registered = 1 WHERE user_id = ?1",
+                params![user_id],
+            )
+            .map(|_| ())
+            .map_err(backend)
+        })
+    }
+
+    fn delete_unregistered_user(&self, user_id: &str) -> Result<(), StoreError> {
+        self.with(|conn| {
+            conn.execute(
+                "DELETE FROM users WHERE user_id = ?1 AND registered = 0",
+                params![user_id],
+            )
+            .map(|_| ())
+            .map_err(backend)
+        })
+    }
+
+    fn unregistered_users(&self) -> Result<Vec<UserRow>, StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT {USER_COLUMNS} FROM users WHERE registered = 0"
+                ))
+                .map_err(backend)?;
+            let rows = stmt.query_map([], user_row).map_err(backend)?;
+            rows.collect::<Result<_, _>>().map_err(backend)
+        })
+    }
+
+    fn user(&self, user_id: &str) -> Result<Option<UserRow>, StoreError> {
+        self.with(|conn| {
+            conn.query_row(
+                &format!("SELECT {USER_COLUMNS} FROM users WHERE user_id = ?1"),
+                params![user_id],
+                user_row,
+            )
+            .optional()
+            .map_err(backend)
+        })
+    }
+
+    fn user_by_token_hash(&self, token_hash: &str) -> Result<Option<String>, StoreError> {
+        self.with(|conn| {
+            conn.query_row(
+                "SELECT user_id FROM users WHERE token_hash = ?1",
+                params![token_hash],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(backend)
+        })
+    }
+
+    fn create_request(&self, r: &RequestRow) -> Result<(), StoreError> {
+        self.with(|conn| {
+            conn.execute(
+                &format!(
+                    "INSERT INTO requests ({REQUEST_COLUMNS}) VALUES \
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+                ),
+                params![
+                    r.id,
+                    r.user_id,
+                    r.agent_id,
+                    r.merchant_id,
+                    r.cart,
+                    r.cart_hash,
+                    r.max_amount,
+                    r.currency,
+                    r.ttl_secs,
+                    r.otp,
+                    r.attempts,
+                    r.status.as_str(),
+                    r.created_at,
+                    r.expires_at,
+                    r.mandate,
+                    r.mandate_exp
+                ],
+            )
+            .map(|_| ())
+            .map_err(backend)
+        })
+    }
+
+    fn request(&self, id: &str) -> Result<Option<RequestRow>, StoreError> {
+        self.with(|conn| select_request(conn, id))
+    }
+
+    fn pending_for_user(&self, user_id: &str, now: i64) -> Result<Vec<RequestRow>, StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT {REQUEST_COLUMNS} FROM requests WHERE user_id = ?1 \
+                     AND status = 'pending_approval' AND expires_at > ?2 ORDER BY created_at, id"
+                ))
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![user_id, now], request_row)
+                .map_err(backend)?;
+            rows.collect::<Result<_, _>>().map_err(backend)
+        })
+    }
+
+    fn approve(
+        &self,
+        id: &str,
+        user_id: &str,
+        otp: &str,
+        now: i64,
+        max_attempts: i64,
+        mint: Minter<'_>,
+    ) -> Result<Approval, StoreError> {
+        self.with(|conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let mut request = select_request(&tx, id)?.ok_or(StoreError::NotFound)?;
+            if request.user_id != user_id {
+                return Err(StoreError::NotYours);
+            }
+            let outcome = match request.status_at(now) {
+                Status::Expired => {
+                    set_status(&tx, id, Status::Expired)?;
+                    Approval::Expired
+                }
+                Status::Locked => Approval::Locked,
+                Status::PendingApproval if crate::crypto::ct_eq(otp, &request.otp) => {
+                    let (mandate, exp) = mint(&request).map_err(StoreError::Mint)?;
+                    tx.execute(
+                        "UPDATE requests SET status = 'approved', mandate = ?2, mandate_exp = ?3 \
+                         WHERE id = ?1 AND status = 'pending_approval'",
+                        params![id, mandate, exp],
+                    )
+                    .map_err(backend)?;
+                    request.status = Status::Approved;
+                    request.mandate = Some(mandate);
+                    request.mandate_exp = Some(exp);
+                    Approval::Approved(Box::new(request))
+                }
+                Status::PendingApproval => {
+                    let attempts = request.attempts.saturating_add(1);
+                    let locked = attempts >= max_attempts;
+                    tx.execute(
+                        "UPDATE requests SET attempts = ?2, status = ?3 WHERE id = ?1",
+                        params![
+                            id,
+                            attempts,
+                            if locked {
+                                Status::Locked
+                            } else {
+                                Status::PendingApproval
+                            }
+                            .as_str()
+                        ],
+                    )
+                    .map_err(backend)?;
+                    if locked {
+                        Approval::Locked
+                    } else {
+                        Approval::WrongCode {
+                            remaining: max_attempts - attempts,
+                        }
+                    }
+                }
+                other => Approval::NotPending(other),
+            };
+            tx.commit().map_err(backend)?;
+            Ok(outcome)
+        })
+    }
+
+    fn deny(
+        &self,
+        id: &str,
+        user_id: &str,
+        now: i64,
+    ) -> Result<Result<RequestRow, Status>, StoreError> {
+        self.with(|conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let mut request = select_request(&tx, id)?.ok_or(StoreError::NotFound)?;
+            if request.user_id != user_id {
+                return Err(StoreError::NotYours);
+            }
+            let outcome = match request.status_at(now) {
+                Status::PendingApproval => {
+                    set_status(&tx, id, Status::Denied)?;
+                    request.status = Status::Denied;
+                    Ok(request)
+                }
+                other => Err(other),
+            };
+            tx.commit().map_err(backend)?;
+            Ok(outcome)
+        })
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        self.with(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(backend))
+    }
+}
