@@ -58,6 +58,30 @@ pub struct Config {
 }
 
 impl Config {
+    /// A configuration for tests and the demo: port 0 on loopback, the SPEC's defaults.
+    pub fn local(
+        issuer: &str,
+        data_dir: PathBuf,
+        key_directory_url: &str,
+        key_directory_token: &str,
+        admin_token: &str,
+        agent_tokens: Vec<NamedToken>,
+    ) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            issuer: issuer.to_owned(),
+            data_dir,
+            key_directory_url: key_directory_url.to_owned(),
+            key_directory_token: SecretString::from(key_directory_token.to_owned()),
+            admin_token: SecretString::from(admin_token.to_owned()),
+            agent_tokens,
+            max_mandate_ttl_secs: 300,
+            approval_ttl_secs: 300,
+            max_body_bytes: 64 * 1024,
+            master_key: None,
+        }
+    }
+
     /// Reads `WALLET_MASTER_KEY` into the configuration.
     pub fn with_master_key_from_env(mut self) -> Self {
         self.master_key = std::env::var("WALLET_MASTER_KEY")

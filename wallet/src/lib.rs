@@ -172,7 +172,12 @@ impl Running {
 
 /// Builds and starts the wallet on a background task.
 pub async fn spawn(config: Config) -> anyhow::Result<Running> {
-    let app = Application::build(config).await?;
+    spawn_with_clock(config, Arc::new(SystemClock)).await
+}
+
+/// As [`spawn`], with an injected clock.
+pub async fn spawn_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running> {
+    let app = Application::build_with_clock(config, clock).await?;
     let addr = app.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until(async move {

@@ -1,0 +1,725 @@
+//! The wallet over real HTTP, with a real key directory on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use ap2_directory_client::{DirectoryClient, DirectoryClientConfig};
+use ap2_mandate::memory::MemoryReplayGuard;
+use ap2_mandate::{Cart, Clock, Consume, MerchantId, Presentation, Verifier, VerifierConfig};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const ISSUER: &str = "https://wallet.example";
+const DIRECTORY_TOKEN: &str = "directory-token";
+const ADMIN: &str = "admin-token";
+const AGENT: &str = "agent-7";
+const AGENT_TOKEN: &str = "agent-7-token";
+const OTHER_AGENT_TOKEN: &str = "agent-8-token";
+
+/// A clock the test moves.
+#[derive(Clone)]
+struct TestClock(Arc<AtomicI64>);
+
+impl Clock for TestClock {
+    fn now_unix(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+impl TestClock {
+    fn advance(&self, secs: i64) {
+        self.0.fetch_add(secs, Ordering::SeqCst);
+    }
+}
+
+struct World {
+    directory: Option<key_directory::Running>,
+    directory_db: PathBuf,
+    wallet: Option<wallet::Running>,
+    wallet_dir: PathBuf,
+    clock: TestClock,
+    http: reqwest::Client,
+    _tmp: tempfile::TempDir,
+}
+
+fn wallet_config(wallet_dir: PathBuf, directory_url: &str) -> wallet::Config {
+    wallet::Config::local(
+        ISSUER,
+        wallet_dir,
+        directory_url,
+        DIRECTORY_TOKEN,
+        ADMIN,
+        vec![
+            format!("{AGENT}={AGENT_TOKEN}").parse().unwrap(),
+            format!("agent-8={OTHER_AGENT_TOKEN}").parse().unwrap(),
+        ],
+    )
+}
+
+async fn start_directory(db: PathBuf) -> key_directory::Running {
+    key_directory::spawn(key_directory::Config::local(
+        db,
+        vec![format!("{ISSUER}={DIRECTORY_TOKEN}").parse().unwrap()],
+    ))
+    .await
+    .unwrap()
+}
+
+impl World {
+    async fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let directory_db = tmp.path().join("keys.db");
+        let wallet_dir = tmp.path().join("wallet");
+        let directory = start_directory(directory_db.clone()).await;
+        let clock = TestClock(Arc::new(AtomicI64::new(1_800_000_000)));
+        let wallet = wallet::spawn_with_clock(
+            wallet_config(wallet_dir.clone(), &directory.url()),
+            Arc::new(clock.clone()),
+        )
+        .await
+        .unwrap();
+        Self {
+            directory: Some(directory),
+            directory_db,
+            wallet: Some(wallet),
+            wallet_dir,
+            clock,
+            http: reqwest::Client::new(),
+            _tmp: tmp,
+        }
+    }
+
+    fn wallet_url(&self, path: &str) -> String {
+        format!("{}{path}", self.wallet.as_ref().unwrap().url())
+    }
+
+    fn directory_url(&self) -> String {
+        self.directory.as_ref().unwrap().url()
+    }
+
+    async fn restart_wallet(&mut self) {
+        self.wallet.take().unwrap().stop().await.unwrap();
+        let config = wallet_config(self.wallet_dir.clone(), &self.directory_url());
+        self.wallet = Some(
+            wallet::spawn_with_clock(config, Arc::new(self.clock.clone()))
+                .await
+                .unwrap(),
+        );
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .request(method.parse().unwrap(), self.wallet_url(path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn create_user(&self, user_id: &str) -> (String, String) {
+        let (status, body) = self
+            .call(
+                "POST",
+                "/v1/users",
+                Some(ADMIN),
+                Some(json!({"user_id": user_id})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        (
+            body["kid"].as_str().unwrap().to_owned(),
+            body["user_token"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    async fn request_mandate(&self, user_id: &str, extra: Value) -> (StatusCode, Value) {
+        let mut body = json!({"user_id": user_id, "merchant_id": "acme-corp", "cart": cart_json()});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        self.call(
+            "POST",
+            "/v1/mandate-requests",
+            Some(AGENT_TOKEN),
+            Some(body),
+        )
+        .await
+    }
+
+    async fn code_for(&self, user_id: &str, user_token: &str, request_id: &str) -> String {
+        let (status, body) = self
+            .call(
+                "GET",
+                &format!("/v1/users/{user_id}/notifications"),
+                Some(user_token),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let n = body["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["request_id"] == request_id)
+            .unwrap_or_else(|| panic!("no notification for {request_id}: {body}"));
+        n["otp"].as_str().unwrap().to_owned()
+    }
+
+    async fn approve(&self, user_token: &str, id: &str, otp: &str) -> (StatusCode, Value) {
+        self.call(
+            "POST",
+            &format!("/v1/mandate-requests/{id}/approve"),
+            Some(user_token),
+            Some(json!({"otp": otp})),
+        )
+        .await
+    }
+}
+
+fn cart_json() -> Value {
+    json!({"merchant_id": "acme-corp", "currency": "USD", "total": 8999,
+           "line_items": [{"id": "shoe-001", "title": "Trail Runner", "quantity": 1, "unit_price": 8999}]})
+}
+
+fn cart() -> Cart {
+    Cart::from_json(cart_json().to_string().as_bytes()).unwrap()
+}
+
+/// Verifies a mandate the way a merchant does: keys from the real directory.
+async fn verify_at_merchant(
+    directory_url: &str,
+    token: &str,
+    now: i64,
+) -> Result<ap2_mandate::VerifiedMandate, ap2_mandate::VerifyError> {
+    let keys = DirectoryClient::new(directory_url, DirectoryClientConfig::default()).unwrap();
+    let verifier = Verifier::new(
+        VerifierConfig::new(MerchantId::parse("acme-corp").unwrap()),
+        keys,
+        MemoryReplayGuard::new(),
+        ap2_mandate::FixedClock(now),
+    );
+    let cart = cart();
+    verifier
+        .verify(
+            &Presentation {
+                token,
+                agent_id: AGENT,
+                cart: &cart,
+            },
+            Consume::Yes,
+        )
+        .await
+}
+
+#[tokio::test]
+async fn a_created_user_has_a_key_registered_at_the_directory() {
+    let w = World::new().await;
+    let (kid, token) = w.create_user("alice").await;
+    assert_eq!(token.len(), 43, "256 random bits");
+    let key: Value = w
+        .http
+        .get(format!("{}/v1/keys/{kid}", w.directory_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(key["issuer"], ISSUER);
+    assert_eq!(key["subject"], "alice");
+    assert_eq!(key["status"], "active");
+    assert!(key["jwk"].get("d").is_none());
+    // The data directory holds a master key only its owner can read, and no plaintext key.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(w.wallet_dir.join("master.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let db = std::fs::read(w.wallet_dir.join("wallet.db")).unwrap_or_default();
+    assert!(!String::from_utf8_lossy(&db).contains("PRIVATE KEY"));
+    let (status, body) = w
+        .call(
+            "POST",
+            "/v1/users",
+            Some(ADMIN),
+            Some(json!({"user_id": "alice"})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::CONFLICT, Some("user_exists"))
+    );
+}
+
+#[tokio::test]
+async fn approved_with_the_right_code_yields_a_mandate_that_verifies_against_the_directory() {
+    let w = World::new().await;
+    let (kid, user_token) = w.create_user("alice").await;
+    let (status, created) = w
+        .request_mandate("alice", json!({"max_amount": "100.00", "ttl_seconds": 120}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["status"], "pending_approval");
+    assert_eq!(created["cart_hash"], cart().hash().as_str());
+    let id = created["id"].as_str().unwrap().to_owned();
+
+    // Nothing is minted before approval.
+    let (_, before) = w
+        .call(
+            "GET",
+            &format!("/v1/mandate-requests/{id}"),
+            Some(AGENT_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(before["status"], "pending_approval");
+    assert!(before.get("mandate").is_none());
+
+    let otp = w.code_for("alice", &user_token, &id).await;
+    assert_eq!(otp.len(), 6);
+    let (status, approved) = w.approve(&user_token, &id, &otp).await;
+    assert_eq!(status, StatusCode::OK, "{approved}");
+    assert_eq!(approved["status"], "approved");
+
+    let (_, after) = w
+        .call(
+            "GET",
+            &format!("/v1/mandate-requests/{id}"),
+            Some(AGENT_TOKEN),
+            None,
+        )
+        .await;
+    let token = after["mandate"].as_str().unwrap().to_owned();
+    // SPEC §2 exactly: header, integer times, 128-bit jti, the scope.
+    let parts: Vec<&str> = token.split('.').collect();
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header: Value = serde_json::from_slice(&b64.decode(parts[0]).unwrap()).unwrap();
+    assert_eq!(
+        header,
+        json!({"alg": "ES256", "typ": "ap2-intent+jwt", "kid": kid})
+    );
+    let claims: Value = serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
+    let now = w.clock.now_unix();
+    assert_eq!(claims["iss"], ISSUER);
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["aud"], "acme-corp");
+    assert_eq!(claims["iat"], now);
+    assert_eq!(claims["exp"], now + 120);
+    assert_eq!(claims["jti"].as_str().unwrap().len(), 22);
+    assert_eq!(claims["ap2_intent"], "CART_PURCHASE_V1");
+    assert_eq!(
+        claims["ap2_scope"],
+        json!({"max_amount": "100.00", "currency": "USD", "cart_hash": cart().hash().as_str(), "allow_agent_id": AGENT})
+    );
+
+    // It verifies with our verifier against the directory's key...
+    let verified = verify_at_merchant(&w.directory_url(), &token, now + 1)
+        .await
+        .unwrap();
+    assert_eq!(verified.claims.sub, "alice");
+    // ...and with josekit against the JWK the directory serves.
+    let key: Value = w
+        .http
+        .get(format!("{}/v1/keys/{kid}", w.directory_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let jwk = josekit::jwk::Jwk::from_bytes(key["jwk"].to_string()).unwrap();
+    let verifier = josekit::jws::ES256.verifier_from_jwk(&jwk).unwrap();
+    let (payload, _) = josekit::jwt::decode_with_verifier(&token, &verifier).unwrap();
+    assert_eq!(Value::Object(payload.claims_set().clone()), claims);
+
+    // Approving again does not mint again.
+    let (status, body) = w.approve(&user_token, &id, &otp).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::CONFLICT, Some("request_not_pending"))
+    );
+    let (_, again) = w
+        .call(
+            "GET",
+            &format!("/v1/mandate-requests/{id}"),
+            Some(&user_token),
+            None,
+        )
+        .await;
+    assert_eq!(again["mandate"].as_str(), Some(token.as_str()));
+}
+
+#[tokio::test]
+async fn three_wrong_codes_lock_the_request_and_nothing_is_minted() {
+    let w = World::new().await;
+    let (_, user_token) = w.create_user("alice").await;
+    let (_, created) = w.request_mandate("alice", json!({})).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let otp = w.code_for("alice", &user_token, &id).await;
+    let wrong = if otp == "000000" { "111111" } else { "000000" };
+    let (status, body) = w.approve(&user_token, &id, wrong).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("otp_invalid"))
+    );
+    assert!(body["detail"].as_str().unwrap().contains("2 tries left"));
+    let (status, _) = w.approve(&user_token, &id, "12345").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, body) = w.approve(&user_token, &id, wrong).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::LOCKED, Some("request_locked"))
+    );
+    let (status, body) = w.approve(&user_token, &id, &otp).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::LOCKED, Some("request_locked")),
+        "the right code after the lock"
+    );
+    let (_, view) = w
+        .call(
+            "GET",
+            &format!("/v1/mandate-requests/{id}"),
+            Some(AGENT_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(view["status"], "locked");
+    assert!(view.get("mandate").is_none());
+    // A locked request is no longer offered to the user.
+    let (_, n) = w
+        .call(
+            "GET",
+            "/v1/users/alice/notifications",
+            Some(&user_token),
+            None,
+        )
+        .await;
+    assert_eq!(n["notifications"], json!([]));
+}
+
+#[tokio::test]
+async fn an_expired_request_cannot_be_approved_and_a_denied_one_is_over() {
+    let w = World::new().await;
+    let (_, user_token) = w.create_user("alice").await;
+    let (_, created) = w.request_mandate("alice", json!({})).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let otp = w.code_for("alice", &user_token, &id).await;
+    w.clock.advance(301);
+    let (status, body) = w.approve(&user_token, &id, &otp).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::GONE, Some("request_expired"))
+    );
+    let (_, view) = w
+        .call(
+            "GET",
+            &format!("/v1/mandate-requests/{id}"),
+            Some(AGENT_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(view["status"], "expired");
+
+    let (_, created) = w.request_mandate("alice", json!({})).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let otp = w.code_for("alice", &user_token, &id).await;
+    let (status, denied) = w
+        .call(
+            "POST",
+            &format!("/v1/mandate-requests/{id}/deny"),
+            Some(&user_token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(denied["status"], "denied");
+    let (status, body) = w.approve(&user_token, &id, &otp).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::CONFLICT, Some("request_not_pending"))
+    );
+}
+
+#[tokio::test]
+async fn concurrent_approvals_mint_exactly_once() {
+    let w = Arc::new(World::new().await);
+    let (_, user_token) = w.create_user("alice").await;
+    let (_, created) = w.request_mandate("alice", json!({})).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let otp = w.code_for("alice", &user_token, &id).await;
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let (w, t, id, otp) = (w.clone(), user_token.clone(), id.clone(), otp.clone());
+            tokio::spawn(async move { w.approve(&t, &id, &otp).await })
+        })
+        .collect();
+    let mut ok = Vec::new();
+    for task in tasks {
+        let (status, body) = task.await.unwrap();
+        if status == StatusCode::OK {
+            ok.push(body);
+        } else {
+            assert_eq!(body["code"], "request_not_pending", "{body}");
+        }
+    }
+    assert_eq!(ok.len(), 1);
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_4xx() {
+    let w = World::new().await;
+    let (_, alice) = w.create_user("alice").await;
+    let (_, bob) = w.create_user("bob").await;
+    let mut bad_total = cart_json();
+    bad_total["total"] = json!(1);
+    let mut bad_currency = cart_json();
+    bad_currency["currency"] = json!("ZZZ");
+    let cases: Vec<(Value, StatusCode, &str)> = vec![
+        (
+            json!({"user_id": "nobody"}),
+            StatusCode::NOT_FOUND,
+            "user_not_found",
+        ),
+        (
+            json!({"cart": bad_total}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "cart_invalid",
+        ),
+        (
+            json!({"cart": bad_currency}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "cart_invalid",
+        ),
+        (
+            json!({"cart": {"merchant_id": "acme-corp"}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "cart_invalid",
+        ),
+        (
+            json!({"merchant_id": "other-corp"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "merchant_mismatch",
+        ),
+        (
+            json!({"max_amount": "89.98"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "max_amount_below_total",
+        ),
+        (
+            json!({"max_amount": "89.9"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "max_amount_invalid",
+        ),
+        (
+            json!({"max_amount": 100}),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+        (
+            json!({"ttl_seconds": 301}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "ttl_invalid",
+        ),
+        (
+            json!({"ttl_seconds": 0}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "ttl_invalid",
+        ),
+        (
+            json!({"allow_agent_id": "agent-8"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+    ];
+    for (extra, status, code) in cases {
+        let user = extra
+            .get("user_id")
+            .and_then(Value::as_str)
+            .unwrap_or("alice")
+            .to_owned();
+        let mut extra = extra;
+        extra.as_object_mut().unwrap().remove("user_id");
+        let (got, body) = w.request_mandate(&user, extra.clone()).await;
+        assert_eq!(
+            (got, body["code"].as_str()),
+            (status, Some(code)),
+            "{extra}: {body}"
+        );
+    }
+    // Tokens: none, wrong, a user's where an agent's is needed, another agent's request.
+    let body = json!({"user_id": "alice", "merchant_id": "acme-corp", "cart": cart_json()});
+    let (status, _) = w
+        .call("POST", "/v1/mandate-requests", None, Some(body.clone()))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = w
+        .call(
+            "POST",
+            "/v1/mandate-requests",
+            Some("forged"),
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, b) = w
+        .call(
+            "POST",
+            "/v1/mandate-requests",
+            Some(&alice),
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(
+        (status, b["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("forbidden"))
+    );
+    let (_, created) = w.request_mandate("alice", json!({})).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let (status, _) = w
+        .call(
+            "GET",
+            &format!("/v1/mandate-requests/{id}"),
+            Some(OTHER_AGENT_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "another agent");
+    let (status, _) = w
+        .call(
+            "GET",
+            &format!("/v1/mandate-requests/{id}"),
+            Some(&bob),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "another user");
+    let otp = w.code_for("alice", &alice, &id).await;
+    let (status, _) = w.approve(&bob, &id, &otp).await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "bob cannot approve alice's request"
+    );
+    let (status, _) = w.approve(AGENT_TOKEN, &id, &otp).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "an agent cannot approve");
+    let (status, _) = w
+        .call("GET", "/v1/users/alice/notifications", Some(&bob), None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, b) = w
+        .call("GET", "/v1/mandate-requests/nope", Some(AGENT_TOKEN), None)
+        .await;
+    assert_eq!(
+        (status, b["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("request_not_found"))
+    );
+    let (status, _) = w
+        .call(
+            "POST",
+            "/v1/users",
+            Some(AGENT_TOKEN),
+            Some(json!({"user_id": "eve"})),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "an agent is not the admin"
+    );
+    let (status, b) = w
+        .call(
+            "POST",
+            "/v1/users",
+            Some(ADMIN),
+            Some(json!({"user_id": "bad user"})),
+        )
+        .await;
+    assert_eq!(
+        (status, b["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("user_id_invalid"))
+    );
+    // The bob/alice mix-ups above did not consume alice's tries.
+    let (status, _) = w.approve(&alice, &id, &otp).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn users_keys_and_pending_requests_survive_a_restart() {
+    let mut w = World::new().await;
+    let (_, user_token) = w.create_user("alice").await;
+    let (_, created) = w.request_mandate("alice", json!({})).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let otp = w.code_for("alice", &user_token, &id).await;
+    w.restart_wallet().await;
+    // The user token still works, the request is still pending with the same code.
+    assert_eq!(w.code_for("alice", &user_token, &id).await, otp);
+    let (status, _) = w.approve(&user_token, &id, &otp).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, view) = w
+        .call(
+            "GET",
+            &format!("/v1/mandate-requests/{id}"),
+            Some(AGENT_TOKEN),
+            None,
+        )
+        .await;
+    // The key reopened from the sealed store signs mandates the directory's key verifies.
+    let token = view["mandate"].as_str().unwrap();
+    verify_at_merchant(&w.directory_url(), token, w.clock.now_unix())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn with_the_directory_down_no_user_is_created_and_a_retry_succeeds() {
+    let mut w = World::new().await;
+    w.directory.take().unwrap().stop().await.unwrap();
+    let (status, body) = w
+        .call(
+            "POST",
+            "/v1/users",
+            Some(ADMIN),
+            Some(json!({"user_id": "carol"})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("key_directory_unavailable")
+        )
+    );
+    let (status, _) = w.call("GET", "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    // The directory comes back (on another port): a wallet pointed at it creates carol.
+    let directory = start_directory(w.directory_db.clone()).await;
+    w.directory = Some(directory);
+    w.restart_wallet().await;
+    let (status, _) = w.call("GET", "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    w.create_user("carol").await;
+}
