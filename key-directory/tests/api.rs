@@ -1,5 +1,10 @@
 //! The key directory over real HTTP: every rule of SPEC §5 and of its issue.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use ap2_mandate::LocalSigner;
 use key_directory::{Config, Running};

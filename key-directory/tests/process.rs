@@ -1,6 +1,11 @@
 //! The real `key-directory` binary: configuration from flags and environment, a graceful stop
 //! on SIGTERM, keys that survive the restart, and no secret in the logs.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,6 +1,11 @@
 //! Interoperability with an independent JOSE implementation (josekit, on OpenSSL): tokens it
 //! mints verify with ours, and tokens we mint verify with it.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod common;
 

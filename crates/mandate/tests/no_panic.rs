@@ -1,6 +1,11 @@
 //! Untrusted input never panics the verifier, and no single-byte change of a valid token is
 //! accepted.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod common;
 

@@ -1,0 +1,76 @@
+//! Configuration: flags with environment fallbacks.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// How the merchant runs.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "merchant",
+    version,
+    about = "The AP2 merchant: checkout and mandate verification"
+)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8082")]
+    pub listen: SocketAddr,
+    /// This merchant's id: the `aud` it accepts and the cart's `merchant_id`.
+    #[arg(long, env = "MERCHANT_ID")]
+    pub merchant_id: String,
+    /// Where sessions and orders are kept.
+    #[arg(long, env = "MERCHANT_DATA_DIR", default_value = "./data/merchant")]
+    pub data_dir: PathBuf,
+    /// The key directory's base URL.
+    #[arg(long, env = "KEY_DIRECTORY_URL")]
+    pub key_directory_url: String,
+    /// Redis for the jti replay set. Without it an in-memory set is used, which is safe only
+    /// for a single merchant process.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// The product catalog (JSON); a built-in demo catalog when absent.
+    #[arg(long, env = "MERCHANT_CATALOG")]
+    pub catalog: Option<PathBuf>,
+    /// Prefix of the replay set's Redis keys.
+    #[arg(long, env = "REPLAY_KEY_PREFIX", default_value = "ap2:jti")]
+    pub replay_prefix: String,
+    /// How long a Redis command may take before the merchant refuses (fails closed), in ms.
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 250)]
+    pub redis_timeout_ms: u64,
+    /// Clock leeway for exp, nbf and iat, in seconds.
+    #[arg(long, env = "MANDATE_LEEWAY_SECS", default_value_t = ap2_mandate::verify::DEFAULT_LEEWAY_SECS)]
+    pub leeway_secs: i64,
+    /// Longest accepted mandate lifetime, in seconds.
+    #[arg(long, env = "MANDATE_MAX_LIFETIME_SECS", default_value_t = ap2_mandate::verify::DEFAULT_MAX_LIFETIME_SECS)]
+    pub max_lifetime_secs: i64,
+    /// Longest a key is cached before the directory is asked again, in seconds.
+    #[arg(long, env = "KEY_CACHE_SECS", default_value_t = 60)]
+    pub key_cache_secs: u64,
+    /// Largest request body, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+}
+
+impl Config {
+    /// A configuration for tests and the demo: port 0 on loopback, the SPEC's defaults.
+    pub fn local(
+        merchant_id: &str,
+        data_dir: PathBuf,
+        key_directory_url: &str,
+        redis_url: Option<String>,
+    ) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            merchant_id: merchant_id.to_owned(),
+            data_dir,
+            key_directory_url: key_directory_url.to_owned(),
+            redis_url,
+            catalog: None,
+            replay_prefix: "ap2:jti".to_owned(),
+            redis_timeout_ms: 250,
+            leeway_secs: ap2_mandate::verify::DEFAULT_LEEWAY_SECS,
+            max_lifetime_secs: ap2_mandate::verify::DEFAULT_MAX_LIFETIME_SECS,
+            key_cache_secs: 60,
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}

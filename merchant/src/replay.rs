@@ -1,0 +1,116 @@
+//! The jti replay set: Redis in production, memory for a single process.
+
+use std::time::Duration;
+
+use ap2_mandate::memory::MemoryReplayGuard;
+use ap2_mandate::{ReplayError, ReplayGuard, ReplayKey};
+use redis::aio::ConnectionManager;
+
+/// The replay set this merchant uses.
+pub enum ReplayStore {
+    /// Shared by every merchant instance, survives their restarts.
+    Redis(RedisReplayGuard),
+    /// This process only: for the single-process demo.
+    Memory(MemoryReplayGuard),
+}
+
+impl ReplayGuard for ReplayStore {
+    async fn consume(
+        &self,
+        key: &ReplayKey,
+        until_unix: i64,
+        now_unix: i64,
+    ) -> Result<(), ReplayError> {
+        match self {
+            Self::Redis(redis) => redis.consume(key, until_unix, now_unix).await,
+            Self::Memory(memory) => memory.consume(key, until_unix, now_unix).await,
+        }
+    }
+}
+
+impl ReplayStore {
+    /// Whether the store answers (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), String> {
+        match self {
+            Self::Redis(redis) => redis.ping().await,
+            Self::Memory(_) => Ok(()),
+        }
+    }
+}
+
+/// `SET <prefix>:<key> 1 NX PX <ms>` over one multiplexed connection that reconnects by
+/// itself; every command is bounded by `timeout`, and any failure is an error the verifier
+/// turns into `replay_store_unavailable` (fail closed).
+pub struct RedisReplayGuard {
+    conn: ConnectionManager,
+    prefix: String,
+    timeout: Duration,
+}
+
+impl RedisReplayGuard {
+    /// Connects lazily: the merchant starts with Redis down and recovers when it comes back.
+    pub fn new(url: &str, prefix: &str, timeout: Duration) -> anyhow::Result<Self> {
+        let client = redis::Client::open(url)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(Self {
+            conn,
+            prefix: prefix.to_owned(),
+            timeout,
+        })
+    }
+
+    async fn ping(&self) -> Result<(), String> {
+        let mut conn = self.conn.clone();
+        let reply = tokio::time::timeout(
+            self.timeout,
+            redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await;
+        match reply {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timed out".into()),
+        }
+    }
+}
+
+impl ReplayGuard for RedisReplayGuard {
+    async fn consume(
+        &self,
+        key: &ReplayKey,
+        until_unix: i64,
+        now_unix: i64,
+    ) -> Result<(), ReplayError> {
+        let ttl_ms = until_unix
+            .saturating_sub(now_unix)
+            .max(1)
+            .saturating_mul(1000);
+        let mut conn = self.conn.clone();
+        let command = redis::cmd("SET")
+            .arg(format!("{}:{}", self.prefix, key.as_str()))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms)
+            .to_owned();
+        let reply = tokio::time::timeout(
+            self.timeout,
+            command.query_async::<Option<String>>(&mut conn),
+        )
+        .await;
+        let failure = match reply {
+            Ok(Ok(Some(_))) => return Ok(()),
+            Ok(Ok(None)) => return Err(ReplayError::AlreadyUsed),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {} ms", self.timeout.as_millis()),
+        };
+        metrics::counter!("ap2_replay_store_errors_total").increment(1);
+        tracing::warn!(error = %failure, "replay store failed: refusing the mandate");
+        Err(ReplayError::Unavailable(failure))
+    }
+}

@@ -1,0 +1,139 @@
+//! The HTTP API (SPEC §5, merchant) and the one place a refusal becomes an HTTP answer.
+
+pub mod health;
+pub mod mandates;
+pub mod products;
+pub mod sessions;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ap2_directory_client::DirectoryClient;
+use ap2_mandate::{
+    Cart, Clock, Consume, MerchantId, Presentation, VerifiedMandate, Verifier, VerifyError,
+};
+use ap2_service::problem::Problem;
+use axum::http::{HeaderValue, StatusCode};
+
+use crate::catalog::Catalog;
+use crate::payment::PaymentProcessor;
+use crate::replay::ReplayStore;
+use crate::store::{MerchantStore, StoreError};
+
+/// The merchant's verifier: keys from the directory (cached), the replay set, the clock.
+pub type MerchantVerifier = Verifier<DirectoryClient, ReplayStore, Arc<dyn Clock>>;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// SPEC §4.
+    pub verifier: Arc<MerchantVerifier>,
+    /// Sessions and orders.
+    pub store: Arc<dyn MerchantStore>,
+    /// Prices.
+    pub catalog: Arc<Catalog>,
+    /// Charges.
+    pub payments: Arc<dyn PaymentProcessor>,
+    /// This merchant.
+    pub merchant_id: MerchantId,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// For `/readyz`.
+    pub key_directory_url: String,
+    /// For `/readyz`.
+    pub http: reqwest::Client,
+}
+
+/// A refused mandate as RFC 6750 and RFC 9457 want it: 401 with
+/// `WWW-Authenticate: Bearer error="invalid_token", error_description="…"` and the SPEC's code,
+/// or 503 when a dependency is down.
+pub fn refusal(err: &VerifyError) -> Problem {
+    let code = err.code();
+    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
+    let detail = match err {
+        // The cause of an outage goes to the log, not to the caller.
+        VerifyError::KeyDirectoryUnavailable(_) => "the key directory is unavailable".to_owned(),
+        VerifyError::ReplayStoreUnavailable(_) => "the replay store is unavailable".to_owned(),
+        other => other.to_string(),
+    };
+    let problem = Problem::new(status, code.as_str(), detail.clone());
+    if status != StatusCode::UNAUTHORIZED {
+        return problem;
+    }
+    // A quoted-string may not hold `"` or `\`; our messages have none, but make sure.
+    let description: String = detail
+        .chars()
+        .filter(|c| *c != '"' && *c != '\\' && (' '..='~').contains(c))
+        .collect();
+    let challenge = format!(r#"Bearer error="invalid_token", error_description="{description}""#);
+    match HeaderValue::from_str(&challenge) {
+        Ok(value) => problem.with_challenge(value),
+        Err(_) => {
+            problem.with_challenge(HeaderValue::from_static(r#"Bearer error="invalid_token""#))
+        }
+    }
+}
+
+/// Runs the verifier and records the result and its latency.
+pub async fn verify(
+    state: &AppState,
+    token: &str,
+    agent_id: &str,
+    cart: &Cart,
+    consume: Consume,
+) -> Result<VerifiedMandate, Problem> {
+    let started = Instant::now();
+    let result = state
+        .verifier
+        .verify(
+            &Presentation {
+                token,
+                agent_id,
+                cart,
+            },
+            consume,
+        )
+        .await;
+    let label = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.code().as_str(),
+    };
+    metrics::counter!("ap2_mandate_verifications_total", "result" => label).increment(1);
+    metrics::histogram!("ap2_mandate_verification_seconds").record(started.elapsed().as_secs_f64());
+    result.map_err(|e| {
+        match &e {
+            VerifyError::KeyDirectoryUnavailable(why) | VerifyError::ReplayStoreUnavailable(why) => {
+                tracing::error!(code = e.code().as_str(), error = %why, "mandate refused: dependency down");
+            }
+            _ => tracing::info!(code = e.code().as_str(), %agent_id, "mandate refused"),
+        }
+        refusal(&e)
+    })
+}
+
+/// Runs a store call on the blocking pool; a failing store is 503.
+pub async fn blocking<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce(&dyn MerchantStore) -> Result<T, StoreError> + Send + 'static,
+) -> Result<Result<T, StoreError>, Problem> {
+    let store = state.store.clone();
+    let result = tokio::task::spawn_blocking(move || f(store.as_ref()))
+        .await
+        .map_err(Problem::internal)?;
+    match result {
+        Err(StoreError::Backend(why)) => {
+            tracing::error!(error = %why, "merchant store failed");
+            Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the merchant's store is unavailable",
+            ))
+        }
+        other => Ok(other),
+    }
+}
+
+/// 422 with `code`.
+pub fn unprocessable(code: &'static str, detail: impl Into<String>) -> Problem {
+    Problem::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
+}

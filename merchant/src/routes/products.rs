@@ -1,0 +1,12 @@
+//! `GET /v1/products`.
+
+use ap2_service::problem::ApiJson;
+use axum::extract::State;
+use serde_json::{Value, json};
+
+use super::AppState;
+
+/// The catalog.
+pub async fn list(State(state): State<AppState>) -> ApiJson<Value> {
+    ApiJson(json!({ "products": state.catalog.products() }))
+}

@@ -1,0 +1,267 @@
+//! `/v1/checkout-sessions`: priced from the catalog, completed with a verified mandate.
+
+use std::collections::HashSet;
+
+use ap2_mandate::cart::{MAX_LINE_ITEMS, MAX_QUANTITY};
+use ap2_mandate::{Cart, Consume, LineItem};
+use ap2_service::auth::{BearerError, bearer_token};
+use ap2_service::problem::{ApiJson, Problem};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{AppState, blocking, unprocessable, verify};
+use crate::store::{OrderRow, SessionRow, SessionStatus, StoreError};
+
+/// The header naming the presenting agent.
+pub const AGENT_HEADER: &str = "ap2-agent-id";
+
+/// `POST /v1/checkout-sessions` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSession {
+    line_items: Vec<RequestedItem>,
+}
+
+/// A product and how many.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestedItem {
+    id: String,
+    quantity: i64,
+}
+
+/// A session as served.
+#[derive(Debug, Serialize)]
+pub struct SessionView {
+    id: String,
+    status: &'static str,
+    cart: Value,
+    cart_hash: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    order_id: Option<String>,
+}
+
+impl From<SessionRow> for SessionView {
+    fn from(s: SessionRow) -> Self {
+        Self {
+            status: s.status.as_str(),
+            cart: serde_json::from_str(&s.cart).unwrap_or(Value::Null),
+            id: s.id,
+            cart_hash: s.cart_hash,
+            order_id: s.order_id,
+        }
+    }
+}
+
+fn random_id(prefix: &str) -> Result<String, Problem> {
+    let mut bytes = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| Problem::internal("random failed"))?;
+    Ok(format!(
+        "{prefix}_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    ))
+}
+
+/// Prices the requested items from the catalog and opens a session for the cart.
+pub async fn create(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<CreateSession>,
+) -> Result<(StatusCode, ApiJson<SessionView>), Problem> {
+    if body.line_items.is_empty() {
+        return Err(unprocessable(
+            "line_items_empty",
+            "a checkout needs at least one item",
+        ));
+    }
+    if body.line_items.len() > MAX_LINE_ITEMS {
+        return Err(unprocessable(
+            "too_many_line_items",
+            format!("a checkout has at most {MAX_LINE_ITEMS} line items"),
+        ));
+    }
+    let mut seen = HashSet::new();
+    let mut items = Vec::with_capacity(body.line_items.len());
+    let mut currency = None;
+    for requested in &body.line_items {
+        let product = state.catalog.get(&requested.id).ok_or_else(|| {
+            unprocessable("product_unknown", format!("no product {:?}", requested.id))
+        })?;
+        if !seen.insert(requested.id.as_str()) {
+            return Err(unprocessable(
+                "line_item_duplicate",
+                format!(
+                    "{:?} appears twice; ask for a larger quantity",
+                    requested.id
+                ),
+            ));
+        }
+        let quantity = u32::try_from(requested.quantity)
+            .ok()
+            .filter(|q| (1..=MAX_QUANTITY).contains(q))
+            .ok_or_else(|| {
+                unprocessable(
+                    "quantity_invalid",
+                    format!("quantity is 1..={MAX_QUANTITY}"),
+                )
+            })?;
+        if *currency.get_or_insert(product.currency) != product.currency {
+            return Err(unprocessable(
+                "currency_mixed",
+                "the products are in several currencies",
+            ));
+        }
+        items.push(LineItem {
+            id: product.id.clone(),
+            title: product.title.clone(),
+            quantity,
+            unit_price: product.unit_price,
+        });
+    }
+    let currency = currency.ok_or_else(|| Problem::internal("no currency"))?;
+    let cart = Cart::new(state.merchant_id.clone(), currency, items)
+        .map_err(|e| unprocessable("cart_invalid", e.to_string()))?;
+    let row = SessionRow {
+        id: random_id("cs")?,
+        cart: serde_json::to_string(&cart).map_err(Problem::internal)?,
+        cart_hash: cart.hash().to_string(),
+        status: SessionStatus::ReadyForComplete,
+        created_at: state.clock.now_unix(),
+        order_id: None,
+    };
+    let stored = row.clone();
+    blocking(&state, move |store| store.create_session(&stored))
+        .await?
+        .map_err(Problem::internal)?;
+    Ok((StatusCode::CREATED, ApiJson(row.into())))
+}
+
+async fn load(state: &AppState, id: String) -> Result<SessionRow, Problem> {
+    blocking(state, move |store| store.session(&id))
+        .await?
+        .map_err(Problem::internal)?
+        .ok_or_else(|| Problem::not_found("session_not_found", "no such checkout session"))
+}
+
+/// `GET /v1/checkout-sessions/{id}`.
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<ApiJson<SessionView>, Problem> {
+    Ok(ApiJson(load(&state, id).await?.into()))
+}
+
+fn already_done(status: SessionStatus) -> Problem {
+    Problem::new(
+        StatusCode::CONFLICT,
+        "session_completed",
+        format!("the session is {}", status.as_str()),
+    )
+}
+
+/// `POST /v1/checkout-sessions/{id}/complete`: verify the mandate against this session's cart
+/// (SPEC §4), charge exactly the cart's total, complete the session, once.
+pub async fn complete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<ApiJson<Value>, Problem> {
+    let token = match bearer_token(&headers) {
+        Ok(token) => token,
+        Err(BearerError::Missing) => {
+            return Err(Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "mandate_required",
+                "present the mandate as Authorization: Bearer <mandate>",
+            )
+            .with_challenge(HeaderValue::from_static("Bearer")));
+        }
+        Err(BearerError::Malformed) => {
+            return Err(super::refusal(&ap2_mandate::VerifyError::Malformed(
+                "the Authorization header is not Bearer <mandate>",
+            )));
+        }
+    };
+    let agent_id = headers
+        .get(AGENT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| {
+            Problem::bad_request("agent_id_required", "the AP2-Agent-Id header is required")
+        })?
+        .to_owned();
+    let session = load(&state, id).await?;
+    // A finished session is refused before the mandate is looked at, so it is not spent.
+    if session.status != SessionStatus::ReadyForComplete {
+        return Err(already_done(session.status));
+    }
+    let cart = Cart::from_json(session.cart.as_bytes()).map_err(Problem::internal)?;
+    let verified = verify(&state, token, &agent_id, &cart, Consume::Yes).await?;
+    let claims = &verified.claims;
+    let amount = cart.total();
+    let order = OrderRow {
+        id: random_id("ord")?,
+        session_id: session.id.clone(),
+        amount: i64::try_from(amount.minor_units()).map_err(Problem::internal)?,
+        currency: amount.currency().code().to_owned(),
+        mandate: token.to_owned(),
+        claims: serde_json::to_string(claims).map_err(Problem::internal)?,
+        iss: claims.iss.clone(),
+        jti: claims.jti.to_string(),
+        sub: claims.sub.clone(),
+        kid: verified.kid.to_string(),
+        agent_id: agent_id.clone(),
+        charge_id: None,
+        created_at: state.clock.now_unix(),
+    };
+    let pending = order.clone();
+    match blocking(&state, move |store| store.begin_order(&pending)).await? {
+        Ok(()) => {}
+        Err(StoreError::NotReady(status)) => return Err(already_done(status)),
+        Err(StoreError::MandateUsed) => {
+            return Err(super::refusal(&ap2_mandate::VerifyError::Replayed));
+        }
+        Err(StoreError::NotFound) => {
+            return Err(Problem::not_found(
+                "session_not_found",
+                "no such checkout session",
+            ));
+        }
+        Err(StoreError::Backend(why)) => return Err(Problem::internal(why)),
+    }
+    let charge = match state.payments.charge(&order.id, amount).await {
+        Ok(charge) => charge,
+        Err(e) => {
+            let order_id = order.id.clone();
+            blocking(&state, move |store| store.abort_order(&order_id))
+                .await?
+                .map_err(Problem::internal)?;
+            tracing::warn!(order_id = %order.id, error = %e, "charge failed");
+            return Err(Problem::new(
+                StatusCode::PAYMENT_REQUIRED,
+                "payment_failed",
+                e.to_string(),
+            ));
+        }
+    };
+    let (order_id, charge_id) = (order.id.clone(), charge.charge_id.clone());
+    blocking(&state, move |store| {
+        store.finish_order(&order_id, &charge_id)
+    })
+    .await?
+    .map_err(Problem::internal)?;
+    tracing::info!(
+        order_id = %order.id, session_id = %order.session_id, amount = %amount,
+        currency = %amount.currency(), jti = %claims.jti, sub = %claims.sub, %agent_id,
+        "order paid"
+    );
+    Ok(ApiJson(serde_json::json!({
+        "status": "completed",
+        "order_id": order.id,
+        "amount": amount.minor_units(),
+        "currency": amount.currency(),
+        "mandate": {"jti": claims.jti, "sub": claims.sub, "kid": verified.kid},
+    })))
+}

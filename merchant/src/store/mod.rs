@@ -1,0 +1,126 @@
+//! Checkout sessions and orders. Each order keeps the mandate it was paid with and the verified
+//! claims, so a disputed charge can be re-verified later; `(iss, jti)` is unique across orders,
+//! a durable second line should the replay set lose its data.
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+/// Where a session stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionStatus {
+    /// Priced, waiting for a mandate.
+    ReadyForComplete,
+    /// A verified mandate is being charged.
+    Charging,
+    /// Paid.
+    Completed,
+}
+
+impl SessionStatus {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ReadyForComplete => "ready_for_complete",
+            Self::Charging => "charging",
+            Self::Completed => "completed",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "ready_for_complete" => Self::ReadyForComplete,
+            "charging" => Self::Charging,
+            "completed" => Self::Completed,
+            _ => return None,
+        })
+    }
+}
+
+/// A checkout session.
+#[derive(Debug, Clone)]
+pub struct SessionRow {
+    /// Random id.
+    pub id: String,
+    /// The priced cart's JSON.
+    pub cart: String,
+    /// Its hash.
+    pub cart_hash: String,
+    /// Where it stands.
+    pub status: SessionStatus,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// The order that paid it.
+    pub order_id: Option<String>,
+}
+
+/// An order: one paid session.
+#[derive(Debug, Clone)]
+pub struct OrderRow {
+    /// Random id; also the payment's idempotency key.
+    pub id: String,
+    /// The session it paid.
+    pub session_id: String,
+    /// Minor units, the cart's total.
+    pub amount: i64,
+    /// ISO 4217.
+    pub currency: String,
+    /// The mandate as presented.
+    pub mandate: String,
+    /// The verified claims (JSON).
+    pub claims: String,
+    /// The mandate's issuer.
+    pub iss: String,
+    /// The mandate's jti.
+    pub jti: String,
+    /// The user.
+    pub sub: String,
+    /// The key.
+    pub kid: String,
+    /// The presenting agent.
+    pub agent_id: String,
+    /// The processor's charge id, once paid.
+    pub charge_id: Option<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// Why an order could not begin.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No such session.
+    #[error("no such session")]
+    NotFound,
+    /// The session is charging or completed.
+    #[error("the session is {}", .0.as_str())]
+    NotReady(SessionStatus),
+    /// An order already used this `(iss, jti)`.
+    #[error("this mandate already paid an order")]
+    MandateUsed,
+    /// The database failed.
+    #[error("store failure: {0}")]
+    Backend(String),
+}
+
+/// Sessions and orders.
+pub trait MerchantStore: Send + Sync + 'static {
+    /// Adds a session.
+    fn create_session(&self, session: &SessionRow) -> Result<(), StoreError>;
+    /// A session.
+    fn session(&self, id: &str) -> Result<Option<SessionRow>, StoreError>;
+    /// Moves a ready session to charging and records its pending order, atomically: of two
+    /// racing completions, one begins.
+    fn begin_order(&self, order: &OrderRow) -> Result<(), StoreError>;
+    /// The charge went through: the order is paid and the session completed.
+    fn finish_order(&self, order_id: &str, charge_id: &str) -> Result<(), StoreError>;
+    /// The charge failed: the order goes and the session is ready again.
+    fn abort_order(&self, order_id: &str) -> Result<(), StoreError>;
+    /// An order.
+    fn order(&self, id: &str) -> Result<Option<OrderRow>, StoreError>;
+    /// Whether the store answers.
+    fn ping(&self) -> Result<(), StoreError>;
+}
+
+pub(crate) fn parse_status(s: &str) -> Option<SessionStatus> {
+    SessionStatus::parse(s)
+}

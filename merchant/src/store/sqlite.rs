@@ -1,0 +1,270 @@
+//! The merchant's SQLite database (WAL, synchronous commits).
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::{MerchantStore, OrderRow, SessionRow, SessionStatus, StoreError, parse_status};
+
+/// Sessions and orders in one SQLite file.
+#[derive(Debug)]
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS sessions (
+    id         TEXT PRIMARY KEY NOT NULL,
+    cart       TEXT NOT NULL,
+    cart_hash  TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    order_id   TEXT
+) STRICT;
+CREATE TABLE IF NOT EXISTS orders (
+    id         TEXT PRIMARY KEY NOT NULL,
+    session_id TEXT NOT NULL UNIQUE REFERENCES sessions(id),
+    amount     INTEGER NOT NULL,
+    currency   TEXT NOT NULL,
+    mandate    TEXT NOT NULL,
+    claims     TEXT NOT NULL,
+    iss        TEXT NOT NULL,
+    jti        TEXT NOT NULL,
+    sub        TEXT NOT NULL,
+    kid        TEXT NOT NULL,
+    agent_id   TEXT NOT NULL,
+    charge_id  TEXT,
+    created_at INTEGER NOT NULL,
+    UNIQUE (iss, jti)
+) STRICT;
+";
+
+const SESSION_COLUMNS: &str = "id, cart, cart_hash, status, created_at, order_id";
+const ORDER_COLUMNS: &str = "id, session_id, amount, currency, mandate, claims, iss, jti, sub, kid, agent_id, charge_id, created_at";
+
+fn session_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRow> {
+    let status: String = row.get(3)?;
+    Ok(SessionRow {
+        id: row.get(0)?,
+        cart: row.get(1)?,
+        cart_hash: row.get(2)?,
+        status: parse_status(&status).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                3,
+                rusqlite::types::Type::Text,
+                format!("unknown status {status:?}").into(),
+            )
+        })?,
+        created_at: row.get(4)?,
+        order_id: row.get(5)?,
+    })
+}
+
+fn order_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<OrderRow> {
+    Ok(OrderRow {
+        id: row.get(0)?,
+        session_id: row.get(1)?,
+        amount: row.get(2)?,
+        currency: row.get(3)?,
+        mandate: row.get(4)?,
+        claims: row.get(5)?,
+        iss: row.get(6)?,
+        jti: row.get(7)?,
+        sub: row.get(8)?,
+        kid: row.get(9)?,
+        agent_id: row.get(10)?,
+        charge_id: row.get(11)?,
+        created_at: row.get(12)?,
+    })
+}
+
+impl SqliteStore {
+    /// Opens (or creates) `merchant.db` in `data_dir`. Sessions left charging by a crash go
+    /// back to ready with their pending order removed: the processor's idempotency key (the
+    /// order id) was never confirmed, and no order was marked paid.
+    pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(data_dir)?;
+        let conn = Connection::open(data_dir.join("merchant.db"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        let stuck: Vec<(String, String)> = {
+            let mut stmt = conn.prepare(
+                "SELECT s.id, o.id FROM sessions s JOIN orders o ON o.session_id = s.id \
+                 WHERE s.status = 'charging' AND o.charge_id IS NULL",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for (session, order) in stuck {
+            tracing::warn!(%session, %order, "a charge was cut short; the session is ready again");
+            conn.execute("DELETE FROM orders WHERE id = ?1", params![order])?;
+            conn.execute(
+                "UPDATE sessions SET status = 'ready_for_complete', order_id = NULL WHERE id = ?1",
+                params![session],
+            )?;
+        }
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self
+            .conn
+            .lock()
+            .map_err(|_| backend("connection lock poisoned"))?;
+        f(&mut conn)
+    }
+}
+
+impl MerchantStore for SqliteStore {
+    fn create_session(&self, s: &SessionRow) -> Result<(), StoreError> {
+        self.with(|conn| {
+            conn.execute(
+                &format!(
+                    "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+                ),
+                params![
+                    s.id,
+                    s.cart,
+                    s.cart_hash,
+                    s.status.as_str(),
+                    s.created_at,
+                    s.order_id
+                ],
+            )
+            .map(|_| ())
+            .map_err(backend)
+        })
+    }
+
+    fn session(&self, id: &str) -> Result<Option<SessionRow>, StoreError> {
+        self.with(|conn| {
+            conn.query_row(
+                &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"),
+                params![id],
+                session_row,
+            )
+            .optional()
+            .map_err(backend)
+        })
+    }
+
+    fn begin_order(&self, o: &OrderRow) -> Result<(), StoreError> {
+        self.with(|conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let status: Option<String> = tx
+                .query_row(
+                    "SELECT status FROM sessions WHERE id = ?1",
+                    params![o.session_id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(backend)?;
+            match status.as_deref().and_then(parse_status) {
+                None => return Err(StoreError::NotFound),
+                Some(SessionStatus::ReadyForComplete) => {}
+                Some(other) => return Err(StoreError::NotReady(other)),
+            }
+            let inserted = tx.execute(
+                &format!(
+                    "INSERT INTO orders ({ORDER_COLUMNS}) VALUES \
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL, ?12)"
+                ),
+                params![
+                    o.id,
+                    o.session_id,
+                    o.amount,
+                    o.currency,
+                    o.mandate,
+                    o.claims,
+                    o.iss,
+                    o.jti,
+                    o.sub,
+                    o.kid,
+                    o.agent_id,
+                    o.created_at
+                ],
+            );
+            match inserted {
+                Ok(_) => {}
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    return Err(StoreError::MandateUsed);
+                }
+                Err(e) => return Err(backend(e)),
+            }
+            tx.execute(
+                "UPDATE sessions SET status = 'charging', order_id = ?2 WHERE id = ?1",
+                params![o.session_id, o.id],
+            )
+            .map_err(backend)?;
+            tx.commit().map_err(backend)
+        })
+    }
+
+    fn finish_order(&self, order_id: &str, charge_id: &str) -> Result<(), StoreError> {
+        self.with(|conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            tx.execute(
+                "UPDATE orders SET charge_id = ?2 WHERE id = ?1",
+                params![order_id, charge_id],
+            )
+            .map_err(backend)?;
+            tx.execute(
+                "UPDATE sessions SET status = 'completed' WHERE order_id = ?1",
+                params![order_id],
+            )
+            .map_err(backend)?;
+            tx.commit().map_err(backend)
+        })
+    }
+
+    fn abort_order(&self, order_id: &str) -> Result<(), StoreError> {
+        self.with(|conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            tx.execute(
+                "UPDATE sessions SET status = 'ready_for_complete', order_id = NULL WHERE order_id = ?1",
+                params![order_id],
+            )
+            .map_err(backend)?;
+            tx.execute("DELETE FROM orders WHERE id = ?1", params![order_id])
+                .map_err(backend)?;
+            tx.commit().map_err(backend)
+        })
+    }
+
+    fn order(&self, id: &str) -> Result<Option<OrderRow>, StoreError> {
+        self.with(|conn| {
+            conn.query_row(
+                &format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = ?1"),
+                params![id],
+                order_row,
+            )
+            .optional()
+            .map_err(backend)
+        })
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        self.with(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(backend))
+    }
+}
