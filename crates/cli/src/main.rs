@@ -1,4 +1,7 @@
-//! `ap2`: cart hashes, keys, and minting and verifying intent mandates offline.
+//! `ap2`: the demo of the whole flow, cart hashes, keys, and minting and verifying intent
+//! mandates offline.
+
+mod demo;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -23,6 +26,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Start the key directory, the wallet and the merchant in this process and play the whole
+    /// story, then the attacks (uses Redis for the replay set when REDIS_URL is set).
+    Demo,
     /// Print the cart_hash of a SPEC §3 cart (JSON from FILE, or standard input).
     CartHash {
         /// The cart's JSON file; `-` or nothing for standard input.
@@ -126,6 +132,17 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<ExitCode> {
     match command {
+        Command::Demo => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let all_good = runtime.block_on(demo::run())?;
+            Ok(if all_good {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(REFUSED)
+            })
+        }
         Command::CartHash { file, canonical } => {
             let text = read_input(file.as_deref())?;
             let mut out = std::io::stdout().lock();

@@ -230,3 +230,47 @@ fn mint_refuses_a_bad_max_amount() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--max-amount"), "{}", stderr(&out));
 }
+
+fn assert_demo_succeeded(out: &Output) {
+    let text = stdout(out);
+    assert!(out.status.success(), "{text}\n{}", stderr(out));
+    for code in [
+        "mandate_replayed",
+        "mandate_cart_mismatch",
+        "mandate_agent_mismatch",
+        "mandate_audience_mismatch",
+        "mandate_expired",
+        "mandate_key_revoked",
+    ] {
+        assert!(
+            text.contains(&format!("→ 401 {code}")),
+            "{code} missing:\n{text}"
+        );
+    }
+    assert!(!text.contains('✗'), "{text}");
+    assert!(text.contains("Every step behaved as expected."));
+    assert!(text.contains("charged"));
+}
+
+#[test]
+fn demo_plays_the_story_and_the_attacks_with_the_in_memory_replay_set() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ap2"))
+        .arg("demo")
+        .env_remove("REDIS_URL")
+        .output()
+        .unwrap();
+    assert_demo_succeeded(&out);
+    assert!(stdout(&out).contains("replay set in memory"));
+}
+
+#[test]
+fn demo_uses_redis_when_redis_url_is_set() {
+    let redis = ap2_testkit::RedisServer::start();
+    let out = Command::new(env!("CARGO_BIN_EXE_ap2"))
+        .arg("demo")
+        .env("REDIS_URL", redis.url())
+        .output()
+        .unwrap();
+    assert_demo_succeeded(&out);
+    assert!(stdout(&out).contains("replay set Redis"));
+}
