@@ -1,0 +1,441 @@
+//! The whole story across the three real binaries as separate processes and a real
+//! redis-server: the happy path, every attack refused with its code, and each service
+//! restarted in the middle of a purchase with nothing lost.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::time::Duration;
+
+use ap2_e2e::{RedisServer, Service};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const ISSUER: &str = "https://wallet.e2e";
+const DIRECTORY_TOKEN: &str = "e2e-directory-token-for-the-wallet";
+const ADMIN_TOKEN: &str = "e2e-admin-token";
+const AGENT: &str = "agent-7";
+const AGENT_TOKEN: &str = "e2e-agent-7-token";
+const OTHER_AGENT_TOKEN: &str = "e2e-agent-8-token";
+// base64 of 32 bytes.
+const MASTER_KEY: &str = "ZTJlLW1hc3Rlci1rZXktMzItYnl0ZXMtbG9uZy4uLi4=";
+
+struct World {
+    redis: RedisServer,
+    directory: Service,
+    wallet: Service,
+    merchant: Service,
+    globex: Service,
+    http: reqwest::Client,
+    _tmp: tempfile::TempDir,
+}
+
+impl World {
+    async fn start() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = |name: &str| tmp.path().join(name).to_str().unwrap().to_owned();
+        std::fs::create_dir_all(tmp.path().join("redis")).unwrap();
+        let redis = RedisServer::start_persistent(&tmp.path().join("redis"));
+        let directory = Service::start(
+            "key-directory",
+            &[
+                "--db",
+                &dir("keys.db"),
+                "--issuer-token",
+                &format!("{ISSUER}={DIRECTORY_TOKEN}"),
+            ],
+            &[],
+            tmp.path(),
+        )
+        .await;
+        let agents = format!("{AGENT}={AGENT_TOKEN},agent-8={OTHER_AGENT_TOKEN}");
+        let wallet = Service::start(
+            "wallet",
+            &[],
+            &[
+                ("WALLET_ISSUER", ISSUER),
+                ("WALLET_DATA_DIR", &dir("wallet")),
+                ("KEY_DIRECTORY_URL", &directory.url()),
+                ("KEY_DIRECTORY_TOKEN", DIRECTORY_TOKEN),
+                ("WALLET_ADMIN_TOKEN", ADMIN_TOKEN),
+                ("WALLET_AGENT_TOKENS", &agents),
+                ("WALLET_MASTER_KEY", MASTER_KEY),
+            ],
+            tmp.path(),
+        )
+        .await;
+        let merchant_env = [("KEY_CACHE_SECS", "1"), ("MANDATE_LEEWAY_SECS", "1")];
+        let merchant = Service::start(
+            "merchant",
+            &[
+                "--merchant-id",
+                "acme-corp",
+                "--data-dir",
+                &dir("acme"),
+                "--key-directory-url",
+                &directory.url(),
+                "--redis-url",
+                &redis.url(),
+            ],
+            &merchant_env,
+            tmp.path(),
+        )
+        .await;
+        let globex_dir = dir("globex");
+        let globex = Service::start(
+            "merchant",
+            &[
+                "--merchant-id",
+                "globex",
+                "--data-dir",
+                &globex_dir,
+                "--key-directory-url",
+                &directory.url(),
+                "--redis-url",
+                &redis.url(),
+            ],
+            &merchant_env,
+            tmp.path(),
+        )
+        .await;
+        for service in [&directory, &wallet, &merchant, &globex] {
+            service.wait_ready().await;
+        }
+        Self {
+            redis,
+            directory,
+            wallet,
+            merchant,
+            globex,
+            http: reqwest::Client::new(),
+            _tmp: tmp,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        url: String,
+        token: Option<&str>,
+        agent: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, url);
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(agent) = agent {
+            req = req.header("AP2-Agent-Id", agent);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let r = req.send().await.unwrap();
+        (r.status(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Creates `user`; returns their token and kid.
+    async fn create_user(&self, user: &str) -> (String, String) {
+        let (status, body) = self
+            .call(
+                reqwest::Method::POST,
+                format!("{}/v1/users", self.wallet.url()),
+                Some(ADMIN_TOKEN),
+                None,
+                Some(json!({"user_id": user})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        (
+            body["user_token"].as_str().unwrap().to_owned(),
+            body["kid"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    async fn checkout(&self, merchant: &Service, items: Value) -> (String, Value) {
+        let (status, body) = self
+            .call(
+                reqwest::Method::POST,
+                format!("{}/v1/checkout-sessions", merchant.url()),
+                None,
+                None,
+                Some(json!({"line_items": items})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        (
+            body["id"].as_str().unwrap().to_owned(),
+            body["cart"].clone(),
+        )
+    }
+
+    async fn request(&self, user: &str, cart: &Value, ttl: u32) -> String {
+        let (status, body) = self
+            .call(
+                reqwest::Method::POST,
+                format!("{}/v1/mandate-requests", self.wallet.url()),
+                Some(AGENT_TOKEN),
+                None,
+                Some(json!({"user_id": user, "merchant_id": cart["merchant_id"], "cart": cart, "ttl_seconds": ttl})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    async fn otp(&self, user: &str, user_token: &str, request: &str) -> String {
+        let (_, body) = self
+            .call(
+                reqwest::Method::GET,
+                format!("{}/v1/users/{user}/notifications", self.wallet.url()),
+                Some(user_token),
+                None,
+                None,
+            )
+            .await;
+        body["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["request_id"] == request)
+            .unwrap_or_else(|| panic!("no notification for {request}: {body}"))["otp"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    async fn approve(&self, user_token: &str, request: &str, otp: &str) -> String {
+        let (status, body) = self
+            .call(
+                reqwest::Method::POST,
+                format!(
+                    "{}/v1/mandate-requests/{request}/approve",
+                    self.wallet.url()
+                ),
+                Some(user_token),
+                None,
+                Some(json!({"otp": otp})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (_, body) = self
+            .call(
+                reqwest::Method::GET,
+                format!("{}/v1/mandate-requests/{request}", self.wallet.url()),
+                Some(AGENT_TOKEN),
+                None,
+                None,
+            )
+            .await;
+        body["mandate"].as_str().unwrap().to_owned()
+    }
+
+    async fn mandate_for(&self, user: &str, user_token: &str, cart: &Value, ttl: u32) -> String {
+        let request = self.request(user, cart, ttl).await;
+        let otp = self.otp(user, user_token, &request).await;
+        self.approve(user_token, &request, &otp).await
+    }
+
+    async fn complete(
+        &self,
+        merchant: &Service,
+        session: &str,
+        mandate: &str,
+        agent: &str,
+    ) -> (StatusCode, Value) {
+        self.call(
+            reqwest::Method::POST,
+            format!("{}/v1/checkout-sessions/{session}/complete", merchant.url()),
+            Some(mandate),
+            Some(agent),
+            None,
+        )
+        .await
+    }
+
+    async fn refused(
+        &self,
+        merchant: &Service,
+        session: &str,
+        mandate: &str,
+        agent: &str,
+        code: &str,
+    ) {
+        let (status, body) = self.complete(merchant, session, mandate, agent).await;
+        assert_eq!(
+            (status, body["code"].as_str().unwrap_or("-")),
+            (StatusCode::UNAUTHORIZED, code),
+            "{body}"
+        );
+    }
+
+    fn all_logs(&self) -> String {
+        [&self.directory, &self.wallet, &self.merchant, &self.globex]
+            .iter()
+            .map(|s| s.logs())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+fn shoes() -> Value {
+    json!([{"id": "shoe-001", "quantity": 1}, {"id": "sock-10", "quantity": 3}])
+}
+
+#[tokio::test]
+async fn the_whole_story_and_every_attack_across_processes() {
+    let w = World::start().await;
+    let (alice, kid) = w.create_user("alice").await;
+    let (session, cart) = w.checkout(&w.merchant, shoes()).await;
+    assert_eq!(cart["total"], 10349);
+    let mandate = w.mandate_for("alice", &alice, &cart, 120).await;
+    let (status, paid) = w.complete(&w.merchant, &session, &mandate, AGENT).await;
+    assert_eq!(status, StatusCode::OK, "{paid}");
+    assert_eq!(paid["amount"], 10349);
+    assert_eq!(paid["mandate"]["sub"], "alice");
+
+    // The same mandate replayed.
+    let (second, _) = w.checkout(&w.merchant, shoes()).await;
+    w.refused(&w.merchant, &second, &mandate, AGENT, "mandate_replayed")
+        .await;
+    // The cart swapped after approval.
+    let fresh = w.mandate_for("alice", &alice, &cart, 120).await;
+    let (dearer, _) = w
+        .checkout(&w.merchant, json!([{"id": "shoe-001", "quantity": 2}]))
+        .await;
+    w.refused(&w.merchant, &dearer, &fresh, AGENT, "mandate_cart_mismatch")
+        .await;
+    // Another agent presenting it.
+    w.refused(
+        &w.merchant,
+        &second,
+        &fresh,
+        "agent-8",
+        "mandate_agent_mismatch",
+    )
+    .await;
+    // Another merchant receiving it.
+    let (elsewhere, _) = w.checkout(&w.globex, shoes()).await;
+    w.refused(
+        &w.globex,
+        &elsewhere,
+        &fresh,
+        AGENT,
+        "mandate_audience_mismatch",
+    )
+    .await;
+    // An expired mandate: 1 s of life and 1 s of leeway at this merchant.
+    let short = w.mandate_for("alice", &alice, &cart, 1).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    w.refused(&w.merchant, &second, &short, AGENT, "mandate_expired")
+        .await;
+    // A revoked key: the wallet's issuer revokes alice's key; the merchant's key cache is 1 s.
+    let (status, _) = w
+        .call(
+            reqwest::Method::POST,
+            format!("{}/v1/keys/{kid}/revoke", w.directory.url()),
+            Some(DIRECTORY_TOKEN),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    w.refused(&w.merchant, &second, &fresh, AGENT, "mandate_key_revoked")
+        .await;
+
+    // Nothing was charged by the attacks.
+    let (_, s) = w
+        .call(
+            reqwest::Method::GET,
+            format!("{}/v1/checkout-sessions/{second}", w.merchant.url()),
+            None,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(s["status"], "ready_for_complete");
+    // No secret reached a log.
+    let logs = w.all_logs();
+    for secret in [
+        DIRECTORY_TOKEN,
+        ADMIN_TOKEN,
+        AGENT_TOKEN,
+        OTHER_AGENT_TOKEN,
+        MASTER_KEY,
+        &alice,
+        &mandate,
+        "PRIVATE KEY",
+    ] {
+        assert!(!logs.contains(secret), "a secret was logged: {secret}");
+    }
+    assert!(logs.contains("order paid"), "{logs}");
+}
+
+#[tokio::test]
+async fn nothing_is_lost_when_each_service_restarts_in_the_middle() {
+    let mut w = World::start().await;
+    let (alice, kid) = w.create_user("alice").await;
+    let (session, cart) = w.checkout(&w.merchant, shoes()).await;
+    let request = w.request("alice", &cart, 120).await;
+    let otp = w.otp("alice", &alice, &request).await;
+
+    // The wallet restarts with a pending request: the user, her token, her key and the request
+    // with its code are all still there.
+    w.wallet.restart().await;
+    w.wallet.wait_ready().await;
+    assert_eq!(w.otp("alice", &alice, &request).await, otp);
+
+    // The key directory restarts: the key is still registered and active.
+    w.directory.restart().await;
+    let (status, key) = w
+        .call(
+            reqwest::Method::GET,
+            format!("{}/v1/keys/{kid}", w.directory.url()),
+            None,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, key["status"].as_str()),
+        (StatusCode::OK, Some("active"))
+    );
+    let mandate = w.approve(&alice, &request, &otp).await;
+
+    // The merchant restarts with an open session: it is still there and completes.
+    w.merchant.restart().await;
+    w.merchant.wait_ready().await;
+    let (status, paid) = w.complete(&w.merchant, &session, &mandate, AGENT).await;
+    assert_eq!(status, StatusCode::OK, "{paid}");
+    let order = paid["order_id"].as_str().unwrap().to_owned();
+
+    // The merchant and Redis (AOF) restart after the order: the order is kept and the spent
+    // mandate is still refused.
+    w.merchant.restart().await;
+    w.redis.restart();
+    w.merchant.wait_ready().await;
+    let (_, s) = w
+        .call(
+            reqwest::Method::GET,
+            format!("{}/v1/checkout-sessions/{session}", w.merchant.url()),
+            None,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s["status"].as_str(), s["order_id"].as_str()),
+        (Some("completed"), Some(order.as_str()))
+    );
+    let (other, _) = w.checkout(&w.merchant, shoes()).await;
+    w.refused(&w.merchant, &other, &mandate, AGENT, "mandate_replayed")
+        .await;
+    // And the wallet, after all this, still approves and mints for alice.
+    let fresh = w.mandate_for("alice", &alice, &cart, 120).await;
+    let (status, _) = w.complete(&w.merchant, &other, &fresh, AGENT).await;
+    assert_eq!(status, StatusCode::OK);
+}
