@@ -20,7 +20,13 @@ pub fn binary(name: &str) -> PathBuf {
     if !path.exists() {
         // `cargo test -p ap2-e2e` alone does not build other packages' binaries.
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--bin", name, "-p", name])
+            .args([
+                "build",
+                "--bin",
+                name,
+                "-p",
+                if name == "ap2" { "ap2-cli" } else { name },
+            ])
             .args(if dir.ends_with("release") {
                 &["--release"][..]
             } else {

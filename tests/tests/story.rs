@@ -439,3 +439,34 @@ async fn nothing_is_lost_when_each_service_restarts_in_the_middle() {
     let (status, _) = w.complete(&w.merchant, &other, &fresh, AGENT).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn the_demo_agent_plays_the_story_against_running_services() {
+    let w = World::start().await;
+    let out = tokio::process::Command::new(ap2_e2e::binary("ap2"))
+        .args([
+            "demo",
+            "--key-directory-url",
+            &w.directory.url(),
+            "--wallet-url",
+            &w.wallet.url(),
+            "--merchant-url",
+            &w.merchant.url(),
+            "--other-merchant-url",
+            &w.globex.url(),
+        ])
+        .env("AP2_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("AP2_AGENT_TOKEN", AGENT_TOKEN)
+        .env("AP2_DIRECTORY_TOKEN", DIRECTORY_TOKEN)
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("Every step behaved as expected."), "{text}");
+    assert!(!text.contains('✗'), "{text}");
+}

@@ -7,13 +7,11 @@
 // instead of panicking.
 #![allow(clippy::indexing_slicing)]
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ap2_directory_client::{DirectoryClient, DirectoryClientConfig};
-use ap2_mandate::{Clock, Kid, SystemClock};
+use ap2_mandate::Kid;
 use reqwest::StatusCode;
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -26,15 +24,39 @@ const AGENT_TOKEN: &str = "demo-agent-7-token";
 const OTHER_AGENT: &str = "agent-8";
 const OTHER_AGENT_TOKEN: &str = "demo-agent-8-token";
 
-/// The merchant's clock in the demo: the system clock plus an offset the story moves forward
-/// to show an expired mandate without waiting for it.
-#[derive(Clone, Default)]
-struct DemoClock(Arc<AtomicI64>);
+/// Where the services are and the secrets the story's actors hold.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Endpoints {
+    /// Play against a running key directory instead of starting one (with the other URLs).
+    #[arg(long, env = "AP2_KEY_DIRECTORY_URL", requires_all = ["wallet_url", "merchant_url", "other_merchant_url"])]
+    pub key_directory_url: Option<String>,
+    /// The running wallet.
+    #[arg(long, env = "AP2_WALLET_URL")]
+    pub wallet_url: Option<String>,
+    /// The running merchant the agent buys from.
+    #[arg(long, env = "AP2_MERCHANT_URL")]
+    pub merchant_url: Option<String>,
+    /// Another running merchant, which must refuse the mandate.
+    #[arg(long, env = "AP2_OTHER_MERCHANT_URL")]
+    pub other_merchant_url: Option<String>,
+    /// The wallet's admin token.
+    #[arg(long, env = "AP2_ADMIN_TOKEN", default_value = ADMIN_TOKEN, hide_env_values = true)]
+    pub admin_token: String,
+    /// The agent's token at the wallet (its id is agent-7).
+    #[arg(long, env = "AP2_AGENT_TOKEN", default_value = AGENT_TOKEN, hide_env_values = true)]
+    pub agent_token: String,
+    /// The wallet's issuer token at the key directory (to revoke the user's key).
+    #[arg(long, env = "AP2_DIRECTORY_TOKEN", default_value = DIRECTORY_TOKEN, hide_env_values = true)]
+    pub directory_token: String,
+}
 
-impl Clock for DemoClock {
-    fn now_unix(&self) -> i64 {
-        SystemClock.now_unix() + self.0.load(Ordering::SeqCst)
-    }
+/// The URLs the story talks to.
+struct Urls {
+    directory: String,
+    wallet: String,
+    merchant: String,
+    other_merchant: String,
+    replay: String,
 }
 
 /// The three services and a second merchant, in this process.
@@ -43,7 +65,6 @@ struct Services {
     wallet: wallet::Running,
     merchant: merchant::Running,
     other_merchant: merchant::Running,
-    merchant_clock: DemoClock,
     replay: &'static str,
     _data: tempfile::TempDir,
 }
@@ -79,24 +100,19 @@ impl Services {
         .await
         .context("starting the wallet")?;
         let redis = std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty());
-        let merchant_clock = DemoClock::default();
-        let start_merchant = |id: &str, dir: &str, clock: Arc<dyn Clock>| {
+        let start_merchant = |id: &str, dir: &str| {
             let mut config =
                 merchant::Config::local(id, data.path().join(dir), &directory.url(), redis.clone());
-            // A short key cache, so the revoked key is refused within a second of revocation.
+            // So that the demo takes seconds: a revoked key is refused within a second (the key
+            // cache), and a 1-second mandate is expired a second later (the leeway).
             config.key_cache_secs = 1;
-            merchant::spawn(
-                config,
-                merchant::Parts {
-                    clock,
-                    ..merchant::Parts::default()
-                },
-            )
+            config.leeway_secs = 1;
+            merchant::spawn(config, merchant::Parts::default())
         };
-        let merchant = start_merchant("acme-corp", "acme", Arc::new(merchant_clock.clone()))
+        let merchant = start_merchant("acme-corp", "acme")
             .await
             .context("starting the merchant")?;
-        let other_merchant = start_merchant("globex", "globex", Arc::new(SystemClock))
+        let other_merchant = start_merchant("globex", "globex")
             .await
             .context("starting the second merchant")?;
         Ok(Self {
@@ -104,7 +120,6 @@ impl Services {
             wallet,
             merchant,
             other_merchant,
-            merchant_clock,
             replay: if redis.is_some() {
                 "Redis (REDIS_URL)"
             } else {
@@ -112,6 +127,16 @@ impl Services {
             },
             _data: data,
         })
+    }
+
+    fn urls(&self) -> Urls {
+        Urls {
+            directory: self.directory.url(),
+            wallet: self.wallet.url(),
+            merchant: self.merchant.url(),
+            other_merchant: self.other_merchant.url(),
+            replay: self.replay.to_owned(),
+        }
     }
 
     async fn stop(self) -> Result<()> {
@@ -183,16 +208,18 @@ fn money(minor: &Value, currency: &str) -> String {
 }
 
 /// The story's state between steps.
-struct Story<'a> {
-    s: &'a Services,
+struct Story {
+    urls: Urls,
     http: Http,
+    secrets: Endpoints,
+    user_id: String,
     user_token: String,
     kid: String,
 }
 
-impl Story<'_> {
+impl Story {
     /// The agent opens a checkout at `merchant_url`; returns the session.
-    async fn checkout(&self, merchant_url: &str, items: Value) -> Result<Value> {
+    async fn checkout(&self, merchant_url: &str, items: &Value) -> Result<Value> {
         self.http
             .expect(
                 reqwest::Method::POST,
@@ -207,14 +234,15 @@ impl Story<'_> {
     /// The agent asks for a mandate, the user reads the code and approves; returns the request
     /// id, the code and the mandate.
     async fn approved_mandate(&self, cart: &Value, ttl: u32) -> Result<(String, String, String)> {
-        let wallet = self.s.wallet.url();
+        let wallet = &self.urls.wallet;
+        let agent = self.secrets.agent_token.as_str();
         let request = self
             .http
             .expect(
                 reqwest::Method::POST,
                 format!("{wallet}/v1/mandate-requests"),
-                Some(AGENT_TOKEN),
-                Some(json!({"user_id": "alice", "merchant_id": cart["merchant_id"], "cart": cart, "ttl_seconds": ttl})),
+                Some(agent),
+                Some(json!({"user_id": self.user_id, "merchant_id": cart["merchant_id"], "cart": cart, "ttl_seconds": ttl})),
                 StatusCode::CREATED,
             )
             .await?;
@@ -223,7 +251,7 @@ impl Story<'_> {
             .http
             .expect(
                 reqwest::Method::GET,
-                format!("{wallet}/v1/users/alice/notifications"),
+                format!("{wallet}/v1/users/{}/notifications", self.user_id),
                 Some(&self.user_token),
                 None,
                 StatusCode::OK,
@@ -233,7 +261,7 @@ impl Story<'_> {
             .as_array()
             .and_then(|all| all.iter().find(|n| n["request_id"] == id.as_str()))
             .and_then(|n| n["otp"].as_str())
-            .context("the request is not in alice's notifications")?
+            .context("the request is not in the user's notifications")?
             .to_owned();
         self.http
             .expect(
@@ -249,7 +277,7 @@ impl Story<'_> {
             .expect(
                 reqwest::Method::GET,
                 format!("{wallet}/v1/mandate-requests/{id}"),
-                Some(AGENT_TOKEN),
+                Some(agent),
                 None,
                 StatusCode::OK,
             )
@@ -275,6 +303,34 @@ impl Story<'_> {
             )
             .await
     }
+
+    /// Asks the merchant, without spending the mandate, until it answers `code` (a mandate
+    /// expiring, a revocation reaching the merchant's key cache) or `limit` passes.
+    async fn wait_for_code(
+        &self,
+        mandate: &str,
+        cart: &Value,
+        code: &str,
+        limit: Duration,
+    ) -> Result<()> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let (_, body) = self
+                .http
+                .send(
+                    reqwest::Method::POST,
+                    format!("{}/v1/mandates/verify", self.urls.merchant),
+                    None,
+                    &[],
+                    Some(json!({"mandate": mandate, "agent_id": AGENT, "cart": cart, "consume": false})),
+                )
+                .await?;
+            if body["code"] == code || std::time::Instant::now() >= deadline {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
 }
 
 /// Checks and prints one attack; returns whether it was refused with `code`.
@@ -294,26 +350,54 @@ fn refused(what: &str, got: &(StatusCode, Value), code: &str) -> bool {
     ok
 }
 
-/// Runs the demo; the exit status is 0 only if every step behaved.
-pub async fn run() -> Result<bool> {
-    let s = Services::start().await?;
-    let outcome = story(&s).await;
-    s.stop().await?;
-    outcome
+/// Runs the demo, against services started here or, with every URL given, running ones.
+/// The result is true only if every step behaved.
+pub async fn run(endpoints: Endpoints) -> Result<bool> {
+    let external = match (
+        &endpoints.key_directory_url,
+        &endpoints.wallet_url,
+        &endpoints.merchant_url,
+        &endpoints.other_merchant_url,
+    ) {
+        (Some(directory), Some(wallet), Some(merchant), Some(other)) => Some(Urls {
+            directory: directory.trim_end_matches('/').to_owned(),
+            wallet: wallet.trim_end_matches('/').to_owned(),
+            merchant: merchant.trim_end_matches('/').to_owned(),
+            other_merchant: other.trim_end_matches('/').to_owned(),
+            replay: "as configured there".to_owned(),
+        }),
+        _ => None,
+    };
+    match external {
+        Some(urls) => {
+            // Running services keep their users: a fresh user id per run.
+            let suffix = ap2_mandate::Jti::random()?
+                .as_str()
+                .chars()
+                .take(6)
+                .collect::<String>();
+            story(urls, endpoints, format!("alice-{suffix}")).await
+        }
+        None => {
+            let services = Services::start().await?;
+            let outcome = story(services.urls(), endpoints, "alice".to_owned()).await;
+            services.stop().await?;
+            outcome
+        }
+    }
 }
 
-async fn story(s: &Services) -> Result<bool> {
-    println!("AP2 intent mandates: the whole flow, in one process\n");
-    println!("  key-directory  {}", s.directory.url());
-    println!("  wallet         {}   (issuer {ISSUER})", s.wallet.url());
+async fn story(urls: Urls, secrets: Endpoints, user_id: String) -> Result<bool> {
+    println!("AP2 intent mandates: the whole flow\n");
+    println!("  key-directory  {}", urls.directory);
+    println!("  wallet         {}", urls.wallet);
     println!(
         "  merchant       {}   (acme-corp; replay set {})",
-        s.merchant.url(),
-        s.replay
+        urls.merchant, urls.replay
     );
     println!(
-        "  merchant       {}   (globex, another merchant)\n",
-        s.other_merchant.url()
+        "  merchant       {}   (another merchant)\n",
+        urls.other_merchant
     );
     let http = Http(
         reqwest::Client::builder()
@@ -324,27 +408,30 @@ async fn story(s: &Services) -> Result<bool> {
     let user = http
         .expect(
             reqwest::Method::POST,
-            format!("{}/v1/users", s.wallet.url()),
-            Some(ADMIN_TOKEN),
-            Some(json!({"user_id": "alice"})),
+            format!("{}/v1/users", urls.wallet),
+            Some(&secrets.admin_token),
+            Some(json!({ "user_id": user_id })),
             StatusCode::CREATED,
         )
         .await?;
     let story = Story {
-        s,
         user_token: text(&user, "user_token")?.to_owned(),
         kid: text(&user, "kid")?.to_owned(),
+        urls,
         http,
+        secrets,
+        user_id,
     };
+    let user_id = story.user_id.as_str();
     println!(
-        "1. The wallet creates user alice: a P-256 key, kid {}",
+        "1. The wallet creates user {user_id}: a P-256 key, kid {}",
         story.kid
     );
     let key = story
         .http
         .expect(
             reqwest::Method::GET,
-            format!("{}/v1/keys/{}", s.directory.url(), story.kid),
+            format!("{}/v1/keys/{}", story.urls.directory, story.kid),
             None,
             None,
             StatusCode::OK,
@@ -357,26 +444,24 @@ async fn story(s: &Services) -> Result<bool> {
         text(&key, "status")?
     );
 
+    let merchant = story.urls.merchant.clone();
     let items = json!([{"id": "shoe-001", "quantity": 1}, {"id": "sock-10", "quantity": 3}]);
-    let session = story.checkout(&s.merchant.url(), items.clone()).await?;
+    let session = story.checkout(&merchant, &items).await?;
     let cart = session["cart"].clone();
     let currency = text(&cart, "currency")?.to_owned();
+    let total = money(&cart["total"], &currency);
     println!(
-        "2. {AGENT} opens a checkout at acme-corp: 1 × Trail Runner, 3 × Wool socks = {}",
-        money(&cart["total"], &currency)
+        "2. {AGENT} opens a checkout at acme-corp: 1 × Trail Runner, 3 × Wool socks = {total}"
     );
     println!("   cart_hash {}", text(&session, "cart_hash")?);
 
     let (request_id, otp, mandate) = story.approved_mandate(&cart, 120).await?;
     println!("3. {AGENT} asks the wallet for a mandate for that cart: request {request_id}");
-    println!(
-        "4. alice reads her notification (acme-corp, {AGENT}, {}) with code {otp}",
-        money(&cart["total"], &currency)
-    );
+    println!("4. {user_id} reads the notification (acme-corp, {AGENT}, {total}) with code {otp}");
     println!("   and approves with it: the wallet mints an ES256 mandate valid 120 s");
     let session_id = text(&session, "id")?.to_owned();
     let paid = story
-        .complete(&s.merchant.url(), &session_id, &mandate, AGENT)
+        .complete(&merchant, &session_id, &mandate, AGENT)
         .await?;
     if paid.0 != StatusCode::OK {
         println!("✗ the checkout was refused: {} {}", paid.0, paid.1);
@@ -391,23 +476,20 @@ async fn story(s: &Services) -> Result<bool> {
     println!("Attacks, each refused by the merchant:");
     let mut all = true;
 
-    let second = story.checkout(&s.merchant.url(), items.clone()).await?;
+    let second = story.checkout(&merchant, &items).await?;
     let second_id = text(&second, "id")?.to_owned();
     let got = story
-        .complete(&s.merchant.url(), &second_id, &mandate, AGENT)
+        .complete(&merchant, &second_id, &mandate, AGENT)
         .await?;
     all &= refused("the same mandate presented again", &got, "mandate_replayed");
 
     // A fresh mandate for the original cart, then a dearer cart at checkout.
     let (_, _, fresh) = story.approved_mandate(&cart, 120).await?;
     let dearer = story
-        .checkout(
-            &s.merchant.url(),
-            json!([{"id": "shoe-001", "quantity": 2}]),
-        )
+        .checkout(&merchant, &json!([{"id": "shoe-001", "quantity": 2}]))
         .await?;
     let got = story
-        .complete(&s.merchant.url(), text(&dearer, "id")?, &fresh, AGENT)
+        .complete(&merchant, text(&dearer, "id")?, &fresh, AGENT)
         .await?;
     all &= refused(
         "the cart swapped after approval",
@@ -416,7 +498,7 @@ async fn story(s: &Services) -> Result<bool> {
     );
 
     let got = story
-        .complete(&s.merchant.url(), &second_id, &fresh, OTHER_AGENT)
+        .complete(&merchant, &second_id, &fresh, OTHER_AGENT)
         .await?;
     all &= refused(
         &format!("another agent ({OTHER_AGENT}) presenting it"),
@@ -424,49 +506,44 @@ async fn story(s: &Services) -> Result<bool> {
         "mandate_agent_mismatch",
     );
 
-    let elsewhere = story
-        .checkout(&s.other_merchant.url(), items.clone())
-        .await?;
+    let other = story.urls.other_merchant.clone();
+    let elsewhere = story.checkout(&other, &items).await?;
     let got = story
-        .complete(
-            &s.other_merchant.url(),
-            text(&elsewhere, "id")?,
-            &fresh,
-            AGENT,
-        )
+        .complete(&other, text(&elsewhere, "id")?, &fresh, AGENT)
         .await?;
     all &= refused(
-        "another merchant (globex) receiving it",
+        "another merchant receiving it",
         &got,
         "mandate_audience_mismatch",
     );
 
-    // Ten minutes later at the merchant: the mandate lived 120 s.
-    s.merchant_clock.0.store(600, Ordering::SeqCst);
-    let got = story
-        .complete(&s.merchant.url(), &second_id, &fresh, AGENT)
+    // A mandate approved for one second, presented once the merchant counts it expired.
+    let (_, _, short) = story.approved_mandate(&cart, 1).await?;
+    story
+        .wait_for_code(&short, &cart, "mandate_expired", Duration::from_secs(60))
         .await?;
-    s.merchant_clock.0.store(0, Ordering::SeqCst);
-    all &= refused(
-        "presented ten minutes later (expired)",
-        &got,
-        "mandate_expired",
-    );
+    let got = story.complete(&merchant, &second_id, &short, AGENT).await?;
+    all &= refused("presented after it expired", &got, "mandate_expired");
 
-    // The wallet's issuer revokes alice's key; the merchant's key cache lasts 1 s here.
-    let directory = DirectoryClient::new(&s.directory.url(), DirectoryClientConfig::default())
+    // The wallet's issuer revokes the user's key; the merchant sees it when its cache expires.
+    let directory = DirectoryClient::new(&story.urls.directory, DirectoryClientConfig::default())
         .map_err(anyhow::Error::msg)?;
     directory
         .revoke(
-            &SecretString::from(DIRECTORY_TOKEN),
+            &SecretString::from(story.secrets.directory_token.clone()),
             &Kid::parse(&story.kid)?,
         )
         .await
         .map_err(anyhow::Error::msg)?;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let got = story
-        .complete(&s.merchant.url(), &second_id, &fresh, AGENT)
+    story
+        .wait_for_code(
+            &fresh,
+            &cart,
+            "mandate_key_revoked",
+            Duration::from_secs(70),
+        )
         .await?;
+    let got = story.complete(&merchant, &second_id, &fresh, AGENT).await?;
     all &= refused(
         "signed with a key revoked since",
         &got,
@@ -477,7 +554,7 @@ async fn story(s: &Services) -> Result<bool> {
         .http
         .expect(
             reqwest::Method::GET,
-            format!("{}/v1/checkout-sessions/{second_id}", s.merchant.url()),
+            format!("{merchant}/v1/checkout-sessions/{second_id}"),
             None,
             None,
             StatusCode::OK,

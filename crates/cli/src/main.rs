@@ -27,8 +27,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Start the key directory, the wallet and the merchant in this process and play the whole
-    /// story, then the attacks (uses Redis for the replay set when REDIS_URL is set).
-    Demo,
+    /// story, then the attacks (uses Redis for the replay set when REDIS_URL is set). With
+    /// the four URLs it plays against running services instead.
+    Demo(demo::Endpoints),
     /// Print the cart_hash of a SPEC §3 cart (JSON from FILE, or standard input).
     CartHash {
         /// The cart's JSON file; `-` or nothing for standard input.
@@ -132,11 +133,11 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<ExitCode> {
     match command {
-        Command::Demo => {
+        Command::Demo(endpoints) => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            let all_good = runtime.block_on(demo::run())?;
+            let all_good = runtime.block_on(demo::run(endpoints))?;
             Ok(if all_good {
                 ExitCode::SUCCESS
             } else {
