@@ -443,18 +443,13 @@ async fn nothing_is_lost_when_each_service_restarts_in_the_middle() {
 #[tokio::test]
 async fn the_demo_agent_plays_the_story_against_running_services() {
     let w = World::start().await;
+    // Configured only by environment, as the compose file's demo-agent is.
     let out = tokio::process::Command::new(ap2_e2e::binary("ap2"))
-        .args([
-            "demo",
-            "--key-directory-url",
-            &w.directory.url(),
-            "--wallet-url",
-            &w.wallet.url(),
-            "--merchant-url",
-            &w.merchant.url(),
-            "--other-merchant-url",
-            &w.globex.url(),
-        ])
+        .arg("demo")
+        .env("AP2_KEY_DIRECTORY_URL", w.directory.url())
+        .env("AP2_WALLET_URL", w.wallet.url())
+        .env("AP2_MERCHANT_URL", w.merchant.url())
+        .env("AP2_OTHER_MERCHANT_URL", w.globex.url())
         .env("AP2_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("AP2_AGENT_TOKEN", AGENT_TOKEN)
         .env("AP2_DIRECTORY_TOKEN", DIRECTORY_TOKEN)
