@@ -1,8 +1,10 @@
-//! Test helpers shared by the services' tests: a real `redis-server` on a free loopback port,
-//! started and stopped by the test. When `redis-server` is missing the test fails with how to
+//! Test helpers shared by the tests: a real `redis-server` on a free loopback port, started
+//! and stopped by the test, and forged mandates ([`forge`]). When `redis-server` is missing the test fails with how to
 //! install it; it is never skipped.
 #![forbid(unsafe_code)]
 #![allow(clippy::expect_used, clippy::panic)]
+
+pub mod forge;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
