@@ -1,3 +1,4 @@
+#![allow(dead_code)] // each target uses part of the fixture
 // The fuzzing fixture: the SPEC vector's key registered for its issuer and subject, a clock
 // inside the vector token's validity, and the vector's cart.
 use ap2_mandate::memory::{MemoryKeys, MemoryReplayGuard};

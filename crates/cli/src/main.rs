@@ -80,6 +80,9 @@ enum Command {
         /// Issue as of this Unix time (default: now).
         #[arg(long)]
         now: Option<i64>,
+        /// Mint this many mandates, one per line, each with its own random jti (load tests).
+        #[arg(long, default_value_t = 1, conflicts_with = "jti")]
+        count: u64,
     },
     /// Verify a mandate (SPEC §4) against a public JWK, a cart and an agent. Prints the
     /// claims; on refusal prints the problem code and exits with status 1.
@@ -169,6 +172,7 @@ fn run(command: Command) -> Result<ExitCode> {
             ttl,
             jti,
             now,
+            count,
         } => {
             let pem = std::fs::read_to_string(&key)
                 .with_context(|| format!("reading {}", key.display()))?;
@@ -182,7 +186,7 @@ fn run(command: Command) -> Result<ExitCode> {
                 None => cart.total(),
             };
             let iat = now.unwrap_or_else(|| SystemClock.now_unix());
-            let claims = IntentMandate {
+            let mut claims = IntentMandate {
                 iss,
                 sub,
                 aud: cart.merchant_id().clone(),
@@ -199,7 +203,14 @@ fn run(command: Command) -> Result<ExitCode> {
                     allow_agent_id: AgentId::parse(&agent).context("--agent")?,
                 },
             };
-            println!("{}", ap2_mandate::mint(&signer, &claims)?);
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            for i in 0..count {
+                if i > 0 {
+                    claims.jti = Jti::random()?;
+                }
+                writeln!(out, "{}", ap2_mandate::mint(&signer, &claims)?)?;
+            }
+            out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify {

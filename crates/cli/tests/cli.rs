@@ -274,3 +274,33 @@ fn demo_uses_redis_when_redis_url_is_set() {
     assert_demo_succeeded(&out);
     assert!(stdout(&out).contains("replay set Redis"));
 }
+
+#[test]
+fn mint_count_prints_that_many_distinct_mandates() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k.pem");
+    assert!(
+        ap2(&["keygen", "--out", key.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let out = ap2(&[
+        "mint",
+        "--key",
+        key.to_str().unwrap(),
+        "--iss",
+        "i",
+        "--sub",
+        "s",
+        "--agent",
+        "a",
+        "--cart",
+        "../mandate/tests/vectors/cart_v1.json",
+        "--count",
+        "50",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let tokens: std::collections::HashSet<String> =
+        stdout(&out).lines().map(str::to_owned).collect();
+    assert_eq!(tokens.len(), 50);
+}

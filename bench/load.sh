@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Load run of the merchant's verification path, on this machine, all on loopback:
+# release builds of key-directory, wallet and merchant plus a real redis-server; a user key
+# registered at the directory; enough distinct mandates minted just before the run; then
+# wrk drives POST /v1/mandates/verify (consume: true) at concurrency 64 for 15 s, and
+# `openssl speed -multi 2 ecdsap256` runs in the same invocation as the baseline.
+# Prints req/s, the ratio to openssl's verify/s, p50/p99 latency, errors and the merchant's CPU.
+#
+# Needs: redis-server, wrk, openssl, curl (apt-get install -y redis-server wrk openssl curl).
+# Usage: bench/load.sh [duration_secs] [connections]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${1:-15}
+CONNECTIONS=${2:-64}
+THREADS=2
+
+for tool in redis-server wrk openssl curl; do
+  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y redis-server wrk openssl curl" >&2; exit 1; }
+done
+
+cargo build --release -q -p key-directory -p wallet -p merchant -p ap2-cli
+BIN=target/release
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_ready() { for _ in $(seq 1 200); do curl -fs "$1/readyz" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "$1 not ready" >&2; exit 1; }
+
+REDIS_PORT=$(free_port); KD_PORT=$(free_port); WALLET_PORT=$(free_port); MERCHANT_PORT=$(free_port)
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" >/dev/null &
+PIDS+=($!)
+RUST_LOG=warn "$BIN/key-directory" --listen "127.0.0.1:$KD_PORT" --db "$WORK/keys.db" \
+  --issuer-token "https://wallet.example=bench-token" 2>"$WORK/kd.log" &
+PIDS+=($!)
+wait_ready "http://127.0.0.1:$KD_PORT"
+RUST_LOG=warn "$BIN/wallet" --listen "127.0.0.1:$WALLET_PORT" --issuer https://wallet.example \
+  --data-dir "$WORK/wallet" --key-directory-url "http://127.0.0.1:$KD_PORT" \
+  --key-directory-token bench-token --admin-token bench-admin --agent-token agent-7=bench-agent 2>"$WORK/wallet.log" &
+PIDS+=($!)
+RUST_LOG=warn "$BIN/merchant" --listen "127.0.0.1:$MERCHANT_PORT" --merchant-id acme-corp \
+  --data-dir "$WORK/merchant" --key-directory-url "http://127.0.0.1:$KD_PORT" \
+  --redis-url "redis://127.0.0.1:$REDIS_PORT" 2>"$WORK/merchant.log" &
+MERCHANT_PID=$!
+PIDS+=($MERCHANT_PID)
+wait_ready "http://127.0.0.1:$WALLET_PORT"
+wait_ready "http://127.0.0.1:$MERCHANT_PORT"
+
+# A user key registered at the directory, and the mandates, minted just before the run.
+"$BIN/ap2" keygen --out "$WORK/user.pem" > "$WORK/user.jwk"
+curl -fs -X POST "http://127.0.0.1:$KD_PORT/v1/keys" -H 'Authorization: Bearer bench-token' \
+  -H 'Content-Type: application/json' -d "{\"subject\":\"bench-user\",\"jwk\":$(cat "$WORK/user.jwk")}" >/dev/null
+CART='{"merchant_id":"acme-corp","currency":"USD","total":8999,"line_items":[{"id":"shoe-001","title":"Trail Runner","quantity":1,"unit_price":8999}]}'
+echo "$CART" > "$WORK/cart.json"
+COUNT=$(( DURATION * 25000 ))
+"$BIN/ap2" mint --key "$WORK/user.pem" --iss https://wallet.example --sub bench-user \
+  --agent agent-7 --cart "$WORK/cart.json" --ttl 300 --count "$COUNT" > "$WORK/tokens.txt"
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TICKS=$(getconf CLK_TCK)
+echo "== scenario 1: POST /v1/mandates/verify, consume=true, c=$CONNECTIONS, ${DURATION}s ($COUNT distinct mandates)"
+before=$(cpu_ticks "$MERCHANT_PID")
+wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -s bench/verify.lua \
+  "http://127.0.0.1:$MERCHANT_PORT" -- "$WORK/tokens.txt" "$THREADS" "$CART" > "$WORK/wrk.txt"
+after=$(cpu_ticks "$MERCHANT_PID")
+RESULT=$(grep '^RESULT' "$WORK/wrk.txt")
+echo "$RESULT"
+eval "$(echo "$RESULT" | sed 's/^RESULT //')"
+
+echo "== baseline: openssl speed -multi 2 -seconds 3 ecdsap256"
+OPENSSL_VERIFY=$(openssl speed -multi 2 -seconds 3 ecdsap256 2>/dev/null | awk '/nistp256/ {v=$NF} END {print v}')
+echo "openssl verify/s (2 processes): $OPENSSL_VERIFY"
+
+python3 - "$requests" "$duration_us" "$non2xx" "$p50_us" "$p99_us" "$OPENSSL_VERIFY" "$before" "$after" "$TICKS" <<'PY'
+import sys
+req, dur_us, non2xx, p50, p99, ossl, before, after, ticks = sys.argv[1:]
+rps = int(req) / (int(dur_us) / 1e6)
+cpu = (int(after) - int(before)) / int(ticks) / (int(dur_us) / 1e6)
+print(f"merchant verify: {rps:.0f} req/s, non-2xx {non2xx}, p50 {int(p50)/1000:.2f} ms, p99 {int(p99)/1000:.2f} ms, merchant CPU {cpu:.2f} cores")
+print(f"ratio merchant req/s / openssl verify/s = {rps / float(ossl):.3f}")
+PY
