@@ -6,107 +6,48 @@ pub mod config;
 pub mod routes;
 pub mod store;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ap2_mandate::{Clock, SystemClock};
 use ap2_service::TokenSet;
 use ap2_service::http::{Limits, with_standard_layers};
+pub use ap2_service::http::{Running, Server};
 use axum::Router;
 use axum::routing::{get, post};
-use tokio::net::TcpListener;
 
 pub use config::Config;
 use routes::AppState;
 use store::SqliteStore;
 
-/// The service, bound to its port and ready to run.
-pub struct Application {
-    listener: TcpListener,
-    router: Router,
+/// Opens the store and binds the listener (port 0 picks a free port).
+pub async fn build(config: Config) -> anyhow::Result<Server> {
+    build_with_clock(config, Arc::new(SystemClock)).await
 }
 
-impl Application {
-    /// Opens the store and binds the listener (port 0 picks a free port).
-    pub async fn build(config: Config) -> anyhow::Result<Self> {
-        Self::build_with_clock(config, Arc::new(SystemClock)).await
+/// As [`build`], with the clock that stamps `created_at`/`revoked_at`.
+pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Server> {
+    let issuers = TokenSet::new(&config.issuer_tokens).map_err(anyhow::Error::msg)?;
+    if issuers.is_empty() {
+        tracing::warn!("no --issuer-token configured: nobody can register or revoke keys");
     }
-
-    /// As [`Application::build`], with the clock that stamps `created_at`/`revoked_at`.
-    pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
-        let issuers = TokenSet::new(&config.issuer_tokens).map_err(anyhow::Error::msg)?;
-        if issuers.is_empty() {
-            tracing::warn!("no --issuer-token configured: nobody can register or revoke keys");
-        }
-        let db = config.db.clone();
-        let store = tokio::task::spawn_blocking(move || SqliteStore::open(&db)).await??;
-        let state = AppState {
-            store: Arc::new(store),
-            issuers: Arc::new(issuers),
-            clock,
-            key_max_age_secs: config.key_max_age_secs,
-        };
-        let limits = Limits {
-            max_body_bytes: config.max_body_bytes,
-            ..Limits::default()
-        };
-        let listener = TcpListener::bind(config.listen).await?;
-        Ok(Self {
-            listener,
-            router: router(state, limits),
-        })
-    }
-
-    /// The address it listens on.
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
-
-    /// Serves until SIGTERM or Ctrl-C.
-    pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.run_until(ap2_service::http::shutdown_signal()).await
-    }
-
-    /// Serves until `shutdown` resolves, then finishes requests in flight.
-    pub async fn run_until(
-        self,
-        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
-        ap2_service::http::serve(self.listener, self.router, shutdown).await
-    }
-}
-
-/// A directory serving in the background of this process (tests, the demo).
-pub struct Running {
-    /// Where it listens.
-    pub addr: SocketAddr,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-impl Running {
-    /// `http://<addr>`.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Stops it gracefully and waits until it has.
-    pub async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(());
-        self.task.await??;
-        Ok(())
-    }
+    let db = config.db.clone();
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&db)).await??;
+    let state = AppState {
+        store: Arc::new(store),
+        issuers: Arc::new(issuers),
+        clock,
+        key_max_age_secs: config.key_max_age_secs,
+    };
+    let limits = Limits {
+        max_body_bytes: config.max_body_bytes,
+        ..Limits::default()
+    };
+    Ok(Server::bind(config.listen, router(state, limits)).await?)
 }
 
 /// Builds and starts the service on a background task.
 pub async fn spawn(config: Config) -> anyhow::Result<Running> {
-    let app = Application::build(config).await?;
-    let addr = app.local_addr()?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(app.run_until(async move {
-        let _ = stopped.await;
-    }));
-    Ok(Running { addr, stop, task })
+    Ok(build(config).await?.spawn()?)
 }
 
 /// The routes of SPEC §5 with the standard layers.

@@ -1,13 +1,13 @@
 //! `key-directory`: parse the configuration, start logging, serve.
 
 use clap::Parser;
-use key_directory::{Application, Config};
+use key_directory::Config;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     ap2_service::telemetry::init_logs();
     let config = Config::parse();
-    let app = Application::build(config).await?;
+    let app = key_directory::build(config).await?;
     tracing::info!(addr = %app.local_addr()?, "key-directory listening");
     app.run_until_stopped().await?;
     Ok(())

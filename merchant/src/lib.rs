@@ -9,7 +9,6 @@ pub mod replay;
 pub mod routes;
 pub mod store;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,9 +16,9 @@ use ap2_directory_client::{DirectoryClient, DirectoryClientConfig};
 use ap2_mandate::memory::MemoryReplayGuard;
 use ap2_mandate::{Clock, MerchantId, SystemClock, Verifier, VerifierConfig};
 use ap2_service::http::{Limits, with_standard_layers};
+pub use ap2_service::http::{Running, Server};
 use axum::Router;
 use axum::routing::{get, post};
-use tokio::net::TcpListener;
 
 use catalog::Catalog;
 pub use config::Config;
@@ -27,12 +26,6 @@ use payment::{MockProcessor, PaymentProcessor};
 use replay::{RedisReplayGuard, ReplayStore};
 use routes::AppState;
 use store::SqliteStore;
-
-/// The service, bound to its port and ready to run.
-pub struct Application {
-    listener: TcpListener,
-    router: Router,
-}
 
 /// What a build may inject instead of the defaults.
 pub struct Parts {
@@ -51,126 +44,75 @@ impl Default for Parts {
     }
 }
 
-impl Application {
-    /// Opens the store, sets up the key cache and the replay set, binds the listener.
-    pub async fn build(config: Config) -> anyhow::Result<Self> {
-        Self::build_with(config, Parts::default()).await
-    }
-
-    /// As [`Application::build`], with injected parts.
-    pub async fn build_with(config: Config, parts: Parts) -> anyhow::Result<Self> {
-        let merchant_id = MerchantId::parse(&config.merchant_id)
-            .map_err(|e| anyhow::anyhow!("--merchant-id: {e}"))?;
-        let catalog = match &config.catalog {
-            Some(path) => Catalog::load(path)
-                .map_err(|e| anyhow::anyhow!("--catalog {}: {e}", path.display()))?,
-            None => Catalog::demo(),
-        };
-        let replay = match &config.redis_url {
-            Some(url) => ReplayStore::Redis(RedisReplayGuard::new(
-                url,
-                &config.replay_prefix,
-                Duration::from_millis(config.redis_timeout_ms),
-            )?),
-            None => {
-                tracing::warn!(
-                    "no --redis-url: the replay set is in this process's memory. This is NOT SAFE \
-                     with more than one merchant instance, and a restart forgets spent mandates"
-                );
-                ReplayStore::Memory(MemoryReplayGuard::new())
-            }
-        };
-        let directory_url = config.key_directory_url.trim_end_matches('/').to_owned();
-        let keys = DirectoryClient::new(
-            &directory_url,
-            DirectoryClientConfig {
-                fresh_for: Duration::from_secs(config.key_cache_secs),
-                ..DirectoryClientConfig::default()
-            },
-        )?;
-        let mut verifier_config = VerifierConfig::new(merchant_id.clone());
-        verifier_config.leeway_secs = config.leeway_secs;
-        verifier_config.max_lifetime_secs = config.max_lifetime_secs;
-        let data_dir = config.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || SqliteStore::open(&data_dir)).await??;
-        let state = AppState {
-            verifier: Arc::new(Verifier::new(
-                verifier_config,
-                keys,
-                replay,
-                parts.clock.clone(),
-            )),
-            store: Arc::new(store),
-            catalog: Arc::new(catalog),
-            payments: parts.payments,
-            merchant_id,
-            clock: parts.clock,
-            key_directory_url: directory_url,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(2))
-                .build()?,
-        };
-        let limits = Limits {
-            max_body_bytes: config.max_body_bytes,
-            ..Limits::default()
-        };
-        let listener = TcpListener::bind(config.listen).await?;
-        Ok(Self {
-            listener,
-            router: router(state, limits),
-        })
-    }
-
-    /// The address it listens on.
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
-
-    /// Serves until SIGTERM or Ctrl-C.
-    pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.run_until(ap2_service::http::shutdown_signal()).await
-    }
-
-    /// Serves until `shutdown` resolves, then finishes requests in flight.
-    pub async fn run_until(
-        self,
-        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
-        ap2_service::http::serve(self.listener, self.router, shutdown).await
-    }
+/// Opens the store, sets up the key cache and the replay set, binds the listener.
+pub async fn build(config: Config) -> anyhow::Result<Server> {
+    build_with(config, Parts::default()).await
 }
 
-/// A merchant serving in the background of this process (tests, the demo).
-pub struct Running {
-    /// Where it listens.
-    pub addr: SocketAddr,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-impl Running {
-    /// `http://<addr>`.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Stops it gracefully and waits until it has.
-    pub async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(());
-        self.task.await??;
-        Ok(())
-    }
+/// As [`build`], with injected parts.
+pub async fn build_with(config: Config, parts: Parts) -> anyhow::Result<Server> {
+    let merchant_id = MerchantId::parse(&config.merchant_id)
+        .map_err(|e| anyhow::anyhow!("--merchant-id: {e}"))?;
+    let catalog = match &config.catalog {
+        Some(path) => {
+            Catalog::load(path).map_err(|e| anyhow::anyhow!("--catalog {}: {e}", path.display()))?
+        }
+        None => Catalog::demo(),
+    };
+    let replay = match &config.redis_url {
+        Some(url) => ReplayStore::Redis(RedisReplayGuard::new(
+            url,
+            &config.replay_prefix,
+            Duration::from_millis(config.redis_timeout_ms),
+        )?),
+        None => {
+            tracing::warn!(
+                "no --redis-url: the replay set is in this process's memory. This is NOT SAFE \
+                 with more than one merchant instance, and a restart forgets spent mandates"
+            );
+            ReplayStore::Memory(MemoryReplayGuard::new())
+        }
+    };
+    let directory_url = config.key_directory_url.trim_end_matches('/').to_owned();
+    let keys = DirectoryClient::new(
+        &directory_url,
+        DirectoryClientConfig {
+            fresh_for: Duration::from_secs(config.key_cache_secs),
+            ..DirectoryClientConfig::default()
+        },
+    )?;
+    let mut verifier_config = VerifierConfig::new(merchant_id.clone());
+    verifier_config.leeway_secs = config.leeway_secs;
+    verifier_config.max_lifetime_secs = config.max_lifetime_secs;
+    let data_dir = config.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&data_dir)).await??;
+    let state = AppState {
+        verifier: Arc::new(Verifier::new(
+            verifier_config,
+            keys,
+            replay,
+            parts.clock.clone(),
+        )),
+        store: Arc::new(store),
+        catalog: Arc::new(catalog),
+        payments: parts.payments,
+        merchant_id,
+        clock: parts.clock,
+        key_directory_url: directory_url,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?,
+    };
+    let limits = Limits {
+        max_body_bytes: config.max_body_bytes,
+        ..Limits::default()
+    };
+    Ok(Server::bind(config.listen, router(state, limits)).await?)
 }
 
 /// Builds and starts the merchant on a background task.
 pub async fn spawn(config: Config, parts: Parts) -> anyhow::Result<Running> {
-    let app = Application::build_with(config, parts).await?;
-    let addr = app.local_addr()?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(app.run_until(async move {
-        let _ = stopped.await;
-    }));
-    Ok(Running { addr, stop, task })
+    Ok(build_with(config, parts).await?.spawn()?)
 }
 
 /// The routes of SPEC §5 with the standard layers.

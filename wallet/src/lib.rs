@@ -9,110 +9,79 @@ pub mod routes;
 pub mod store;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ap2_directory_client::{DirectoryClient, DirectoryClientConfig};
 use ap2_mandate::{AgentId, Clock, EcPublicKey, Kid, LocalSigner, SystemClock};
 use ap2_service::http::{Limits, with_standard_layers};
+pub use ap2_service::http::{Running, Server};
 use ap2_service::{NamedToken, TokenSet};
 use axum::Router;
 use axum::routing::{get, post};
 use secrecy::ExposeSecret;
-use tokio::net::TcpListener;
 
 pub use config::Config;
 use crypto::MasterKey;
 use routes::AppState;
 use store::SqliteStore;
 
-/// The service, bound to its port and ready to run.
-pub struct Application {
-    listener: TcpListener,
-    router: Router,
+/// Opens the store and the master key, re-registers keys that never reached the directory,
+/// and binds the listener.
+pub async fn build(config: Config) -> anyhow::Result<Server> {
+    build_with_clock(config, Arc::new(SystemClock)).await
 }
 
-impl Application {
-    /// Opens the store and the master key, re-registers keys that never reached the directory,
-    /// and binds the listener.
-    pub async fn build(config: Config) -> anyhow::Result<Self> {
-        Self::build_with_clock(config, Arc::new(SystemClock)).await
+/// As [`build`], with an injected clock.
+pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Server> {
+    anyhow::ensure!(!config.issuer.is_empty(), "--issuer must not be empty");
+    anyhow::ensure!(
+        config.max_mandate_ttl_secs > 0,
+        "the mandate TTL must be positive"
+    );
+    anyhow::ensure!(
+        config.approval_ttl_secs > 0,
+        "the approval TTL must be positive"
+    );
+    for agent in &config.agent_tokens {
+        AgentId::check(&agent.name)
+            .map_err(|e| anyhow::anyhow!("--agent-token {}: {e}", agent.name))?;
     }
-
-    /// As [`Application::build`], with an injected clock.
-    pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
-        anyhow::ensure!(!config.issuer.is_empty(), "--issuer must not be empty");
-        anyhow::ensure!(
-            config.max_mandate_ttl_secs > 0,
-            "the mandate TTL must be positive"
-        );
-        anyhow::ensure!(
-            config.approval_ttl_secs > 0,
-            "the approval TTL must be positive"
-        );
-        for agent in &config.agent_tokens {
-            AgentId::check(&agent.name)
-                .map_err(|e| anyhow::anyhow!("--agent-token {}: {e}", agent.name))?;
-        }
-        let admin = NamedToken {
-            name: "admin".into(),
-            token: config.admin_token.clone(),
-        };
-        let mut everyone = config.agent_tokens.clone();
-        everyone.push(admin.clone());
-        TokenSet::new(&everyone).map_err(|e| anyhow::anyhow!("tokens: {e}"))?;
-        let data_dir = config.data_dir.clone();
-        std::fs::create_dir_all(&data_dir)?;
-        let master = MasterKey::load(config.master_key.as_ref(), &data_dir)?;
-        let store = tokio::task::spawn_blocking(move || SqliteStore::open(&data_dir)).await??;
-        let directory_url = config.key_directory_url.trim_end_matches('/').to_owned();
-        let state = AppState {
-            store: Arc::new(store),
-            master: Arc::new(master),
-            signers: Arc::new(RwLock::new(HashMap::new())),
-            directory: DirectoryClient::new(&directory_url, DirectoryClientConfig::default())?,
-            directory_token: config.key_directory_token.clone(),
-            admin: Arc::new(TokenSet::new(&[admin]).map_err(anyhow::Error::msg)?),
-            agents: Arc::new(TokenSet::new(&config.agent_tokens).map_err(anyhow::Error::msg)?),
-            issuer: config.issuer.clone(),
-            clock,
-            max_mandate_ttl_secs: config.max_mandate_ttl_secs,
-            approval_ttl_secs: config.approval_ttl_secs,
-            key_directory_url: directory_url,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(2))
-                .build()?,
-        };
-        register_pending_keys(&state).await;
-        let limits = Limits {
-            max_body_bytes: config.max_body_bytes,
-            ..Limits::default()
-        };
-        let listener = TcpListener::bind(config.listen).await?;
-        Ok(Self {
-            listener,
-            router: router(state, limits),
-        })
-    }
-
-    /// The address it listens on.
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
-
-    /// Serves until SIGTERM or Ctrl-C.
-    pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.run_until(ap2_service::http::shutdown_signal()).await
-    }
-
-    /// Serves until `shutdown` resolves, then finishes requests in flight.
-    pub async fn run_until(
-        self,
-        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
-        ap2_service::http::serve(self.listener, self.router, shutdown).await
-    }
+    let admin = NamedToken {
+        name: "admin".into(),
+        token: config.admin_token.clone(),
+    };
+    let mut everyone = config.agent_tokens.clone();
+    everyone.push(admin.clone());
+    TokenSet::new(&everyone).map_err(|e| anyhow::anyhow!("tokens: {e}"))?;
+    let data_dir = config.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)?;
+    let master = MasterKey::load(config.master_key.as_ref(), &data_dir)?;
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&data_dir)).await??;
+    let directory_url = config.key_directory_url.trim_end_matches('/').to_owned();
+    let state = AppState {
+        store: Arc::new(store),
+        master: Arc::new(master),
+        signers: Arc::new(RwLock::new(HashMap::new())),
+        directory: DirectoryClient::new(&directory_url, DirectoryClientConfig::default())?,
+        directory_token: config.key_directory_token.clone(),
+        admin: Arc::new(TokenSet::new(&[admin]).map_err(anyhow::Error::msg)?),
+        agents: Arc::new(TokenSet::new(&config.agent_tokens).map_err(anyhow::Error::msg)?),
+        issuer: config.issuer.clone(),
+        clock,
+        max_mandate_ttl_secs: config.max_mandate_ttl_secs,
+        approval_ttl_secs: config.approval_ttl_secs,
+        key_directory_url: directory_url,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?,
+    };
+    register_pending_keys(&state).await;
+    let limits = Limits {
+        max_body_bytes: config.max_body_bytes,
+        ..Limits::default()
+    };
+    Ok(Server::bind(config.listen, router(state, limits)).await?)
 }
 
 /// A user whose row was stored but whose key registration was cut short (a crash between
@@ -148,28 +117,6 @@ async fn register_pending_keys(state: &AppState) {
     }
 }
 
-/// A wallet serving in the background of this process (tests, the demo).
-pub struct Running {
-    /// Where it listens.
-    pub addr: SocketAddr,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-impl Running {
-    /// `http://<addr>`.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Stops it gracefully and waits until it has.
-    pub async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(());
-        self.task.await??;
-        Ok(())
-    }
-}
-
 /// Builds and starts the wallet on a background task.
 pub async fn spawn(config: Config) -> anyhow::Result<Running> {
     spawn_with_clock(config, Arc::new(SystemClock)).await
@@ -177,13 +124,7 @@ pub async fn spawn(config: Config) -> anyhow::Result<Running> {
 
 /// As [`spawn`], with an injected clock.
 pub async fn spawn_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Running> {
-    let app = Application::build_with_clock(config, clock).await?;
-    let addr = app.local_addr()?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(app.run_until(async move {
-        let _ = stopped.await;
-    }));
-    Ok(Running { addr, stop, task })
+    Ok(build_with_clock(config, clock).await?.spawn()?)
 }
 
 /// The routes of SPEC §5 with the standard layers.

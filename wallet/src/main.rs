@@ -1,7 +1,7 @@
 //! `wallet`: parse the configuration, start logging, serve.
 
 use clap::Parser;
-use wallet::{Application, Config};
+use wallet::Config;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -15,7 +15,7 @@ async fn main() -> anyhow::Result<()> {
         wallet::has_secret(&config.key_directory_token),
         "--key-directory-token is empty"
     );
-    let app = Application::build(config).await?;
+    let app = wallet::build(config).await?;
     tracing::info!(addr = %app.local_addr()?, "wallet listening");
     app.run_until_stopped().await?;
     Ok(())
