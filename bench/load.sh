@@ -8,6 +8,8 @@
 #
 # Needs: redis-server, wrk, openssl, curl (apt-get install -y redis-server wrk openssl curl).
 # Usage: bench/load.sh [duration_secs] [connections]
+#        PROFILE=1 bench/load.sh ...   also samples the merchant with `perf record` (cpu-clock)
+#                                      and prints the top functions (apt-get install -y linux-perf)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-15}
@@ -61,9 +63,44 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICKS=$(getconf CLK_TCK)
 echo "== scenario 1: POST /v1/mandates/verify, consume=true, c=$CONNECTIONS, ${DURATION}s ($COUNT distinct mandates)"
 before=$(cpu_ticks "$MERCHANT_PID")
+if [ "${PROFILE:-0}" = 1 ]; then
+  perf record -e cpu-clock -F 1999 -p "$MERCHANT_PID" -o "$WORK/perf.data" -- sleep "$DURATION" >/dev/null 2>&1 &
+  PERF_PID=$!
+fi
 wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -s bench/verify.lua \
   "http://127.0.0.1:$MERCHANT_PORT" -- "$WORK/tokens.txt" "$THREADS" "$CART" > "$WORK/wrk.txt"
 after=$(cpu_ticks "$MERCHANT_PID")
+if [ "${PROFILE:-0}" = 1 ]; then
+  wait "$PERF_PID" || true
+  echo "== merchant profile (cpu-clock samples, self time)"
+  perf report -i "$WORK/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null \
+    | grep -v '^#' | grep -v '^$' > "$WORK/profile.txt" || true
+  { cut -c1-140 "$WORK/profile.txt" | head -25; } || true
+  echo "== merchant profile by component"
+  python3 - "$WORK/profile.txt" <<'PY'
+import re, sys, collections
+groups = collections.Counter()
+for line in open(sys.argv[1]):
+    m = re.match(r"\s*([\d.]+)%\s+(\S+)\s+\[(.)\]\s+(.*)", line)
+    if not m:
+        continue
+    pct, dso, kind, sym = float(m.group(1)), m.group(2), m.group(3), m.group(4).strip()
+    if kind == "k":
+        key = "kernel (network, scheduling)"
+    elif "nistz256" in sym or "beeu_mod_inverse" in sym or sym.startswith("aws_lc") or "ecdsa" in sym.lower():
+        key = "aws-lc (ECDSA, SHA-256)"
+    elif sym.startswith(("mi_", "_mi_", "malloc", "_int_", "cfree", "free")):
+        key = "allocator"
+    elif dso.startswith("libc") or dso.startswith("[vdso]"):
+        key = "libc (memcpy, memcmp, clock)"
+    else:
+        name = sym.lstrip("<&*( ").replace("mut ", "")
+        key = name.split("::")[0] if "::" in name else "other"
+    groups[key] += pct
+for key, pct in groups.most_common(14):
+    print(f"{pct:6.2f}%  {key}")
+PY
+fi
 RESULT=$(grep '^RESULT' "$WORK/wrk.txt")
 echo "$RESULT"
 eval "$(echo "$RESULT" | sed 's/^RESULT //')"
