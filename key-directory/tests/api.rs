@@ -388,6 +388,11 @@ async fn spec5_unknown_kid_is_404_problem_json() {
     let r = d.get("/v1/keys/bad%20kid").await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(r.json::<Value>().await.unwrap()["code"], "kid_invalid");
+    // A path that is not UTF-8 once decoded is a problem too, not axum's plain text.
+    let r = d.get("/v1/keys/%FF").await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "invalid_path");
 }
 
 #[tokio::test]

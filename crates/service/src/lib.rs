@@ -8,7 +8,7 @@ pub mod problem;
 pub mod telemetry;
 
 pub use auth::{NamedToken, TokenSet, bearer_token};
-pub use problem::{ApiJson, Problem};
+pub use problem::{ApiJson, ApiPath, Problem};
 
 /// Formats a Unix time as RFC 3339 UTC (`2026-11-23T11:26:19Z`).
 pub fn rfc3339(unix: i64) -> String {

@@ -155,3 +155,26 @@ fn json_rejection(rejection: &JsonRejection) -> Problem {
         other => Problem::bad_request("invalid_body", other.body_text()),
     }
 }
+
+/// `axum::extract::Path`, with a malformed path segment (invalid UTF-8 after percent-decoding,
+/// say) answered as `400 invalid_path` problem+json instead of axum's plain text.
+#[derive(Debug, Clone)]
+pub struct ApiPath<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Self(value)),
+            Err(rejection) => Err(Problem::bad_request("invalid_path", rejection.body_text())),
+        }
+    }
+}

@@ -1,8 +1,8 @@
 //! `/v1/keys`, `/v1/keys/{kid}`, `/v1/keys/{kid}/revoke`, `/.well-known/jwks.json`.
 
 use ap2_mandate::{EcPublicKey, KeyError, Kid};
-use ap2_service::problem::{ApiJson, Problem};
-use axum::extract::{Path, State};
+use ap2_service::problem::{ApiJson, ApiPath, Problem};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -156,7 +156,7 @@ pub async fn register(
 /// Fetches a key by kid, active or revoked.
 pub async fn get(
     State(state): State<AppState>,
-    Path(kid): Path<String>,
+    ApiPath(kid): ApiPath<String>,
 ) -> Result<Response, Problem> {
     check_kid(&kid)?;
     match blocking(&state, move |store| store.get(&kid)).await? {
@@ -173,7 +173,7 @@ pub async fn get(
 pub async fn revoke(
     State(state): State<AppState>,
     Issuer(issuer): Issuer,
-    Path(kid): Path<String>,
+    ApiPath(kid): ApiPath<String>,
 ) -> Result<Response, Problem> {
     check_kid(&kid)?;
     let now = state.clock.now_unix();

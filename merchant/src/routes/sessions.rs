@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use ap2_mandate::cart::{MAX_LINE_ITEMS, MAX_QUANTITY};
 use ap2_mandate::{Cart, Consume, LineItem};
 use ap2_service::auth::{BearerError, bearer_token};
-use ap2_service::problem::{ApiJson, Problem};
-use axum::extract::{Path, State};
+use ap2_service::problem::{ApiJson, ApiPath, Problem};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -148,7 +148,7 @@ async fn load(state: &AppState, id: String) -> Result<SessionRow, Problem> {
 /// `GET /v1/checkout-sessions/{id}`.
 pub async fn get(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<ApiJson<SessionView>, Problem> {
     Ok(ApiJson(load(&state, id).await?.into()))
 }
@@ -165,7 +165,7 @@ fn already_done(status: SessionStatus) -> Problem {
 /// (SPEC §4), charge exactly the cart's total, complete the session, once.
 pub async fn complete(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<ApiJson<Value>, Problem> {
     let token = match bearer_token(&headers) {

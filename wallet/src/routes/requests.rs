@@ -1,8 +1,8 @@
 //! `/v1/mandate-requests`: an agent asks, the user approves with the code, the wallet mints.
 
 use ap2_mandate::{AgentId, Ap2Scope, Cart, CartHash, IntentMandate, Jti, MerchantId, Money};
-use ap2_service::problem::{ApiJson, Problem};
-use axum::extract::{Path, State};
+use ap2_service::problem::{ApiJson, ApiPath, Problem};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -163,7 +163,7 @@ async fn load(state: &AppState, id: String) -> Result<RequestRow, Problem> {
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<ApiJson<View>, Problem> {
     let row = load(&state, id).await?;
     let allowed = match &caller {
@@ -189,7 +189,7 @@ pub struct Approve {
 pub async fn approve(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Approve>,
 ) -> Result<ApiJson<View>, Problem> {
     let user_id = caller.user()?;
@@ -266,7 +266,7 @@ fn claims_for(row: &RequestRow, issuer: &str, now: i64) -> Result<IntentMandate,
 pub async fn deny(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<ApiJson<View>, Problem> {
     let user_id = caller.user()?;
     let row = load(&state, id.clone()).await?;

@@ -2,8 +2,8 @@
 
 use ap2_directory_client::ClientError;
 use ap2_mandate::{AgentId, Signer};
-use ap2_service::problem::{ApiJson, Problem};
-use axum::extract::{Path, State};
+use ap2_service::problem::{ApiJson, ApiPath, Problem};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -116,7 +116,7 @@ pub struct Notification {
 pub async fn notifications(
     State(state): State<AppState>,
     caller: Caller,
-    Path(user_id): Path<String>,
+    ApiPath(user_id): ApiPath<String>,
 ) -> Result<ApiJson<Value>, Problem> {
     if caller.user()? != user_id {
         return Err(Problem::forbidden("these are another user's notifications"));
