@@ -667,6 +667,55 @@ async fn bad_input_gets_a_clear_4xx() {
         (status, b["code"].as_str()),
         (StatusCode::UNPROCESSABLE_ENTITY, Some("user_id_invalid"))
     );
+    // Oversized and malformed bodies.
+    let huge = json!({"user_id": "alice", "merchant_id": "acme-corp", "cart": {"note": "x".repeat(70 * 1024)}});
+    let (status, b) = w
+        .call(
+            "POST",
+            "/v1/mandate-requests",
+            Some(AGENT_TOKEN),
+            Some(huge),
+        )
+        .await;
+    assert_eq!(
+        (status, b["code"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("body_too_large"))
+    );
+    let r = w
+        .http
+        .post(w.wallet_url("/v1/mandate-requests"))
+        .bearer_auth(AGENT_TOKEN)
+        .header("content-type", "application/json")
+        .body("{\"user_id\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "invalid_body");
+    let many: Vec<Value> = (0..101)
+        .map(|i| json!({"id": format!("i{i}"), "title": "t", "quantity": 1, "unit_price": 1}))
+        .collect();
+    let big_cart =
+        json!({"merchant_id": "acme-corp", "currency": "USD", "total": 101, "line_items": many});
+    let (status, b) = w.request_mandate("alice", json!({"cart": big_cart})).await;
+    assert_eq!(
+        (status, b["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("cart_invalid"))
+    );
+    // The admin token is not a user's or an agent's.
+    let (status, _) = w
+        .call("GET", "/v1/users/alice/notifications", Some(ADMIN), None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = w
+        .call(
+            "POST",
+            "/v1/mandate-requests",
+            Some(ADMIN),
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
     // The bob/alice mix-ups above did not consume alice's tries.
     let (status, _) = w.approve(&alice, &id, &otp).await;
     assert_eq!(status, StatusCode::OK);
