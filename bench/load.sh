@@ -8,6 +8,7 @@
 #
 # Needs: redis-server, wrk, openssl, curl (apt-get install -y redis-server wrk openssl curl).
 # Usage: bench/load.sh [duration_secs] [connections]
+#        SCENARIOS=all bench/load.sh ... also runs scenario 2 (checkout completion)
 #        PROFILE=1 bench/load.sh ...   also samples the merchant with `perf record` (cpu-clock)
 #                                      and prints the top functions (apt-get install -y linux-perf)
 set -euo pipefail
@@ -109,11 +110,32 @@ echo "== baseline: openssl speed -multi 2 -seconds 3 ecdsap256"
 OPENSSL_VERIFY=$(openssl speed -multi 2 -seconds 3 ecdsap256 2>/dev/null | awk '/nistp256/ {v=$NF} END {print v}')
 echo "openssl verify/s (2 processes): $OPENSSL_VERIFY"
 
-python3 - "$requests" "$duration_us" "$non2xx" "$p50_us" "$p99_us" "$OPENSSL_VERIFY" "$before" "$after" "$TICKS" <<'PY'
+report() {  # label, then the RESULT fields, the CPU ticks before and after
+python3 - "$@" "$OPENSSL_VERIFY" "$TICKS" <<'PY'
 import sys
-req, dur_us, non2xx, p50, p99, ossl, before, after, ticks = sys.argv[1:]
+label, req, dur_us, non2xx, p50, p99, before, after, ossl, ticks = sys.argv[1:]
 rps = int(req) / (int(dur_us) / 1e6)
 cpu = (int(after) - int(before)) / int(ticks) / (int(dur_us) / 1e6)
-print(f"merchant verify: {rps:.0f} req/s, non-2xx {non2xx}, p50 {int(p50)/1000:.2f} ms, p99 {int(p99)/1000:.2f} ms, merchant CPU {cpu:.2f} cores")
-print(f"ratio merchant req/s / openssl verify/s = {rps / float(ossl):.3f}")
+print(f"{label}: {rps:.0f} req/s, non-2xx {non2xx}, p50 {int(p50)/1000:.2f} ms, p99 {int(p99)/1000:.2f} ms, merchant CPU {cpu:.2f} cores")
+print(f"ratio {label} req/s / openssl verify/s = {rps / float(ossl):.3f}")
 PY
+}
+report "merchant verify" "$requests" "$duration_us" "$non2xx" "$p50_us" "$p99_us" "$before" "$after"
+
+if [ "${SCENARIOS:-1}" = all ]; then
+  echo "== scenario 2: POST /v1/checkout-sessions/{id}/complete, c=$CONNECTIONS, ${DURATION}s"
+  # One fresh session per request, created first (sessions are durable: each is a commit).
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$(( DURATION * 2 ))s" -s bench/sessions.lua \
+    "http://127.0.0.1:$MERCHANT_PORT" -- "$WORK/sessions.txt" >/dev/null
+  echo "sessions created: $(wc -l < "$WORK/sessions.txt")"
+  "$BIN/ap2" mint --key "$WORK/user.pem" --iss https://wallet.example --sub bench-user \
+    --agent agent-7 --cart "$WORK/cart.json" --ttl 300 --count "$(wc -l < "$WORK/sessions.txt")" > "$WORK/tokens2.txt"
+  before=$(cpu_ticks "$MERCHANT_PID")
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -s bench/complete.lua \
+    "http://127.0.0.1:$MERCHANT_PORT" -- "$WORK/tokens2.txt" "$WORK/sessions.txt" "$THREADS" > "$WORK/wrk2.txt"
+  after=$(cpu_ticks "$MERCHANT_PID")
+  RESULT=$(grep '^RESULT' "$WORK/wrk2.txt")
+  echo "$RESULT"
+  eval "$(echo "$RESULT" | sed 's/^RESULT //')"
+  report "merchant complete" "$requests" "$duration_us" "$non2xx" "$p50_us" "$p99_us" "$before" "$after"
+fi

@@ -632,3 +632,62 @@ async fn orders_survive_a_restart_and_a_persisted_replay_set_still_refuses() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// A processor that declines every charge.
+struct Declining;
+
+impl merchant::payment::PaymentProcessor for Declining {
+    fn charge<'a>(
+        &'a self,
+        _order_id: &'a str,
+        _amount: ap2_mandate::Money,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<merchant::payment::Charge, merchant::payment::PaymentError>,
+                > + Send
+                + 'a,
+        >,
+    > {
+        Box::pin(async { Err(merchant::payment::PaymentError("card declined".into())) })
+    }
+}
+
+#[tokio::test]
+async fn a_declined_charge_leaves_the_session_open_and_no_order() {
+    let mut w = World::new().await;
+    w.merchant.take().unwrap().stop().await.unwrap();
+    let config = merchant::Config::local(
+        "acme-corp",
+        w.merchant_dir.clone(),
+        &w.directory.url(),
+        Some(w.redis.url()),
+    );
+    w.merchant = Some(
+        merchant::spawn(
+            config,
+            merchant::Parts {
+                payments: Arc::new(Declining),
+                ..merchant::Parts::default()
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    let (session, cart) = w.shoe_session().await;
+    let token = w.mint(&w.claims(&cart));
+    let r = w.complete(&session, Some(&token), Some(AGENT)).await;
+    assert_eq!(r.status(), StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "payment_failed");
+    let got: Value = w
+        .http
+        .get(w.url(&format!("/v1/checkout-sessions/{session}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["status"], "ready_for_complete");
+    assert!(got.get("order_id").is_none());
+}

@@ -227,8 +227,10 @@ impl MerchantStore for SqliteStore {
                 params![order_id, charge_id],
             )
             .map_err(backend)?;
+            // By the session's primary key (through the order's): sessions.order_id has no index.
             tx.execute(
-                "UPDATE sessions SET status = 'completed' WHERE order_id = ?1",
+                "UPDATE sessions SET status = 'completed' \
+                 WHERE id = (SELECT session_id FROM orders WHERE id = ?1)",
                 params![order_id],
             )
             .map_err(backend)?;
@@ -242,7 +244,8 @@ impl MerchantStore for SqliteStore {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(backend)?;
             tx.execute(
-                "UPDATE sessions SET status = 'ready_for_complete', order_id = NULL WHERE order_id = ?1",
+                "UPDATE sessions SET status = 'ready_for_complete', order_id = NULL \
+                 WHERE id = (SELECT session_id FROM orders WHERE id = ?1)",
                 params![order_id],
             )
             .map_err(backend)?;

@@ -1,0 +1,41 @@
+-- wrk script: POST /v1/checkout-sessions/{id}/complete, each request a fresh session paired
+-- with a fresh mandate. Thread i of n takes the lines i, i+n, ... of both files; a thread that
+-- runs out wraps around (those requests show up as non-2xx: 409 or 401 replays).
+local counter = 0
+
+function setup(thread)
+  thread:set("id", counter)
+  counter = counter + 1
+end
+
+local function partition(file, nthreads)
+  local lines, i = {}, 0
+  for line in io.lines(file) do
+    if i % nthreads == id then lines[#lines + 1] = line end
+    i = i + 1
+  end
+  return lines
+end
+
+function init(args)
+  local nthreads = tonumber(args[3])
+  tokens = partition(args[1], nthreads)
+  sessions = partition(args[2], nthreads)
+  next_index = 1
+  wrk.method = "POST"
+end
+
+function request()
+  local i = next_index
+  next_index = next_index + 1
+  if next_index > #sessions or next_index > #tokens then next_index = 1 end
+  local headers = { ["Authorization"] = "Bearer " .. tokens[i], ["AP2-Agent-Id"] = "agent-7" }
+  return wrk.format(nil, "/v1/checkout-sessions/" .. sessions[i] .. "/complete", headers)
+end
+
+function done(summary, latency, requests)
+  io.write(string.format("RESULT requests=%d duration_us=%d non2xx=%d errors_connect=%d errors_read=%d errors_write=%d errors_timeout=%d p50_us=%d p99_us=%d\n",
+    summary.requests, summary.duration, summary.errors.status, summary.errors.connect,
+    summary.errors.read, summary.errors.write, summary.errors.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
