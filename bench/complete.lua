@@ -2,10 +2,23 @@
 -- with a fresh mandate. Thread i of n takes the lines i, i+n, ... of both files; a thread that
 -- runs out wraps around (those requests show up as non-2xx: 409 or 401 replays).
 local counter = 0
+local threads = {}
 
 function setup(thread)
   thread:set("id", counter)
   counter = counter + 1
+  table.insert(threads, thread)
+end
+
+-- Non-2xx answers by status, to tell refusals (401/409) from overload (503).
+statuses = {}
+
+function response(status, headers, body)
+  if status >= 300 then
+    local code = body:match('"code":"([^"]+)"') or "-"
+    local key = status .. " " .. code
+    statuses[key] = (statuses[key] or 0) + 1
+  end
 end
 
 local function partition(file, nthreads)
@@ -34,6 +47,12 @@ function request()
 end
 
 function done(summary, latency, requests)
+  for _, thread in ipairs(threads) do
+    local counts = thread:get("statuses")
+    for key, n in pairs(counts) do
+      io.write(string.format("NON2XX %s: %d\n", key, n))
+    end
+  end
   io.write(string.format("RESULT requests=%d duration_us=%d non2xx=%d errors_connect=%d errors_read=%d errors_write=%d errors_timeout=%d p50_us=%d p99_us=%d\n",
     summary.requests, summary.duration, summary.errors.status, summary.errors.connect,
     summary.errors.read, summary.errors.write, summary.errors.timeout,

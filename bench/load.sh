@@ -127,6 +127,7 @@ if [ "${SCENARIOS:-1}" = all ]; then
   # One fresh session per request, created first (sessions are durable: each is a commit).
   wrk -t"$THREADS" -c"$CONNECTIONS" -d"$(( DURATION * 2 ))s" -s bench/sessions.lua \
     "http://127.0.0.1:$MERCHANT_PORT" -- "$WORK/sessions.txt" >/dev/null
+  cat "$WORK"/sessions.txt.* > "$WORK/sessions.txt"
   echo "sessions created: $(wc -l < "$WORK/sessions.txt")"
   "$BIN/ap2" mint --key "$WORK/user.pem" --iss https://wallet.example --sub bench-user \
     --agent agent-7 --cart "$WORK/cart.json" --ttl 300 --count "$(wc -l < "$WORK/sessions.txt")" > "$WORK/tokens2.txt"
@@ -134,7 +135,8 @@ if [ "${SCENARIOS:-1}" = all ]; then
   wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -s bench/complete.lua \
     "http://127.0.0.1:$MERCHANT_PORT" -- "$WORK/tokens2.txt" "$WORK/sessions.txt" "$THREADS" > "$WORK/wrk2.txt"
   after=$(cpu_ticks "$MERCHANT_PID")
-  RESULT=$(grep '^RESULT' "$WORK/wrk2.txt")
+  grep "^NON2XX" "$WORK/wrk2.txt" || true
+  RESULT=$(grep "^RESULT" "$WORK/wrk2.txt")
   echo "$RESULT"
   eval "$(echo "$RESULT" | sed 's/^RESULT //')"
   report "merchant complete" "$requests" "$duration_us" "$non2xx" "$p50_us" "$p99_us" "$before" "$after"
