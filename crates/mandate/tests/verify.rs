@@ -16,6 +16,7 @@ use ap2_mandate::{
     ReplayError, ReplayGuard, ReplayKey, ResolveError, Signer, Verifier, VerifierConfig,
     VerifyError,
 };
+use ap2_testkit::forge::{N, der, negate_s};
 use common::*;
 use serde_json::{Value, json};
 
@@ -445,12 +446,6 @@ async fn spec4_step3_kid_of_another_users_key_is_an_issuer_mismatch() {
 // ---------------------------------------------------------------------------------------------
 // Step 4: the signature
 
-/// The order n of the P-256 group, big-endian.
-const N: [u8; 32] = [
-    0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-    0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
-];
-
 fn with_signature(token: &str, sig: &[u8]) -> String {
     let (input, _) = token.rsplit_once('.').unwrap();
     format!("{input}.{}", b64(sig))
@@ -458,35 +453,6 @@ fn with_signature(token: &str, sig: &[u8]) -> String {
 
 fn signature_of(token: &str) -> Vec<u8> {
     unb64(token.rsplit_once('.').unwrap().1)
-}
-
-/// `n - s`: the other valid signature of the same message (the high/low-S twin).
-fn negate_s(sig: &[u8]) -> Vec<u8> {
-    let mut out = sig.to_vec();
-    let mut borrow = 0i16;
-    for i in (0..32).rev() {
-        let d = i16::from(N[i]) - i16::from(sig[32 + i]) - borrow;
-        out[32 + i] = d.rem_euclid(256) as u8;
-        borrow = i16::from(d < 0);
-    }
-    out
-}
-
-/// A DER `SEQUENCE { INTEGER r, INTEGER s }` of a raw signature.
-fn der(sig: &[u8]) -> Vec<u8> {
-    fn int(bytes: &[u8]) -> Vec<u8> {
-        let mut v: Vec<u8> = bytes.iter().copied().skip_while(|b| *b == 0).collect();
-        if v.first().is_none_or(|b| b & 0x80 != 0) {
-            v.insert(0, 0);
-        }
-        let mut out = vec![0x02, v.len() as u8];
-        out.extend(v);
-        out
-    }
-    let body = [int(&sig[..32]), int(&sig[32..])].concat();
-    let mut out = vec![0x30, body.len() as u8];
-    out.extend(body);
-    out
 }
 
 #[tokio::test]

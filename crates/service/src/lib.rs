@@ -10,6 +10,21 @@ pub mod telemetry;
 pub use auth::{NamedToken, TokenSet, bearer_token};
 pub use problem::{ApiJson, ApiPath, Problem};
 
+/// Opens (or creates) a SQLite database the way every service keeps its state: WAL, so readers
+/// do not wait for the writer; `synchronous=FULL`, so an acknowledged write survives a power
+/// cut; foreign keys enforced; a 5 s busy timeout. Creates the file's directory.
+pub fn open_sqlite(path: &std::path::Path) -> anyhow::Result<rusqlite::Connection> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let conn = rusqlite::Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
 /// Formats a Unix time as RFC 3339 UTC (`2026-11-23T11:26:19Z`).
 pub fn rfc3339(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)

@@ -127,7 +127,7 @@ fn signature_of(token: &str) -> Vec<u8> {
 }
 
 /// `n - s`: the other valid signature of the same message.
-fn negate_s(sig: &[u8]) -> Vec<u8> {
+pub fn negate_s(sig: &[u8]) -> Vec<u8> {
     let mut out = sig.to_vec();
     let mut borrow = 0i16;
     for i in (0..32).rev() {
@@ -143,7 +143,8 @@ fn negate_s(sig: &[u8]) -> Vec<u8> {
     out
 }
 
-fn der(sig: &[u8]) -> Vec<u8> {
+/// A DER `SEQUENCE { INTEGER r, INTEGER s }` of a raw `r||s` signature.
+pub fn der(sig: &[u8]) -> Vec<u8> {
     fn int(bytes: &[u8]) -> Vec<u8> {
         let mut v: Vec<u8> = bytes.iter().copied().skip_while(|b| *b == 0).collect();
         if v.first().is_none_or(|b| b & 0x80 != 0) {

@@ -34,15 +34,7 @@ const COLUMNS: &str = "kid, issuer, subject, thumbprint, jwk, created_at, revoke
 impl SqliteStore {
     /// Opens (or creates) the database at `path`, creating its directory.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        let conn = Connection::open(path)?;
-        // WAL for concurrent readers; FULL so an acknowledged registration or revocation
-        // survives a power cut.
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let conn = ap2_service::open_sqlite(path)?;
         conn.execute_batch(SCHEMA)?;
         Ok(Self {
             conn: Mutex::new(conn),

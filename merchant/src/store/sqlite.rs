@@ -88,12 +88,7 @@ impl SqliteStore {
     /// back to ready with their pending order removed: the processor's idempotency key (the
     /// order id) was never confirmed, and no order was marked paid.
     pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(data_dir)?;
-        let conn = Connection::open(data_dir.join("merchant.db"))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let conn = ap2_service::open_sqlite(&data_dir.join("merchant.db"))?;
         conn.execute_batch(SCHEMA)?;
         let stuck: Vec<(String, String)> = {
             let mut stmt = conn.prepare(

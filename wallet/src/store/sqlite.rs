@@ -112,12 +112,7 @@ fn set_status(conn: &Connection, id: &str, status: Status) -> Result<(), StoreEr
 impl SqliteStore {
     /// Opens (or creates) `wallet.db` in `data_dir`.
     pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(data_dir)?;
-        let conn = Connection::open(data_dir.join("wallet.db"))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let conn = ap2_service::open_sqlite(&data_dir.join("wallet.db"))?;
         conn.execute_batch(SCHEMA)?;
         Ok(Self {
             conn: Mutex::new(conn),
