@@ -8,7 +8,8 @@
 #
 # Needs: redis-server, wrk, openssl, curl (apt-get install -y redis-server wrk openssl curl).
 # Usage: bench/load.sh [duration_secs] [connections]
-#        SCENARIOS=all bench/load.sh ... also runs scenario 2 (checkout completion)
+#        SCENARIOS=all bench/load.sh ... also runs scenario 2 (checkout completion) and
+#                                      scenario 3 (wallet minting)
 #        PROFILE=1 bench/load.sh ...   also samples the merchant with `perf record` (cpu-clock)
 #                                      and prints the top functions (apt-get install -y linux-perf)
 set -euo pipefail
@@ -21,7 +22,7 @@ for tool in redis-server wrk openssl curl; do
   command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y redis-server wrk openssl curl" >&2; exit 1; }
 done
 
-cargo build --release -q -p key-directory -p wallet -p merchant -p ap2-cli
+cargo build --release -q -p key-directory -p wallet -p merchant -p ap2-cli --bins --example wallet_load
 BIN=target/release
 WORK=$(mktemp -d)
 PIDS=()
@@ -107,8 +108,10 @@ echo "$RESULT"
 eval "$(echo "$RESULT" | sed 's/^RESULT //')"
 
 echo "== baseline: openssl speed -multi 2 -seconds 3 ecdsap256"
-OPENSSL_VERIFY=$(openssl speed -multi 2 -seconds 3 ecdsap256 2>/dev/null | awk '/nistp256/ {v=$NF} END {print v}')
-echo "openssl verify/s (2 processes): $OPENSSL_VERIFY"
+OPENSSL_LINE=$(openssl speed -multi 2 -seconds 3 ecdsap256 2>/dev/null | awk '/nistp256/ {l=$0} END {print l}')
+OPENSSL_VERIFY=$(echo "$OPENSSL_LINE" | awk '{print $NF}')
+OPENSSL_SIGN=$(echo "$OPENSSL_LINE" | awk '{print $(NF-1)}')
+echo "openssl verify/s (2 processes): $OPENSSL_VERIFY, sign/s: $OPENSSL_SIGN"
 
 report() {  # label, then the RESULT fields, the CPU ticks before and after
 python3 - "$@" "$OPENSSL_VERIFY" "$TICKS" <<'PY'
@@ -140,4 +143,10 @@ if [ "${SCENARIOS:-1}" = all ]; then
   echo "$RESULT"
   eval "$(echo "$RESULT" | sed 's/^RESULT //')"
   report "merchant complete" "$requests" "$duration_us" "$non2xx" "$p50_us" "$p99_us" "$before" "$after"
+
+  echo "== scenario 3: wallet minting (request + notifications + approve), c=16, ${DURATION}s"
+  WALLET_LINE=$("$BIN/examples/wallet_load" "http://127.0.0.1:$WALLET_PORT" bench-admin bench-agent "$DURATION" 16)
+  echo "$WALLET_LINE"
+  MINTED=$(echo "$WALLET_LINE" | awk '{print $3}')
+  python3 -c "import sys; print(f'ratio wallet mandates/s / openssl sign/s = {float(sys.argv[1]) / float(sys.argv[2]):.3f}')" "$MINTED" "$OPENSSL_SIGN"
 fi
