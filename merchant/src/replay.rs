@@ -91,13 +91,13 @@ impl ReplayGuard for RedisReplayGuard {
             .max(1)
             .saturating_mul(1000);
         let mut conn = self.conn.clone();
-        let command = redis::cmd("SET")
+        let mut command = redis::cmd("SET");
+        command
             .arg(format!("{}:{}", self.prefix, key.as_str()))
             .arg(1)
             .arg("NX")
             .arg("PX")
-            .arg(ttl_ms)
-            .to_owned();
+            .arg(ttl_ms);
         let reply = tokio::time::timeout(
             self.timeout,
             command.query_async::<Option<String>>(&mut conn),

@@ -1,8 +1,8 @@
 //! The default store: one SQLite file, WAL, synchronous commits.
 
 use std::path::Path;
-use std::sync::Mutex;
 
+use ap2_service::{DbPoisoned, SqliteDb};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{KeyEntry, KeyStore, Registered, StoreError};
@@ -10,11 +10,17 @@ use super::{KeyEntry, KeyStore, Registered, StoreError};
 /// Keys in a SQLite database file.
 #[derive(Debug)]
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
+    db: SqliteDb,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
+}
+
+impl From<DbPoisoned> for StoreError {
+    fn from(e: DbPoisoned) -> Self {
+        backend(e)
+    }
 }
 
 const SCHEMA: &str = "
@@ -34,22 +40,8 @@ const COLUMNS: &str = "kid, issuer, subject, thumbprint, jwk, created_at, revoke
 impl SqliteStore {
     /// Opens (or creates) the database at `path`, creating its directory.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
-        let conn = ap2_service::open_sqlite(path)?;
-        conn.execute_batch(SCHEMA)?;
-        Ok(Self {
-            conn: Mutex::new(conn),
-        })
-    }
-
-    fn with<T>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let mut conn = self
-            .conn
-            .lock()
-            .map_err(|_| backend("connection lock poisoned"))?;
-        f(&mut conn)
+        let db = SqliteDb::open(path, SCHEMA)?;
+        Ok(Self { db })
     }
 }
 
@@ -85,7 +77,7 @@ fn select_by(conn: &Connection, column: &str, value: &str) -> Result<Option<KeyE
 
 impl KeyStore for SqliteStore {
     fn register(&self, entry: KeyEntry) -> Result<Registered, StoreError> {
-        self.with(|conn| {
+        self.db.with(|conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(backend)?;
@@ -120,11 +112,11 @@ impl KeyStore for SqliteStore {
     }
 
     fn get(&self, kid: &str) -> Result<Option<KeyEntry>, StoreError> {
-        self.with(|conn| select_by(conn, "kid", kid))
+        self.db.with(|conn| select_by(conn, "kid", kid))
     }
 
     fn revoke(&self, kid: &str, issuer: &str, now: i64) -> Result<KeyEntry, StoreError> {
-        self.with(|conn| {
+        self.db.with(|conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(backend)?;
@@ -149,7 +141,7 @@ impl KeyStore for SqliteStore {
     }
 
     fn active(&self) -> Result<Vec<KeyEntry>, StoreError> {
-        self.with(|conn| {
+        self.db.with(|conn| {
             let sql = format!(
                 "SELECT {COLUMNS} FROM keys WHERE revoked_at IS NULL ORDER BY created_at, kid"
             );
@@ -161,6 +153,7 @@ impl KeyStore for SqliteStore {
     }
 
     fn ping(&self) -> Result<(), StoreError> {
-        self.with(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(backend))
+        self.db
+            .with(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(backend))
     }
 }

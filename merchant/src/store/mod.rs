@@ -27,7 +27,7 @@ impl SessionStatus {
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "ready_for_complete" => Self::ReadyForComplete,
             "charging" => Self::Charging,
@@ -119,8 +119,4 @@ pub trait MerchantStore: Send + Sync + 'static {
     fn order(&self, id: &str) -> Result<Option<OrderRow>, StoreError>;
     /// Whether the store answers.
     fn ping(&self) -> Result<(), StoreError>;
-}
-
-pub(crate) fn parse_status(s: &str) -> Option<SessionStatus> {
-    SessionStatus::parse(s)
 }

@@ -1,20 +1,26 @@
 //! The merchant's SQLite database (WAL, synchronous commits).
 
 use std::path::Path;
-use std::sync::Mutex;
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use ap2_service::{DbPoisoned, SqliteDb};
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
-use super::{MerchantStore, OrderRow, SessionRow, SessionStatus, StoreError, parse_status};
+use super::{MerchantStore, OrderRow, SessionRow, SessionStatus, StoreError};
 
 /// Sessions and orders in one SQLite file.
 #[derive(Debug)]
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
+    db: SqliteDb,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
+}
+
+impl From<DbPoisoned> for StoreError {
+    fn from(e: DbPoisoned) -> Self {
+        backend(e)
+    }
 }
 
 const SCHEMA: &str = "
@@ -53,7 +59,7 @@ fn session_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRow> {
         id: row.get(0)?,
         cart: row.get(1)?,
         cart_hash: row.get(2)?,
-        status: parse_status(&status).ok_or_else(|| {
+        status: SessionStatus::parse(&status).ok_or_else(|| {
             rusqlite::Error::FromSqlConversionFailure(
                 3,
                 rusqlite::types::Type::Text,
@@ -88,44 +94,33 @@ impl SqliteStore {
     /// back to ready with their pending order removed: the processor's idempotency key (the
     /// order id) was never confirmed, and no order was marked paid.
     pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
-        let conn = ap2_service::open_sqlite(&data_dir.join("merchant.db"))?;
-        conn.execute_batch(SCHEMA)?;
-        let stuck: Vec<(String, String)> = {
-            let mut stmt = conn.prepare(
-                "SELECT s.id, o.id FROM sessions s JOIN orders o ON o.session_id = s.id \
-                 WHERE s.status = 'charging' AND o.charge_id IS NULL",
-            )?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect::<Result<_, _>>()?
-        };
-        for (session, order) in stuck {
-            tracing::warn!(%session, %order, "a charge was cut short; the session is ready again");
-            conn.execute("DELETE FROM orders WHERE id = ?1", params![order])?;
-            conn.execute(
-                "UPDATE sessions SET status = 'ready_for_complete', order_id = NULL WHERE id = ?1",
-                params![session],
-            )?;
-        }
-        Ok(Self {
-            conn: Mutex::new(conn),
-        })
-    }
-
-    fn with<T>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let mut conn = self
-            .conn
-            .lock()
-            .map_err(|_| backend("connection lock poisoned"))?;
-        f(&mut conn)
+        let db = SqliteDb::open(&data_dir.join("merchant.db"), SCHEMA)?;
+        db.with(|conn| -> anyhow::Result<()> {
+            let stuck: Vec<(String, String)> = {
+                let mut stmt = conn.prepare(
+                    "SELECT s.id, o.id FROM sessions s JOIN orders o ON o.session_id = s.id \
+                     WHERE s.status = 'charging' AND o.charge_id IS NULL",
+                )?;
+                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect::<Result<_, _>>()?
+            };
+            for (session, order) in stuck {
+                tracing::warn!(%session, %order, "a charge was cut short; the session is ready again");
+                conn.execute("DELETE FROM orders WHERE id = ?1", params![order])?;
+                conn.execute(
+                    "UPDATE sessions SET status = 'ready_for_complete', order_id = NULL WHERE id = ?1",
+                    params![session],
+                )?;
+            }
+            Ok(())
+        })?;
+        Ok(Self { db })
     }
 }
 
 impl MerchantStore for SqliteStore {
     fn create_session(&self, s: &SessionRow) -> Result<(), StoreError> {
-        self.with(|conn| {
+        self.db.with(|conn| {
             conn.execute(
                 &format!(
                     "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
@@ -145,7 +140,7 @@ impl MerchantStore for SqliteStore {
     }
 
     fn session(&self, id: &str) -> Result<Option<SessionRow>, StoreError> {
-        self.with(|conn| {
+        self.db.with(|conn| {
             conn.query_row(
                 &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"),
                 params![id],
@@ -157,7 +152,7 @@ impl MerchantStore for SqliteStore {
     }
 
     fn begin_order(&self, o: &OrderRow) -> Result<(), StoreError> {
-        self.with(|conn| {
+        self.db.with(|conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(backend)?;
@@ -169,7 +164,7 @@ impl MerchantStore for SqliteStore {
                 )
                 .optional()
                 .map_err(backend)?;
-            match status.as_deref().and_then(parse_status) {
+            match status.as_deref().and_then(SessionStatus::parse) {
                 None => return Err(StoreError::NotFound),
                 Some(SessionStatus::ReadyForComplete) => {}
                 Some(other) => return Err(StoreError::NotReady(other)),
@@ -213,7 +208,7 @@ impl MerchantStore for SqliteStore {
     }
 
     fn finish_order(&self, order_id: &str, charge_id: &str) -> Result<(), StoreError> {
-        self.with(|conn| {
+        self.db.with(|conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(backend)?;
@@ -234,7 +229,7 @@ impl MerchantStore for SqliteStore {
     }
 
     fn abort_order(&self, order_id: &str) -> Result<(), StoreError> {
-        self.with(|conn| {
+        self.db.with(|conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(backend)?;
@@ -251,7 +246,7 @@ impl MerchantStore for SqliteStore {
     }
 
     fn order(&self, id: &str) -> Result<Option<OrderRow>, StoreError> {
-        self.with(|conn| {
+        self.db.with(|conn| {
             conn.query_row(
                 &format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = ?1"),
                 params![id],
@@ -263,6 +258,7 @@ impl MerchantStore for SqliteStore {
     }
 
     fn ping(&self) -> Result<(), StoreError> {
-        self.with(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(backend))
+        self.db
+            .with(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(backend))
     }
 }

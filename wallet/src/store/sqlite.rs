@@ -1,8 +1,8 @@
 //! The wallet's SQLite database (WAL, synchronous commits).
 
 use std::path::Path;
-use std::sync::Mutex;
 
+use ap2_service::{DbPoisoned, SqliteDb};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{Approval, Minter, RequestRow, Status, StoreError, UserRow, WalletStore};
@@ -10,11 +10,17 @@ use super::{Approval, Minter, RequestRow, Status, StoreError, UserRow, WalletSto
 /// Users and requests in one SQLite file.
 #[derive(Debug)]
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
+    db: SqliteDb,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
+}
+
+impl From<DbPoisoned> for StoreError {
+    fn from(e: DbPoisoned) -> Self {
+        backend(e)
+    }
 }
 
 const SCHEMA: &str = "
@@ -112,28 +118,14 @@ fn set_status(conn: &Connection, id: &str, status: Status) -> Result<(), StoreEr
 impl SqliteStore {
     /// Opens (or creates) `wallet.db` in `data_dir`.
     pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
-        let conn = ap2_service::open_sqlite(&data_dir.join("wallet.db"))?;
-        conn.execute_batch(SCHEMA)?;
-        Ok(Self {
-            conn: Mutex::new(conn),
-        })
-    }
-
-    fn with<T>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let mut conn = self
-            .conn
-            .lock()
-            .map_err(|_| backend("connection lock poisoned"))?;
-        f(&mut conn)
+        let db = SqliteDb::open(&data_dir.join("wallet.db"), SCHEMA)?;
+        Ok(Self { db })
     }
 }
 
 impl WalletStore for SqliteStore {
     fn create_user(&self, user: &UserRow) -> Result<(), StoreError> {
-        self.with(|conn| {
+        self.db.with(|conn| {
             let result = conn.execute(
                 &format!("INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
                 params![
@@ -158,7 +150,7 @@ impl WalletStore for SqliteStore {
     }
 
     fn mark_registered(&self, user_id: &str) -> Result<(), StoreError> {
-        self.with(|conn| {
+        self.db.with(|conn| {
             conn.execute(
                 "UPDATE users SET registered = 1 WHERE user_id = ?1",
                 params![user_id],
@@ -169,7 +161,7 @@ impl WalletStore for SqliteStore {
     }
 
     fn delete_unregistered_user(&self, user_id: &str) -> Result<(), StoreError> {
-        self.with(|conn| {
+        self.db.with(|conn| {
             conn.execute(
                 "DELETE FROM users WHERE user_id = ?1 AND registered = 0",
                 params![user_id],
@@ -180,7 +172,7 @@ impl WalletStore for SqliteStore {
     }
 
     fn unregistered_users(&self) -> Result<Vec<UserRow>, StoreError> {
-        self.with(|conn| {
+        self.db.with(|conn| {
             let mut stmt = conn
                 .prepare(&format!(
                     "SELECT {USER_COLUMNS} FROM users WHERE registered = 0"
@@ -192,7 +184,7 @@ impl WalletStore for SqliteStore {
     }
 
     fn user(&self, user_id: &str) -> Result<Option<UserRow>, StoreError> {
-        self.with(|conn| {
+        self.db.with(|conn| {
             conn.query_row(
                 &format!("SELECT {USER_COLUMNS} FROM users WHERE user_id = ?1"),
                 params![user_id],
@@ -204,7 +196,7 @@ impl WalletStore for SqliteStore {
     }
 
     fn user_by_token_hash(&self, token_hash: &str) -> Result<Option<String>, StoreError> {
-        self.with(|conn| {
+        self.db.with(|conn| {
             conn.query_row(
                 "SELECT user_id FROM users WHERE token_hash = ?1",
                 params![token_hash],
@@ -216,7 +208,7 @@ impl WalletStore for SqliteStore {
     }
 
     fn create_request(&self, r: &RequestRow) -> Result<(), StoreError> {
-        self.with(|conn| {
+        self.db.with(|conn| {
             conn.execute(
                 &format!(
                     "INSERT INTO requests ({REQUEST_COLUMNS}) VALUES \
@@ -247,11 +239,11 @@ impl WalletStore for SqliteStore {
     }
 
     fn request(&self, id: &str) -> Result<Option<RequestRow>, StoreError> {
-        self.with(|conn| select_request(conn, id))
+        self.db.with(|conn| select_request(conn, id))
     }
 
     fn pending_for_user(&self, user_id: &str, now: i64) -> Result<Vec<RequestRow>, StoreError> {
-        self.with(|conn| {
+        self.db.with(|conn| {
             let mut stmt = conn
                 .prepare(&format!(
                     "SELECT {REQUEST_COLUMNS} FROM requests WHERE user_id = ?1 \
@@ -274,7 +266,7 @@ impl WalletStore for SqliteStore {
         max_attempts: i64,
         mint: Minter<'_>,
     ) -> Result<Approval, StoreError> {
-        self.with(|conn| {
+        self.db.with(|conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(backend)?;
@@ -339,7 +331,7 @@ impl WalletStore for SqliteStore {
         user_id: &str,
         now: i64,
     ) -> Result<Result<RequestRow, Status>, StoreError> {
-        self.with(|conn| {
+        self.db.with(|conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(backend)?;
@@ -361,6 +353,7 @@ impl WalletStore for SqliteStore {
     }
 
     fn ping(&self) -> Result<(), StoreError> {
-        self.with(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(backend))
+        self.db
+            .with(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(backend))
     }
 }
