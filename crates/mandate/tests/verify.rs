@@ -405,6 +405,8 @@ async fn spec4_step3_directory_down_is_503_never_an_accept() {
         .unwrap_err();
     assert_eq!(err.code(), ProblemCode::KeyDirectoryUnavailable);
     assert_eq!(err.code().http_status(), 503);
+    // The caller-facing message never carries the outage's cause.
+    assert!(!err.to_string().contains("connection refused"));
 }
 
 #[tokio::test]
@@ -1039,6 +1041,7 @@ async fn spec4_step7_replay_store_down_fails_closed() {
         .unwrap_err();
     assert_eq!(err.code(), ProblemCode::ReplayStoreUnavailable);
     assert_eq!(err.code().http_status(), 503);
+    assert!(!err.to_string().contains("timed out"));
     // A dry run does not touch the store.
     assert!(verifier.verify(&presentation, Consume::No).await.is_ok());
 }

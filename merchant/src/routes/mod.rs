@@ -50,12 +50,8 @@ pub struct AppState {
 pub fn refusal(err: &VerifyError) -> Problem {
     let code = err.code();
     let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
-    let detail = match err {
-        // The cause of an outage goes to the log, not to the caller.
-        VerifyError::KeyDirectoryUnavailable(_) => "the key directory is unavailable".to_owned(),
-        VerifyError::ReplayStoreUnavailable(_) => "the replay store is unavailable".to_owned(),
-        other => other.to_string(),
-    };
+    // The message never carries an outage's cause (that goes to the log): see `VerifyError`.
+    let detail = err.to_string();
     let problem = Problem::new(status, code.as_str(), detail.clone());
     if status != StatusCode::UNAUTHORIZED {
         return problem;
