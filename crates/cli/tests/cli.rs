@@ -203,19 +203,16 @@ fn verify_accepts_the_vector_token_from_standard_input() {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
-#[test]
-fn mint_refuses_a_bad_max_amount() {
+/// `ap2 mint` for the SPEC's V1 cart with a freshly generated key and `extra` arguments.
+fn mint_with_fresh_key(extra: &[&str]) -> Output {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("k.pem");
-    assert!(
-        ap2(&["keygen", "--out", key.to_str().unwrap()])
-            .status
-            .success()
-    );
-    let out = ap2(&[
+    let key = key.to_str().unwrap();
+    assert!(ap2(&["keygen", "--out", key]).status.success());
+    let mut args = vec![
         "mint",
         "--key",
-        key.to_str().unwrap(),
+        key,
         "--iss",
         "i",
         "--sub",
@@ -224,9 +221,14 @@ fn mint_refuses_a_bad_max_amount() {
         "a",
         "--cart",
         "../mandate/tests/vectors/cart_v1.json",
-        "--max-amount",
-        "89.9",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    ap2(&args)
+}
+
+#[test]
+fn mint_refuses_a_bad_max_amount() {
+    let out = mint_with_fresh_key(&["--max-amount", "89.9"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--max-amount"), "{}", stderr(&out));
 }
@@ -277,28 +279,7 @@ fn demo_uses_redis_when_redis_url_is_set() {
 
 #[test]
 fn mint_count_prints_that_many_distinct_mandates() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("k.pem");
-    assert!(
-        ap2(&["keygen", "--out", key.to_str().unwrap()])
-            .status
-            .success()
-    );
-    let out = ap2(&[
-        "mint",
-        "--key",
-        key.to_str().unwrap(),
-        "--iss",
-        "i",
-        "--sub",
-        "s",
-        "--agent",
-        "a",
-        "--cart",
-        "../mandate/tests/vectors/cart_v1.json",
-        "--count",
-        "50",
-    ]);
+    let out = mint_with_fresh_key(&["--count", "50"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let tokens: std::collections::HashSet<String> =
         stdout(&out).lines().map(str::to_owned).collect();
