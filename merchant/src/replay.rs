@@ -114,3 +114,33 @@ impl ReplayGuard for RedisReplayGuard {
         Err(ReplayError::Unavailable(failure))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ap2_mandate::Jti;
+
+    /// SPEC §4 step 7: a replay store that is reachable but slow is refused like one that is
+    /// down. The "server" here accepts connections and never answers.
+    #[tokio::test]
+    async fn spec4_step7_a_slow_replay_store_fails_closed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let guard = RedisReplayGuard::new(
+            &format!("redis://{addr}"),
+            "ap2:jti",
+            Duration::from_millis(250),
+        )
+        .unwrap();
+        let key = ReplayKey::new("https://wallet.example", &Jti::parse("slow").unwrap());
+        let err = guard.consume(&key, 1_000, 900).await.unwrap_err();
+        assert!(matches!(err, ReplayError::Unavailable(_)), "{err:?}");
+        silent.abort();
+    }
+}
