@@ -4,7 +4,9 @@
 # registered at the directory; enough distinct mandates minted just before the run; then
 # wrk drives POST /v1/mandates/verify (consume: true) at concurrency 64 for 15 s, and
 # `openssl speed -multi 2 ecdsap256` runs in the same invocation as the baseline.
-# Prints req/s, the ratio to openssl's verify/s, p50/p99 latency, errors and the merchant's CPU.
+# Prints req/s, the ratio to openssl's verify/s, p50/p99 latency, errors, the CPU of the
+# merchant, the load generator and Redis, and the key directory fetches during the run.
+# Scenario 1 runs twice: with consume=true (the replay set written) and consume=false.
 #
 # Needs: redis-server, wrk, openssl, curl (apt-get install -y redis-server wrk openssl curl).
 # Usage: bench/load.sh [duration_secs] [connections]
@@ -34,7 +36,8 @@ wait_ready() { for _ in $(seq 1 200); do curl -fs "$1/readyz" >/dev/null 2>&1 &&
 
 REDIS_PORT=$(free_port); KD_PORT=$(free_port); WALLET_PORT=$(free_port); MERCHANT_PORT=$(free_port)
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" >/dev/null &
-PIDS+=($!)
+REDIS_PID=$!
+PIDS+=($REDIS_PID)
 RUST_LOG=warn "$BIN/key-directory" --listen "127.0.0.1:$KD_PORT" --db "$WORK/keys.db" \
   --issuer-token "https://wallet.example=bench-token" 2>"$WORK/kd.log" &
 PIDS+=($!)
@@ -61,23 +64,11 @@ COUNT=$(( DURATION * 25000 ))
 "$BIN/ap2" mint --key "$WORK/user.pem" --iss https://wallet.example --sub bench-user \
   --agent agent-7 --cart "$WORK/cart.json" --ttl 300 --count "$COUNT" > "$WORK/tokens.txt"
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-TICKS=$(getconf CLK_TCK)
-echo "== scenario 1: POST /v1/mandates/verify, consume=true, c=$CONNECTIONS, ${DURATION}s ($COUNT distinct mandates)"
-before=$(cpu_ticks "$MERCHANT_PID")
-if [ "${PROFILE:-0}" = 1 ]; then
-  perf record -e cpu-clock -F 1999 -p "$MERCHANT_PID" -o "$WORK/perf.data" -- sleep "$DURATION" >/dev/null 2>&1 &
-  PERF_PID=$!
-fi
-wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -s bench/verify.lua \
-  "http://127.0.0.1:$MERCHANT_PORT" -- "$WORK/tokens.txt" "$THREADS" "$CART" > "$WORK/wrk.txt"
-after=$(cpu_ticks "$MERCHANT_PID")
-if [ "${PROFILE:-0}" = 1 ]; then
-  wait "$PERF_PID" || true
+show_profile() {
   echo "== merchant profile (cpu-clock samples, self time)"
   perf report -i "$WORK/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null \
     | grep -v '^#' | grep -v '^$' > "$WORK/profile.txt" || true
-  { cut -c1-140 "$WORK/profile.txt" | head -25; } || true
+  { cut -c1-160 "$WORK/profile.txt" | head -${PROFILE_LINES:-25}; } || true
   echo "== merchant profile by component"
   python3 - "$WORK/profile.txt" <<'PY'
 import re, sys, collections
@@ -102,10 +93,15 @@ for line in open(sys.argv[1]):
 for key, pct in groups.most_common(14):
     print(f"{pct:6.2f}%  {key}")
 PY
-fi
-RESULT=$(grep '^RESULT' "$WORK/wrk.txt")
-echo "$RESULT"
-eval "$(echo "$RESULT" | sed 's/^RESULT //')"
+}
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TICKS=$(getconf CLK_TCK)
+# A counter of the merchant's /metrics, summed over the label sets that contain $2.
+metric() {
+  curl -fs "http://127.0.0.1:$MERCHANT_PORT/metrics" \
+    | awk -v name="$1" -v filter="${2:-}" 'index($0, name) == 1 && index($0, filter) { s += $NF } END { printf "%d\n", s }'
+}
 
 echo "== baseline: openssl speed -multi 2 -seconds 3 ecdsap256"
 OPENSSL_LINE=$(openssl speed -multi 2 -seconds 3 ecdsap256 2>/dev/null | awk '/nistp256/ {l=$0} END {print l}')
@@ -123,7 +119,40 @@ print(f"{label}: {rps:.0f} req/s, non-2xx {non2xx}, p50 {int(p50)/1000:.2f} ms, 
 print(f"ratio {label} req/s / openssl verify/s = {rps / float(ossl):.3f}")
 PY
 }
-report "merchant verify" "$requests" "$duration_us" "$non2xx" "$p50_us" "$p99_us" "$before" "$after"
+# Scenario 1; $1 is consume (true or false).
+run_verify() {
+  local consume=$1
+  echo "== scenario 1: POST /v1/mandates/verify, consume=$consume, c=$CONNECTIONS, ${DURATION}s ($COUNT distinct mandates)"
+  local served_before fetches_before redis_before redis_after wrk_cpu
+  served_before=$(metric http_requests_total 'route="/v1/mandates/verify"')
+  fetches_before=$(metric ap2_key_directory_fetches_total)
+  redis_before=$(cpu_ticks "$REDIS_PID")
+  before=$(cpu_ticks "$MERCHANT_PID")
+  if [ "${PROFILE:-0}" = 1 ]; then
+    perf record -e cpu-clock -F 1999 -p "$MERCHANT_PID" -o "$WORK/perf.data" -- sleep "$DURATION" >/dev/null 2>&1 &
+    PERF_PID=$!
+  fi
+  wrk_cpu=$( { TIMEFORMAT='%U %S'; time wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency \
+    -s bench/verify.lua "http://127.0.0.1:$MERCHANT_PORT" \
+    -- "$WORK/tokens.txt" "$THREADS" "$CART" "$consume" > "$WORK/wrk.txt"; } 2>&1 )
+  after=$(cpu_ticks "$MERCHANT_PID")
+  redis_after=$(cpu_ticks "$REDIS_PID")
+  if [ "${PROFILE:-0}" = 1 ]; then
+    wait "$PERF_PID" || true
+    show_profile
+  fi
+  RESULT=$(grep '^RESULT' "$WORK/wrk.txt")
+  echo "$RESULT"
+  eval "$(echo "$RESULT" | sed 's/^RESULT //')"
+  report "merchant verify consume=$consume" "$requests" "$duration_us" "$non2xx" "$p50_us" "$p99_us" "$before" "$after"
+  python3 -c "import sys; u, s, r0, r1, t, d = sys.argv[1:]; d = int(d) / 1e6; print(f'load generator (wrk) CPU {(float(u) + float(s)) / d:.2f} cores, redis-server CPU {(int(r1) - int(r0)) / int(t) / d:.2f} cores')" \
+    $wrk_cpu "$redis_before" "$redis_after" "$TICKS" "$duration_us"
+  echo "requests the merchant counted on this route: $(( $(metric http_requests_total 'route="/v1/mandates/verify"') - served_before )) (wrk: $requests)"
+  echo "key directory fetches during the run (a key-cache hit does no I/O): $(( $(metric ap2_key_directory_fetches_total) - fetches_before ))"
+}
+
+run_verify true
+run_verify false
 
 if [ "${SCENARIOS:-1}" = all ]; then
   echo "== scenario 2: POST /v1/checkout-sessions/{id}/complete, c=$CONNECTIONS, ${DURATION}s"

@@ -450,7 +450,10 @@ async fn health_readiness_metrics_fallbacks_and_request_ids() {
     assert_eq!(d.get("/healthz").await.status(), StatusCode::OK);
     let r = d.get("/readyz").await;
     assert_eq!(r.status(), StatusCode::OK);
-    assert!(r.headers().contains_key("x-request-id"));
+    let first = r.headers()["x-request-id"].clone();
+    let second = d.get("/healthz").await.headers()["x-request-id"].clone();
+    assert_ne!(first, second, "every request gets its own id");
+    assert!(!first.is_empty());
     let r = d
         .http
         .get(d.url("/readyz"))

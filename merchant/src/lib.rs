@@ -24,7 +24,7 @@ use catalog::Catalog;
 pub use config::Config;
 use payment::{MockProcessor, PaymentProcessor};
 use replay::{RedisReplayGuard, ReplayStore};
-use routes::AppState;
+use routes::{App, AppState};
 use store::SqliteStore;
 
 /// What a build may inject instead of the defaults.
@@ -86,13 +86,8 @@ pub async fn build_with(config: Config, parts: Parts) -> anyhow::Result<Server> 
     verifier_config.max_lifetime_secs = config.max_lifetime_secs;
     let data_dir = config.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || SqliteStore::open(&data_dir)).await??;
-    let state = AppState {
-        verifier: Arc::new(Verifier::new(
-            verifier_config,
-            keys,
-            replay,
-            parts.clock.clone(),
-        )),
+    let state = AppState::new(App {
+        verifier: Verifier::new(verifier_config, keys, replay, parts.clock.clone()),
         store: Arc::new(store),
         catalog: Arc::new(catalog),
         payments: parts.payments,
@@ -102,7 +97,7 @@ pub async fn build_with(config: Config, parts: Parts) -> anyhow::Result<Server> 
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
             .build()?,
-    };
+    });
     let limits = Limits {
         max_body_bytes: config.max_body_bytes,
         ..Limits::default()

@@ -186,6 +186,7 @@ impl DirectoryClient {
 
     async fn fetch(&self, kid: &Kid) -> Result<Entry, ResolveError> {
         self.inner.upstream_fetches.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("ap2_key_directory_fetches_total").increment(1);
         let unavailable = |why: String| {
             metrics::counter!("ap2_key_directory_errors_total").increment(1);
             tracing::warn!(%kid, error = %why, "key directory lookup failed");

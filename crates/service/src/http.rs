@@ -1,18 +1,23 @@
 //! The layers every service's router gets, the fallbacks, `/metrics`, and serving with a
 //! graceful shutdown on SIGTERM or Ctrl-C.
 
+use std::collections::HashSet;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::trace::TraceLayer;
 
 use crate::problem::Problem;
@@ -51,7 +56,7 @@ pub fn with_standard_layers(router: Router, service: &'static str, limits: Limit
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(
             ServiceBuilder::new()
-                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(SetRequestIdLayer::x_request_id(SequentialRequestId::new()))
                 .layer(
                     TraceLayer::new_for_http().make_span_with(move |req: &Request| {
                         let request_id = req
@@ -80,8 +85,8 @@ async fn observe(service: &'static str, timeout: Duration, req: Request, next: N
     let route = req
         .extensions()
         .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = req.method().as_str().to_owned();
+        .map_or("unmatched", |p| intern(p.as_str()));
+    let method = method_label(req.method());
     let started = Instant::now();
     let response = match tokio::time::timeout(timeout, next.run(req)).await {
         Ok(response) => response,
@@ -92,17 +97,79 @@ async fn observe(service: &'static str, timeout: Duration, req: Request, next: N
         )
         .into_response(),
     };
-    let status = response.status().as_u16().to_string();
     let labels = [
-        ("service", service.to_owned()),
+        ("service", service),
         ("route", route),
         ("method", method),
-        ("status", status),
+        ("status", intern(response.status().as_str())),
     ];
     metrics::counter!("http_requests_total", &labels).increment(1);
     metrics::histogram!("http_request_duration_seconds", &labels)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// The standard methods by name; any other is counted as `other` (a label set an attacker
+/// cannot grow).
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
+}
+
+/// The one `&'static str` for a metric label value, so counting a request allocates nothing.
+/// Only route templates and three-digit statuses come here: a bounded set.
+fn intern(value: &str) -> &'static str {
+    static INTERNED: LazyLock<RwLock<HashSet<&'static str>>> = LazyLock::new(Default::default);
+    let found = INTERNED.read().ok().and_then(|set| set.get(value).copied());
+    if let Some(found) = found {
+        return found;
+    }
+    let Ok(mut set) = INTERNED.write() else {
+        return "unknown";
+    };
+    if let Some(found) = set.get(value) {
+        return found;
+    }
+    let leaked: &'static str = Box::leak(value.to_owned().into_boxed_str());
+    set.insert(leaked);
+    leaked
+}
+
+/// Request ids `<process>-<n>`: a random 128-bit prefix chosen at start and a counter, unique
+/// without a system call per request (a UUIDv4 asks the kernel for randomness each time).
+#[derive(Clone)]
+struct SequentialRequestId {
+    prefix: Arc<str>,
+    next: Arc<AtomicU64>,
+}
+
+impl SequentialRequestId {
+    fn new() -> Self {
+        // Without randomness the ids are still unique within the process.
+        let prefix =
+            ap2_mandate::Jti::random().map_or_else(|_| "-".to_owned(), |j| j.as_str().to_owned());
+        Self {
+            prefix: prefix.into(),
+            next: Arc::new(AtomicU64::new(1)),
+        }
+    }
+}
+
+impl MakeRequestId for SequentialRequestId {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        HeaderValue::try_from(format!("{}-{n:x}", self.prefix))
+            .ok()
+            .map(RequestId::new)
+    }
 }
 
 async fn not_found() -> Problem {

@@ -23,11 +23,28 @@ use crate::store::{MerchantStore, StoreError};
 /// The merchant's verifier: keys from the directory (cached), the replay set, the clock.
 pub type MerchantVerifier = Verifier<DirectoryClient, ReplayStore, Arc<dyn Clock>>;
 
-/// What every handler shares.
+/// What every handler shares: one `Arc`, so extracting it per request is one reference count.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<App>);
+
+impl AppState {
+    /// Shares `app` with every handler.
+    pub fn new(app: App) -> Self {
+        Self(Arc::new(app))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = App;
+    fn deref(&self) -> &App {
+        &self.0
+    }
+}
+
+/// The merchant's parts.
+pub struct App {
     /// SPEC §4.
-    pub verifier: Arc<MerchantVerifier>,
+    pub verifier: MerchantVerifier,
     /// Sessions and orders.
     pub store: Arc<dyn MerchantStore>,
     /// Prices.
