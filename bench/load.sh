@@ -20,11 +20,12 @@ DURATION=${1:-15}
 CONNECTIONS=${2:-64}
 THREADS=2
 
-for tool in redis-server wrk openssl curl; do
+for tool in redis-server redis-cli wrk openssl curl; do
   command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y redis-server wrk openssl curl" >&2; exit 1; }
 done
 
 cargo build --release -q -p key-directory -p wallet -p merchant -p ap2-cli --bins --example wallet_load
+cargo build --release -q -p merchant --example bare_verify
 BIN=target/release
 WORK=$(mktemp -d)
 PIDS=()
@@ -35,6 +36,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 wait_ready() { for _ in $(seq 1 200); do curl -fs "$1/readyz" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "$1 not ready" >&2; exit 1; }
 
 REDIS_PORT=$(free_port); KD_PORT=$(free_port); WALLET_PORT=$(free_port); MERCHANT_PORT=$(free_port)
+BARE_PORT=$(free_port)
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" >/dev/null &
 REDIS_PID=$!
 PIDS+=($REDIS_PID)
@@ -115,27 +117,27 @@ import sys
 label, req, dur_us, non2xx, p50, p99, before, after, ossl, ticks = sys.argv[1:]
 rps = int(req) / (int(dur_us) / 1e6)
 cpu = (int(after) - int(before)) / int(ticks) / (int(dur_us) / 1e6)
-print(f"{label}: {rps:.0f} req/s, non-2xx {non2xx}, p50 {int(p50)/1000:.2f} ms, p99 {int(p99)/1000:.2f} ms, merchant CPU {cpu:.2f} cores")
+print(f"{label}: {rps:.0f} req/s, non-2xx {non2xx}, p50 {int(p50)/1000:.2f} ms, p99 {int(p99)/1000:.2f} ms, server CPU {cpu:.2f} cores")
 print(f"ratio {label} req/s / openssl verify/s = {rps / float(ossl):.3f}")
 PY
 }
-# Scenario 1; $1 is consume (true or false).
+# Scenario 0 and 1; $1 is consume (true or false), $2 the label, $3 the port.
 run_verify() {
-  local consume=$1
-  echo "== scenario 1: POST /v1/mandates/verify, consume=$consume, c=$CONNECTIONS, ${DURATION}s ($COUNT distinct mandates)"
+  local consume=$1 label=$2 port=$3
+  echo "== $label: POST /v1/mandates/verify, consume=$consume, c=$CONNECTIONS, ${DURATION}s ($COUNT distinct mandates)"
   local served_before fetches_before redis_before redis_after wrk_cpu
   served_before=$(metric http_requests_total 'route="/v1/mandates/verify"')
   fetches_before=$(metric ap2_key_directory_fetches_total)
   redis_before=$(cpu_ticks "$REDIS_PID")
-  before=$(cpu_ticks "$MERCHANT_PID")
+  before=$(cpu_ticks "$SERVER_PID")
   if [ "${PROFILE:-0}" = 1 ]; then
-    perf record -e cpu-clock -F 1999 -p "$MERCHANT_PID" -o "$WORK/perf.data" -- sleep "$DURATION" >/dev/null 2>&1 &
+    perf record -e cpu-clock -F 1999 -p "$SERVER_PID" -o "$WORK/perf.data" -- sleep "$DURATION" >/dev/null 2>&1 &
     PERF_PID=$!
   fi
   wrk_cpu=$( { TIMEFORMAT='%U %S'; time wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency \
-    -s bench/verify.lua "http://127.0.0.1:$MERCHANT_PORT" \
+    -s bench/verify.lua "http://127.0.0.1:$port" \
     -- "$WORK/tokens.txt" "$THREADS" "$CART" "$consume" > "$WORK/wrk.txt"; } 2>&1 )
-  after=$(cpu_ticks "$MERCHANT_PID")
+  after=$(cpu_ticks "$SERVER_PID")
   redis_after=$(cpu_ticks "$REDIS_PID")
   if [ "${PROFILE:-0}" = 1 ]; then
     wait "$PERF_PID" || true
@@ -144,15 +146,32 @@ run_verify() {
   RESULT=$(grep '^RESULT' "$WORK/wrk.txt")
   echo "$RESULT"
   eval "$(echo "$RESULT" | sed 's/^RESULT //')"
-  report "merchant verify consume=$consume" "$requests" "$duration_us" "$non2xx" "$p50_us" "$p99_us" "$before" "$after"
+  report "$label" "$requests" "$duration_us" "$non2xx" "$p50_us" "$p99_us" "$before" "$after"
   python3 -c "import sys; u, s, r0, r1, t, d = sys.argv[1:]; d = int(d) / 1e6; print(f'load generator (wrk) CPU {(float(u) + float(s)) / d:.2f} cores, redis-server CPU {(int(r1) - int(r0)) / int(t) / d:.2f} cores')" \
     $wrk_cpu "$redis_before" "$redis_after" "$TICKS" "$duration_us"
+  LAST_RPS=$(python3 -c "import sys; print(int(sys.argv[1]) / (int(sys.argv[2]) / 1e6))" "$requests" "$duration_us")
+  [ "$port" = "$MERCHANT_PORT" ] || return 0
   echo "requests the merchant counted on this route: $(( $(metric http_requests_total 'route="/v1/mandates/verify"') - served_before )) (wrk: $requests)"
   echo "key directory fetches during the run (a key-cache hit does no I/O): $(( $(metric ap2_key_directory_fetches_total) - fetches_before ))"
 }
 
-run_verify true
-run_verify false
+# Scenario 0: the floor (merchant/examples/bare_verify.rs: jsonwebtoken decode + one SET NX PX).
+"$BIN/examples/bare_verify" "127.0.0.1:$BARE_PORT" "redis://127.0.0.1:$REDIS_PORT" "$WORK/user.jwk" acme-corp &
+SERVER_PID=$!
+PIDS+=($SERVER_PID)
+for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$BARE_PORT/" && break; sleep 0.05; done
+run_verify true "bare handler" "$BARE_PORT"
+BARE_RPS=$LAST_RPS
+kill "$SERVER_PID"
+redis-cli -p "$REDIS_PORT" flushall >/dev/null
+
+# Scenario 1: the merchant. One request first, so the key is in its cache before the clock runs.
+SERVER_PID=$MERCHANT_PID
+curl -fs -o /dev/null -X POST "http://127.0.0.1:$MERCHANT_PORT/v1/mandates/verify" -H 'Content-Type: application/json' \
+  -d "{\"mandate\":\"$(head -1 "$WORK/tokens.txt")\",\"agent_id\":\"agent-7\",\"cart\":$CART,\"consume\":false}"
+run_verify true "merchant verify consume=true" "$MERCHANT_PORT"
+python3 -c "import sys; print(f'ratio merchant (consume=true) / bare handler = {float(sys.argv[1]) / float(sys.argv[2]):.3f}')" "$LAST_RPS" "$BARE_RPS"
+run_verify false "merchant verify consume=false" "$MERCHANT_PORT"
 
 if [ "${SCENARIOS:-1}" = all ]; then
   echo "== scenario 2: POST /v1/checkout-sessions/{id}/complete, c=$CONNECTIONS, ${DURATION}s"
