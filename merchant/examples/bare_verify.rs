@@ -10,10 +10,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ap2_mandate::{Clock, SystemClock};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
-use ap2_mandate::{Clock, SystemClock};
 use axum::{Json, Router};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -41,13 +41,23 @@ struct Claims {
     exp: u64,
 }
 
-async fn verify(State(bare): State<Arc<Bare>>, Json(body): Json<Body>) -> (StatusCode, Json<Value>) {
+async fn verify(
+    State(bare): State<Arc<Bare>>,
+    Json(body): Json<Body>,
+) -> (StatusCode, Json<Value>) {
     let claims = match jsonwebtoken::decode::<Claims>(&body.mandate, &bare.key, &bare.validation) {
         Ok(data) => data.claims,
-        Err(e) => return (StatusCode::UNAUTHORIZED, Json(json!({"error": e.to_string()}))),
+        Err(e) => {
+            return (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({"error": e.to_string()})),
+            );
+        }
     };
     let mut redis = bare.redis.clone();
-    let ttl_secs = claims.exp.saturating_sub(SystemClock.now_unix().try_into().unwrap_or(0));
+    let ttl_secs = claims
+        .exp
+        .saturating_sub(SystemClock.now_unix().try_into().unwrap_or(0));
     let mut command = redis::cmd("SET");
     command
         .arg(format!("bare:{}", claims.jti))
@@ -59,7 +69,10 @@ async fn verify(State(bare): State<Arc<Bare>>, Json(body): Json<Body>) -> (Statu
     match tokio::time::timeout(Duration::from_millis(250), set).await {
         Ok(Ok(Some(_))) => (StatusCode::OK, Json(json!({"valid": true}))),
         Ok(Ok(None)) => (StatusCode::UNAUTHORIZED, Json(json!({"error": "replayed"}))),
-        _ => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "redis"}))),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": "redis"})),
+        ),
     }
 }
 

@@ -1,7 +1,7 @@
 //! SPEC §4: everything a merchant checks before it charges, in the SPEC's order. Key lookups
 //! and the replay set are traits the services implement; the clock is injected.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -340,8 +340,10 @@ impl ReplayKey {
         let digest = hasher.finalize();
         let mut hex = String::with_capacity(64);
         for byte in digest {
-            // Writing to a String cannot fail.
-            let _ = write!(hex, "{byte:02x}");
+            for nibble in [byte >> 4, byte & 0x0f] {
+                // A nibble is always a hex digit.
+                hex.push(char::from_digit(u32::from(nibble), 16).unwrap_or('0'));
+            }
         }
         Self(hex)
     }

@@ -940,6 +940,15 @@ async fn spec4_step7_replay_key_is_iss_and_jti() {
         "length-prefixed: no ambiguity between iss and jti"
     );
     assert_eq!(a.as_str().len(), 64);
+    // SHA-256(u64be(len(iss)) || iss || jti) in lower-case hex, as PROTOCOL.md states.
+    assert_eq!(
+        ReplayKey::new(
+            "https://wallet.example",
+            &ap2_mandate::Jti::parse("abc").unwrap()
+        )
+        .as_str(),
+        "c1d9b7b72cd4e4a364f267f766e080dd5b9b5dd18a3464427b7c2e7af314452d"
+    );
 }
 
 #[tokio::test]
