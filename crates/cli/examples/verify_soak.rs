@@ -30,7 +30,19 @@ struct Totals {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let [_, merchant, key, iss, sub, agent, cart, ttl, secs, concurrency] = &args[..] else {
+    let [
+        _,
+        merchant,
+        key,
+        iss,
+        sub,
+        agent,
+        cart,
+        ttl,
+        secs,
+        concurrency,
+    ] = &args[..]
+    else {
         panic!(
             "usage: verify_soak MERCHANT_URL KEY_PEM ISS SUB AGENT CART_JSON TTL SECS CONCURRENCY"
         );

@@ -2,25 +2,25 @@
 //! graceful shutdown on SIGTERM or Ctrl-C.
 
 use std::collections::HashSet;
+use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, RwLock};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
-use tower::ServiceBuilder;
+use tower::{Layer, Service};
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
-use tower_http::trace::TraceLayer;
 
 use crate::problem::Problem;
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Limits applied to every request.
 #[derive(Debug, Clone, Copy)]
@@ -46,67 +46,154 @@ impl Default for Limits {
 pub fn with_standard_layers(router: Router, service: &'static str, limits: Limits) -> Router {
     // Install the recorder before the first request is counted.
     crate::telemetry::metrics();
-    let timeout = limits.request_timeout;
+    let observe = ObserveLayer {
+        service,
+        timeout: limits.request_timeout,
+        ids: SequentialRequestId::new(),
+    };
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn(move |req: Request, next: Next| {
-            observe(service, timeout, req, next)
-        }))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        .layer(
-            ServiceBuilder::new()
-                .layer(SetRequestIdLayer::x_request_id(SequentialRequestId::new()))
-                .layer(
-                    TraceLayer::new_for_http().make_span_with(move |req: &Request| {
-                        let request_id = req
-                            .headers()
-                            .get("x-request-id")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("-");
-                        // The path only: query strings are not logged.
-                        tracing::info_span!(
-                            "request",
-                            service,
-                            method = %req.method(),
-                            path = %req.uri().path(),
-                            request_id,
-                        )
-                    }),
-                )
-                .layer(PropagateRequestIdLayer::x_request_id())
-                .layer(CatchPanicLayer::custom(|_| {
-                    Problem::internal("a handler panicked").into_response()
-                })),
-        )
+        .layer(CatchPanicLayer::custom(|_| {
+            Problem::internal("a handler panicked").into_response()
+        }))
+        .layer(observe)
 }
 
-async fn observe(service: &'static str, timeout: Duration, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| intern(p.as_str()));
-    let method = method_label(req.method());
-    let started = Instant::now();
-    let response = match tokio::time::timeout(timeout, next.run(req)).await {
-        Ok(response) => response,
-        Err(_) => Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "timeout",
-            "the request took longer than the service allows",
-        )
-        .into_response(),
-    };
-    let labels = [
-        ("service", service),
-        ("route", route),
-        ("method", method),
-        ("status", intern(response.status().as_str())),
-    ];
-    metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", &labels)
-        .record(started.elapsed().as_secs_f64());
-    response
+/// What every request goes through first, in one layer (one future, no boxing): its request
+/// id, its log span, the timeout, and, when it is answered, the id on the response and the
+/// metrics by route, method and status.
+#[derive(Clone)]
+struct ObserveLayer {
+    service: &'static str,
+    timeout: Duration,
+    ids: SequentialRequestId,
+}
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Observe<S> {
+    inner: S,
+    layer: ObserveLayer,
+}
+
+impl<S> Service<Request> for Observe<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Observed<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let request_id = match req.headers().get(X_REQUEST_ID) {
+            Some(id) => id.clone(),
+            None => {
+                let id = self.layer.ids.next();
+                req.headers_mut().insert(X_REQUEST_ID, id.clone());
+                id
+            }
+        };
+        let route = req
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or("unmatched", |p| intern(p.as_str()));
+        // The path only: query strings are not logged.
+        let span = tracing::info_span!(
+            "request",
+            service = self.layer.service,
+            method = %req.method(),
+            path = %req.uri().path(),
+            request_id = request_id.to_str().unwrap_or("-"),
+        );
+        let method = method_label(req.method());
+        let inner = {
+            let _entered = span.enter();
+            self.inner.call(req)
+        };
+        Observed {
+            inner: tokio::time::timeout(self.layer.timeout, inner),
+            span,
+            started: Instant::now(),
+            service: self.layer.service,
+            route,
+            method,
+            request_id: Some(request_id),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct Observed<F> {
+        #[pin]
+        inner: tokio::time::Timeout<F>,
+        span: tracing::Span,
+        started: Instant,
+        service: &'static str,
+        route: &'static str,
+        method: &'static str,
+        request_id: Option<HeaderValue>,
+    }
+}
+
+impl<F: Future<Output = Result<Response, Infallible>>> Future for Observed<F> {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let _entered = this.span.enter();
+        let mut response = match ready!(this.inner.poll(cx)) {
+            Ok(Ok(response)) => response,
+            Ok(Err(never)) => match never {},
+            Err(_elapsed) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                "the request took longer than the service allows",
+            )
+            .into_response(),
+        };
+        if let Some(id) = this.request_id.take() {
+            response.headers_mut().insert(X_REQUEST_ID, id);
+        }
+        let elapsed = this.started.elapsed();
+        let status = response.status();
+        let labels = [
+            ("service", *this.service),
+            ("route", *this.route),
+            ("method", *this.method),
+            ("status", intern(status.as_str())),
+        ];
+        metrics::counter!("http_requests_total", &labels).increment(1);
+        metrics::histogram!("http_request_duration_seconds", &labels).record(elapsed.as_secs_f64());
+        if status.is_server_error() {
+            tracing::error!(
+                status = status.as_u16(),
+                latency_ms = elapsed.as_millis(),
+                "response failed"
+            );
+        } else {
+            tracing::debug!(
+                status = status.as_u16(),
+                latency_ms = elapsed.as_millis(),
+                "finished processing request"
+            );
+        }
+        Poll::Ready(Ok(response))
+    }
 }
 
 /// The standard methods by name; any other is counted as `other` (a label set an attacker
@@ -163,12 +250,11 @@ impl SequentialRequestId {
     }
 }
 
-impl MakeRequestId for SequentialRequestId {
-    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+impl SequentialRequestId {
+    fn next(&self) -> HeaderValue {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         HeaderValue::try_from(format!("{}-{n:x}", self.prefix))
-            .ok()
-            .map(RequestId::new)
+            .unwrap_or_else(|_| HeaderValue::from_static("-"))
     }
 }
 
@@ -300,5 +386,105 @@ impl Running {
         let _ = self.stop.send(());
         self.task.await??;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    fn app() -> Router {
+        let router = Router::new()
+            .route("/ok/{id}", get(|| async { "ok" }))
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    "late"
+                }),
+            )
+            .route("/panics", get(|| async { boom() }));
+        with_standard_layers(
+            router,
+            "test",
+            Limits {
+                max_body_bytes: 16,
+                request_timeout: Duration::from_millis(50),
+            },
+        )
+    }
+
+    #[allow(clippy::panic)]
+    fn boom() -> &'static str {
+        panic!("boom")
+    }
+
+    async fn send(uri: &str, id: Option<&str>) -> Response {
+        let mut req = axum::http::Request::get(uri);
+        if let Some(id) = id {
+            req = req.header("x-request-id", id);
+        }
+        app()
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap()
+    }
+
+    async fn code(response: Response) -> String {
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        body["code"].as_str().unwrap().to_owned()
+    }
+
+    #[tokio::test]
+    async fn request_ids_are_made_when_absent_and_echoed_when_given() {
+        let a = send("/ok/1", None).await;
+        let b = send("/ok/2", None).await;
+        assert_eq!(a.status(), StatusCode::OK);
+        let (a, b) = (&a.headers()[X_REQUEST_ID], &b.headers()[X_REQUEST_ID]);
+        assert_ne!(a, b);
+        let given = send("/ok/3", Some("trace-me")).await;
+        assert_eq!(given.headers()[X_REQUEST_ID], "trace-me");
+    }
+
+    #[tokio::test]
+    async fn a_slow_handler_is_answered_503_timeout_with_its_request_id() {
+        let r = send("/slow", Some("slow-1")).await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[X_REQUEST_ID], "slow-1");
+        assert_eq!(code(r).await, "timeout");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_answered_500_problem_json_with_its_request_id() {
+        let r = send("/panics", Some("boom-1")).await;
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(r.headers()[X_REQUEST_ID], "boom-1");
+        assert_eq!(
+            r.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_routes_and_methods_are_problem_json() {
+        let r = send("/nowhere", None).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        assert!(r.headers().contains_key(X_REQUEST_ID));
+        assert_eq!(code(r).await, "not_found");
+    }
+
+    #[test]
+    fn metric_labels_are_interned_once_and_methods_bounded() {
+        let a = intern("/v1/keys/{kid}");
+        let b = intern(&String::from("/v1/keys/{kid}"));
+        assert!(std::ptr::eq(a, b));
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::from_bytes(b"BREW").unwrap()), "other");
     }
 }
