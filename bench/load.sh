@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # Load run of the merchant's verification path, on this machine, all on loopback:
 # release builds of key-directory, wallet and merchant plus a real redis-server; a user key
-# registered at the directory; enough distinct mandates minted just before the run; then
-# wrk drives POST /v1/mandates/verify (consume: true) at concurrency 64 for 15 s, and
-# `openssl speed -multi 2 ecdsap256` runs in the same invocation as the baseline.
-# Prints req/s, the ratio to openssl's verify/s, p50/p99 latency, errors, the CPU of the
-# merchant, the load generator and Redis, and the key directory fetches during the run.
-# Scenario 1 runs twice: with consume=true (the replay set written) and consume=false.
+# registered at the directory; enough distinct mandates minted just before the run.
+# Baseline: `openssl speed -multi 2 ecdsap256`, in the same invocation.
+# Scenario 0: wrk drives POST /v1/mandates/verify at concurrency 64 for 15 s against the floor,
+# merchant/examples/bare_verify.rs (jsonwebtoken decode + one SET NX PX, nothing else).
+# Scenario 1: the same against the merchant, with consume=true, then consume=false.
+# Prints req/s, the ratio to openssl's verify/s (and the merchant's to the floor), p50/p99
+# latency, errors, the CPU of the server, the load generator and Redis, and the key directory
+# fetches during the run.
 #
-# Needs: redis-server, wrk, openssl, curl (apt-get install -y redis-server wrk openssl curl).
+# Needs: redis-server, redis-cli, wrk, openssl, curl
+#        (apt-get install -y redis-server wrk openssl curl).
 # Usage: bench/load.sh [duration_secs] [connections]
 #        SCENARIOS=all bench/load.sh ... also runs scenario 2 (checkout completion) and
 #                                      scenario 3 (wallet minting)
-#        PROFILE=1 bench/load.sh ...   also samples the merchant with `perf record` (cpu-clock)
+#        PROFILE=1 bench/load.sh ...   also samples each server with `perf record` (cpu-clock)
 #                                      and prints the top functions (apt-get install -y linux-perf)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -554,6 +554,34 @@ mod tests {
     }
 
     #[test]
+    fn canonical_form_escapes_exactly_as_rfc8785_for_the_awkward_characters() {
+        let title =
+            "q\"b\\ \u{0}\u{8}\t\n\u{b}\u{c}\r\u{1f} \u{7f} \u{2028}\u{2029} / é 😀 \u{feff}";
+        let cart = Cart::new(
+            MerchantId::parse("acme-corp").unwrap(),
+            Currency::parse("EUR").unwrap(),
+            vec![LineItem {
+                id: "\u{1}id\u{2028}".into(),
+                title: title.into(),
+                quantity: 2,
+                unit_price: 9_007_199_254_740,
+            }],
+        )
+        .unwrap();
+        let general = serde_json_canonicalizer::to_vec(&json!({
+            "merchant_id": "acme-corp",
+            "currency": "EUR",
+            "total": 18_014_398_509_480_u64,
+            "line_items": [{"id": "\u{1}id\u{2028}", "title": title, "quantity": 2, "unit_price": 9_007_199_254_740_u64}],
+        }))
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(cart.canonical_json().unwrap()).unwrap(),
+            String::from_utf8(general).unwrap()
+        );
+    }
+
+    #[test]
     fn spec3_cart_hash_form_is_sha256_base64url() {
         assert!(CartHash::parse("sha256-ZCIE6aIobKWPU-oIQf8CSNtobWOoxjVv9FXkDlla3wE").is_ok());
         for bad in [

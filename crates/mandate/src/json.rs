@@ -1,98 +1,519 @@
-//! Strict JSON objects for JOSE headers and claims: duplicate member names are refused at
-//! every depth (RFC 8725 §3.2 warns that parsers disagree on which duplicate wins).
+//! Strict JSON for JOSE headers and claims: duplicate member names are refused at every depth
+//! (RFC 8725 §3.2 warns that parsers disagree on which duplicate wins), and the members the
+//! verifier reads are taken straight into typed fields, without building a value tree: the
+//! rest of the document is walked (for syntax and duplicates) and forgotten.
 
+use std::borrow::Cow;
 use std::cell::Cell;
+use std::collections::HashSet;
 use std::fmt;
 
-use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
-use serde_json::{Map, Value};
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
-/// Why bytes are not a strict JSON object.
+/// Why bytes are not a strict JSON object of the expected shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum StrictJsonError {
-    /// Not JSON at all (syntax, UTF-8, nesting deeper than serde_json's limit of 128).
+    /// Not JSON at all (syntax, UTF-8, nesting deeper than serde_json's limit of 128), or not
+    /// an object.
     Syntax,
-    /// Valid JSON, but not an object.
-    NotObject,
-    /// An object with the same member name twice.
+    /// An object with the same member name twice, at any depth.
     DuplicateMember,
 }
 
-/// Parses `bytes` as one JSON object with no duplicate member names at any depth.
-pub(crate) fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, StrictJsonError> {
+/// One member as the verifier reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) enum Field<T> {
+    /// Not there.
+    #[default]
+    Absent,
+    /// There, of the expected type.
+    Present(T),
+    /// There, of another type.
+    WrongType,
+}
+
+/// The JOSE header members SPEC §4 step 2 looks at.
+#[derive(Debug, Default)]
+pub(crate) struct RawHeader {
+    pub alg: Field<String>,
+    pub typ: Field<String>,
+    pub kid: Field<String>,
+    /// Which of the names in `forbidden` (the caller's list) are present, as bits.
+    pub forbidden: u32,
+}
+
+/// `aud`: a string, or an array (of which only the first element's string is kept).
+#[derive(Debug, Default)]
+pub(crate) enum Aud {
+    #[default]
+    Absent,
+    One(String),
+    Array {
+        len: usize,
+        first: Field<String>,
+    },
+    WrongType,
+}
+
+/// `ap2_scope`.
+#[derive(Debug, Default)]
+pub(crate) enum RawScope {
+    #[default]
+    Absent,
+    NotObject,
+    Object {
+        unknown_member: bool,
+        max_amount: Field<String>,
+        currency: Field<String>,
+        cart_hash: Field<String>,
+        allow_agent_id: Field<String>,
+    },
+}
+
+/// The claims SPEC §4 step 5 reads; every other member is walked and forgotten.
+#[derive(Debug, Default)]
+pub(crate) struct RawClaims {
+    pub iss: Field<String>,
+    pub sub: Field<String>,
+    pub aud: Aud,
+    pub exp: Field<u64>,
+    pub iat: Field<u64>,
+    pub nbf: Field<u64>,
+    pub jti: Field<String>,
+    pub ap2_intent: Field<String>,
+    pub ap2_scope: RawScope,
+}
+
+/// Parses a JOSE header; `forbidden` names are only noted (bit i for `forbidden[i]`).
+pub(crate) fn parse_header(
+    bytes: &[u8],
+    forbidden: &'static [&'static str],
+) -> Result<RawHeader, StrictJsonError> {
     let duplicate = Cell::new(false);
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = StrictSeed(&duplicate)
-        .deserialize(&mut de)
-        .and_then(|value| de.end().map(|()| value))
-        .map_err(|_| {
-            if duplicate.get() {
-                StrictJsonError::DuplicateMember
-            } else {
-                StrictJsonError::Syntax
-            }
-        })?;
-    match value {
-        Value::Object(map) => Ok(map),
-        _ => Err(StrictJsonError::NotObject),
+    let seed = HeaderSeed {
+        flag: Flag(&duplicate),
+        forbidden,
+    };
+    let parsed = seed.deserialize(&mut de).and_then(|v| de.end().map(|()| v));
+    finish(parsed, &duplicate)
+}
+
+/// Parses a JWT payload.
+pub(crate) fn parse_claims(bytes: &[u8]) -> Result<RawClaims, StrictJsonError> {
+    let duplicate = Cell::new(false);
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let seed = ClaimsSeed {
+        flag: Flag(&duplicate),
+    };
+    let parsed = seed.deserialize(&mut de).and_then(|v| de.end().map(|()| v));
+    finish(parsed, &duplicate)
+}
+
+fn finish<T>(
+    parsed: Result<T, serde_json::Error>,
+    duplicate: &Cell<bool>,
+) -> Result<T, StrictJsonError> {
+    parsed.map_err(|_| {
+        if duplicate.get() {
+            StrictJsonError::DuplicateMember
+        } else {
+            StrictJsonError::Syntax
+        }
+    })
+}
+
+/// Set when a duplicate member name is what failed the parse.
+#[derive(Clone, Copy)]
+struct Flag<'c>(&'c Cell<bool>);
+
+impl Flag<'_> {
+    fn duplicate<E: serde::de::Error>(self) -> E {
+        self.0.set(true);
+        E::custom("duplicate member name")
     }
 }
 
-#[derive(Clone, Copy)]
-struct StrictSeed<'a>(&'a Cell<bool>);
+/// The member names of one object seen so far: a short list, a set once it grows (so an
+/// object of thousands of members costs linear time, not quadratic).
+#[derive(Default)]
+struct Names<'de> {
+    list: Vec<Cow<'de, str>>,
+    set: Option<HashSet<Cow<'de, str>>>,
+}
 
-impl<'de> DeserializeSeed<'de> for StrictSeed<'_> {
-    type Value = Value;
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+impl<'de> Names<'de> {
+    const LIST_MAX: usize = 16;
+
+    /// False when `name` was seen before.
+    fn insert(&mut self, name: Cow<'de, str>) -> bool {
+        if let Some(set) = &mut self.set {
+            return set.insert(name);
+        }
+        if self.list.contains(&name) {
+            return false;
+        }
+        self.list.push(name);
+        if self.list.len() > Self::LIST_MAX {
+            self.set = Some(self.list.drain(..).collect());
+        }
+        true
+    }
+}
+
+/// Reads the next member name, refusing one seen before in this object.
+fn next_name<'de, A: MapAccess<'de>>(
+    access: &mut A,
+    names: &mut Names<'de>,
+    flag: Flag<'_>,
+) -> Result<Option<Cow<'de, str>>, A::Error> {
+    let Some(name) = access.next_key_seed(NameSeed)? else {
+        return Ok(None);
+    };
+    if !names.insert(name.clone()) {
+        return Err(flag.duplicate());
+    }
+    Ok(Some(name))
+}
+
+/// A member name, borrowed from the input when it has no escapes.
+struct NameSeed;
+
+impl<'de> DeserializeSeed<'de> for NameSeed {
+    type Value = Cow<'de, str>;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for NameSeed {
+    type Value = Cow<'de, str>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a member name")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+}
+
+/// Any JSON value, walked for syntax and duplicate names, then forgotten.
+#[derive(Clone, Copy)]
+struct Skip<'c>(Flag<'c>);
+
+impl<'de> DeserializeSeed<'de> for Skip<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
         deserializer.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for StrictSeed<'_> {
-    type Value = Value;
-
+impl<'de> Visitor<'de> for Skip<'_> {
+    type Value = ();
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON value")
     }
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(Value::from(v))
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(self)?.is_some() {}
+        Ok(())
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::new();
-        while let Some(item) = seq.next_element_seed(self)? {
-            items.push(item);
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<(), A::Error> {
+        let mut names = Names::default();
+        while next_name(&mut access, &mut names, self.0)?.is_some() {
+            access.next_value_seed(self)?;
         }
-        Ok(Value::Array(items))
+        Ok(())
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
-        let mut map = Map::new();
-        while let Some(key) = access.next_key::<String>()? {
-            if map.contains_key(&key) {
-                self.0.set(true);
-                return Err(A::Error::custom("duplicate member name"));
+}
+
+/// What a typed field does with a value that is not of its type: walk it, then report it.
+macro_rules! wrong_type_for_the_rest {
+    ($value:ty, $wrong:expr) => {
+        fn visit_bool<E>(self, _: bool) -> Result<$value, E> {
+            Ok($wrong)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<$value, E> {
+            Ok($wrong)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<$value, E> {
+            Ok($wrong)
+        }
+        fn visit_unit<E>(self) -> Result<$value, E> {
+            Ok($wrong)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<$value, A::Error> {
+            Skip(self.0).visit_seq(seq).map(|()| $wrong)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, access: A) -> Result<$value, A::Error> {
+            Skip(self.0).visit_map(access).map(|()| $wrong)
+        }
+    };
+}
+
+/// A string member.
+#[derive(Clone, Copy)]
+struct Text<'c>(Flag<'c>);
+
+impl<'de> DeserializeSeed<'de> for Text<'_> {
+    type Value = Field<String>;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Text<'_> {
+    type Value = Field<String>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Field::Present(v.to_owned()))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Field::WrongType)
+    }
+    wrong_type_for_the_rest!(Field<String>, Field::WrongType);
+}
+
+/// A non-negative integer member (a NumericDate).
+#[derive(Clone, Copy)]
+struct Unsigned<'c>(Flag<'c>);
+
+impl<'de> DeserializeSeed<'de> for Unsigned<'_> {
+    type Value = Field<u64>;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Unsigned<'_> {
+    type Value = Field<u64>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Field::Present(v))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Field::WrongType)
+    }
+    wrong_type_for_the_rest!(Field<u64>, Field::WrongType);
+}
+
+/// `aud`.
+#[derive(Clone, Copy)]
+struct AudSeed<'c>(Flag<'c>);
+
+impl<'de> DeserializeSeed<'de> for AudSeed<'_> {
+    type Value = Aud;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Aud, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for AudSeed<'_> {
+    type Value = Aud;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Aud, E> {
+        Ok(Aud::One(v.to_owned()))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Aud, E> {
+        Ok(Aud::WrongType)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Aud, E> {
+        Ok(Aud::WrongType)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Aud, E> {
+        Ok(Aud::WrongType)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Aud, E> {
+        Ok(Aud::WrongType)
+    }
+    fn visit_unit<E>(self) -> Result<Aud, E> {
+        Ok(Aud::WrongType)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, access: A) -> Result<Aud, A::Error> {
+        Skip(self.0).visit_map(access).map(|()| Aud::WrongType)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Aud, A::Error> {
+        let Some(first) = seq.next_element_seed(Text(self.0))? else {
+            return Ok(Aud::Array {
+                len: 0,
+                first: Field::Absent,
+            });
+        };
+        let mut len = 1;
+        while seq.next_element_seed(Skip(self.0))?.is_some() {
+            len += 1;
+        }
+        Ok(Aud::Array { len, first })
+    }
+}
+
+/// `ap2_scope`.
+#[derive(Clone, Copy)]
+struct ScopeSeed<'c>(Flag<'c>);
+
+impl<'de> DeserializeSeed<'de> for ScopeSeed<'_> {
+    type Value = RawScope;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<RawScope, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ScopeSeed<'_> {
+    type Value = RawScope;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_str<E>(self, _: &str) -> Result<RawScope, E> {
+        Ok(RawScope::NotObject)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<RawScope, E> {
+        Ok(RawScope::NotObject)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<RawScope, E> {
+        Ok(RawScope::NotObject)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<RawScope, E> {
+        Ok(RawScope::NotObject)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<RawScope, E> {
+        Ok(RawScope::NotObject)
+    }
+    fn visit_unit<E>(self) -> Result<RawScope, E> {
+        Ok(RawScope::NotObject)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<RawScope, A::Error> {
+        Skip(self.0).visit_seq(seq).map(|()| RawScope::NotObject)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<RawScope, A::Error> {
+        let mut names = Names::default();
+        let mut unknown_member = false;
+        let (mut max_amount, mut currency, mut cart_hash, mut allow_agent_id) =
+            (Field::Absent, Field::Absent, Field::Absent, Field::Absent);
+        while let Some(name) = next_name(&mut access, &mut names, self.0)? {
+            let slot = match name.as_ref() {
+                "max_amount" => &mut max_amount,
+                "currency" => &mut currency,
+                "cart_hash" => &mut cart_hash,
+                "allow_agent_id" => &mut allow_agent_id,
+                _ => {
+                    unknown_member = true;
+                    access.next_value_seed(Skip(self.0))?;
+                    continue;
+                }
+            };
+            *slot = access.next_value_seed(Text(self.0))?;
+        }
+        Ok(RawScope::Object {
+            unknown_member,
+            max_amount,
+            currency,
+            cart_hash,
+            allow_agent_id,
+        })
+    }
+}
+
+/// The header object.
+struct HeaderSeed<'c> {
+    flag: Flag<'c>,
+    forbidden: &'static [&'static str],
+}
+
+impl<'de> DeserializeSeed<'de> for HeaderSeed<'_> {
+    type Value = RawHeader;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<RawHeader, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for HeaderSeed<'_> {
+    type Value = RawHeader;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<RawHeader, A::Error> {
+        let mut names = Names::default();
+        let mut header = RawHeader::default();
+        while let Some(name) = next_name(&mut access, &mut names, self.flag)? {
+            let slot = match name.as_ref() {
+                "alg" => &mut header.alg,
+                "typ" => &mut header.typ,
+                "kid" => &mut header.kid,
+                other => {
+                    if let Some(i) = self.forbidden.iter().position(|f| *f == other) {
+                        header.forbidden |= 1 << i;
+                    }
+                    access.next_value_seed(Skip(self.flag))?;
+                    continue;
+                }
+            };
+            *slot = access.next_value_seed(Text(self.flag))?;
+        }
+        Ok(header)
+    }
+}
+
+/// The payload object.
+struct ClaimsSeed<'c> {
+    flag: Flag<'c>,
+}
+
+impl<'de> DeserializeSeed<'de> for ClaimsSeed<'_> {
+    type Value = RawClaims;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<RawClaims, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ClaimsSeed<'_> {
+    type Value = RawClaims;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<RawClaims, A::Error> {
+        let flag = self.flag;
+        let mut names = Names::default();
+        let mut claims = RawClaims::default();
+        while let Some(name) = next_name(&mut access, &mut names, flag)? {
+            match name.as_ref() {
+                "iss" => claims.iss = access.next_value_seed(Text(flag))?,
+                "sub" => claims.sub = access.next_value_seed(Text(flag))?,
+                "jti" => claims.jti = access.next_value_seed(Text(flag))?,
+                "ap2_intent" => claims.ap2_intent = access.next_value_seed(Text(flag))?,
+                "exp" => claims.exp = access.next_value_seed(Unsigned(flag))?,
+                "iat" => claims.iat = access.next_value_seed(Unsigned(flag))?,
+                "nbf" => claims.nbf = access.next_value_seed(Unsigned(flag))?,
+                "aud" => claims.aud = access.next_value_seed(AudSeed(flag))?,
+                "ap2_scope" => claims.ap2_scope = access.next_value_seed(ScopeSeed(flag))?,
+                _ => access.next_value_seed(Skip(flag))?,
             }
-            let value = access.next_value_seed(self)?;
-            map.insert(key, value);
         }
-        Ok(Value::Object(map))
+        Ok(claims)
     }
 }
 
@@ -100,41 +521,118 @@ impl<'de> Visitor<'de> for StrictSeed<'_> {
 mod tests {
     use super::*;
 
+    const FORBIDDEN: &[&str] = &["jku", "jwk", "crit"];
+
     #[test]
     fn spec4_duplicate_member_names_are_refused_at_every_depth() {
-        assert!(parse_object(br#"{"a":1,"b":{"c":[{"d":1}]}}"#).is_ok());
+        assert!(parse_claims(br#"{"a":1,"b":{"c":[{"d":1}]}}"#).is_ok());
+        for bad in [
+            &br#"{"aud":"a","aud":"b"}"#[..],
+            br#"{"s":{"x":1,"x":1}}"#,
+            br#"{"s":[{"x":1,"x":2}]}"#,
+            br#"{"ap2_scope":{"currency":"USD","currency":"EUR"}}"#,
+            br#"{"ap2_scope":{"x":{"y":1,"y":1}}}"#,
+            br#"{"aud":["a",{"y":1,"y":1}]}"#,
+            br#"{"iss":{"y":1,"y":1}}"#,
+            // The same name spelled with an escape is the same name.
+            br#"{"aud":"a","\u0061ud":"b"}"#,
+            br#"{"zz":1,"\u007a\u007a":2}"#,
+        ] {
+            assert_eq!(
+                parse_claims(bad).unwrap_err(),
+                StrictJsonError::DuplicateMember,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
         assert_eq!(
-            parse_object(br#"{"aud":"a","aud":"b"}"#),
-            Err(StrictJsonError::DuplicateMember)
+            parse_header(br#"{"alg":"ES256","kid":"a","kid":"a"}"#, FORBIDDEN).unwrap_err(),
+            StrictJsonError::DuplicateMember
         );
         assert_eq!(
-            parse_object(br#"{"s":{"x":1,"x":1}}"#),
-            Err(StrictJsonError::DuplicateMember)
+            parse_header(br#"{"x5c":[{"a":1,"a":1}]}"#, FORBIDDEN).unwrap_err(),
+            StrictJsonError::DuplicateMember
         );
+    }
+
+    #[test]
+    fn a_large_object_is_checked_for_duplicates_in_linear_time() {
+        let members: Vec<String> = (0..5_000).map(|i| format!("\"m{i}\":{i}")).collect();
+        let ok = format!("{{{}}}", members.join(","));
+        assert!(parse_claims(ok.as_bytes()).is_ok());
+        let dup = format!("{{{},\"m4999\":0}}", members.join(","));
         assert_eq!(
-            parse_object(br#"{"s":[{"x":1,"x":2}]}"#),
-            Err(StrictJsonError::DuplicateMember)
-        );
-        // The same name spelled with an escape is the same name.
-        assert_eq!(
-            parse_object(br#"{"aud":"a","\u0061ud":"b"}"#),
-            Err(StrictJsonError::DuplicateMember)
+            parse_claims(dup.as_bytes()).unwrap_err(),
+            StrictJsonError::DuplicateMember
         );
     }
 
     #[test]
     fn strict_json_refuses_non_objects_bombs_and_trailing_bytes() {
-        assert_eq!(parse_object(b"[1]"), Err(StrictJsonError::NotObject));
-        assert_eq!(parse_object(b"{} {}"), Err(StrictJsonError::Syntax));
-        assert_eq!(
-            parse_object(b"\xef\xbb\xbf{}"),
-            Err(StrictJsonError::Syntax)
-        );
-        assert_eq!(
-            parse_object(b"{\"a\":\"\xff\"}"),
-            Err(StrictJsonError::Syntax)
-        );
+        for bad in [
+            &b"[1]"[..],
+            b"\"a\"",
+            b"{} {}",
+            b"\xef\xbb\xbf{}",
+            b"{\"a\":\"\xff\"}",
+            b"{\"a\":1,}",
+            b"",
+        ] {
+            assert_eq!(parse_claims(bad).unwrap_err(), StrictJsonError::Syntax);
+            assert_eq!(
+                parse_header(bad, FORBIDDEN).unwrap_err(),
+                StrictJsonError::Syntax
+            );
+        }
         let bomb = format!("{{\"a\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
-        assert_eq!(parse_object(bomb.as_bytes()), Err(StrictJsonError::Syntax));
+        assert_eq!(
+            parse_claims(bomb.as_bytes()).unwrap_err(),
+            StrictJsonError::Syntax
+        );
+    }
+
+    #[test]
+    fn typed_members_record_presence_and_type() {
+        let claims = parse_claims(
+            br#"{"iss":"w","sub":7,"exp":10,"iat":-1,"nbf":1.0,"aud":["m","n"],"jti":null,
+                "ap2_intent":"CART_PURCHASE_V1","ap2_scope":{"currency":"USD","cart_hash":{},"extra":1},
+                "other":{"deep":[1,2,{"x":"y"}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(claims.iss, Field::Present("w".into()));
+        assert_eq!(claims.sub, Field::WrongType);
+        assert_eq!(claims.exp, Field::Present(10));
+        assert_eq!(claims.iat, Field::WrongType);
+        assert_eq!(claims.nbf, Field::WrongType);
+        assert!(
+            matches!(claims.aud, Aud::Array { len: 2, first: Field::Present(ref a) } if a == "m")
+        );
+        assert_eq!(claims.jti, Field::WrongType);
+        assert_eq!(claims.ap2_intent, Field::Present("CART_PURCHASE_V1".into()));
+        let RawScope::Object {
+            unknown_member,
+            max_amount,
+            currency,
+            cart_hash,
+            allow_agent_id,
+        } = claims.ap2_scope
+        else {
+            panic!("scope")
+        };
+        assert!(unknown_member);
+        assert_eq!(max_amount, Field::Absent);
+        assert_eq!(currency, Field::Present("USD".into()));
+        assert_eq!(cart_hash, Field::WrongType);
+        assert_eq!(allow_agent_id, Field::Absent);
+        // Escaped strings are read as what they mean.
+        let claims = parse_claims(br#"{"iss":"a\"b\u00e9"}"#).unwrap();
+        assert_eq!(claims.iss, Field::Present("a\"b\u{e9}".into()));
+
+        let header =
+            parse_header(br#"{"alg":"ES256","crit":[],"jku":1,"kid":"k"}"#, FORBIDDEN).unwrap();
+        assert_eq!(header.alg, Field::Present("ES256".into()));
+        assert_eq!(header.typ, Field::Absent);
+        assert_eq!(header.kid, Field::Present("k".into()));
+        assert_eq!(header.forbidden, 0b101);
     }
 }

@@ -5,12 +5,13 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
-use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::cart::{Cart, CartHash};
 use crate::ids::{AgentId, Jti, Kid, MerchantId};
-use crate::json::{StrictJsonError, parse_object};
+use crate::json::{
+    Aud, Field, RawClaims, RawHeader, RawScope, StrictJsonError, parse_claims, parse_header,
+};
 use crate::keys::VerificationKey;
 use crate::mandate::{Ap2Scope, INTENT_CART_PURCHASE_V1, IntentMandate, MANDATE_TYP};
 use crate::money::{Currency, Money};
@@ -505,7 +506,7 @@ impl<K: KeyResolver, R: ReplayGuard, C: Clock> Verifier<K, R, C> {
             return Err(VerifyError::SignatureInvalid);
         }
         // Step 5.
-        let claims = check_claims(&parsed.payload, &record, &self.config, now)?;
+        let claims = check_claims(parsed.payload, &record, &self.config, now)?;
         // Step 6.
         check_binding(&claims, presentation, &self.config)?;
         // Step 7.
@@ -527,7 +528,8 @@ impl<K: KeyResolver, R: ReplayGuard, C: Clock> Verifier<K, R, C> {
 }
 
 /// A token after steps 1 and 2: its kid, the bytes that were signed, the signature and the
-/// payload object (not yet interpreted: claims are read only after the signature verifies).
+/// payload's members (not yet interpreted: claims are judged only after the signature
+/// verifies).
 #[derive(Debug)]
 pub struct ParsedToken<'a> {
     /// The header's kid.
@@ -536,8 +538,9 @@ pub struct ParsedToken<'a> {
     pub signing_input: &'a [u8],
     /// The decoded signature segment.
     pub signature: Vec<u8>,
-    /// The payload, a JSON object without duplicate members.
-    pub payload: Map<String, Value>,
+    /// The payload's members the verifier reads (the payload is a JSON object without
+    /// duplicate members; the rest of it was checked and dropped).
+    pub(crate) payload: RawClaims,
 }
 
 impl<'a> ParsedToken<'a> {
@@ -564,18 +567,21 @@ impl<'a> ParsedToken<'a> {
         let header_bytes = crate::b64::decode(header_b64).ok_or_else(not_b64)?;
         let payload_bytes = crate::b64::decode(payload_b64).ok_or_else(not_b64)?;
         let signature = crate::b64::decode(signature_b64).ok_or_else(not_b64)?;
-        let header = parse_object(&header_bytes).map_err(|e| match e {
-            StrictJsonError::DuplicateMember => {
-                VerifyError::HeaderRejected("duplicate member in the header")
-            }
-            _ => VerifyError::Malformed("the header is not a JSON object"),
-        })?;
-        let kid = check_header(&header)?;
-        let payload = parse_object(&payload_bytes).map_err(|e| match e {
+        let header =
+            parse_header(&header_bytes, &FORBIDDEN_HEADER_MEMBERS).map_err(|e| match e {
+                StrictJsonError::DuplicateMember => {
+                    VerifyError::HeaderRejected("duplicate member in the header")
+                }
+                StrictJsonError::Syntax => {
+                    VerifyError::Malformed("the header is not a JSON object")
+                }
+            })?;
+        let kid = check_header(header)?;
+        let payload = parse_claims(&payload_bytes).map_err(|e| match e {
             StrictJsonError::DuplicateMember => {
                 VerifyError::Malformed("duplicate member in the payload")
             }
-            _ => VerifyError::Malformed("the payload is not a JSON object"),
+            StrictJsonError::Syntax => VerifyError::Malformed("the payload is not a JSON object"),
         })?;
         let signing_input_len = header_b64.len() + 1 + payload_b64.len();
         let signing_input = token
@@ -591,27 +597,28 @@ impl<'a> ParsedToken<'a> {
     }
 }
 
-fn check_header(header: &Map<String, Value>) -> Result<Kid, VerifyError> {
-    if header.get("alg").and_then(Value::as_str) != Some("ES256") {
+fn check_header(header: RawHeader) -> Result<Kid, VerifyError> {
+    if !matches!(&header.alg, Field::Present(alg) if alg == "ES256") {
         return Err(VerifyError::AlgorithmUnsupported);
     }
     if let Some(member) = FORBIDDEN_HEADER_MEMBERS
         .iter()
-        .find(|m| header.contains_key(**m))
+        .enumerate()
+        .find(|(i, _)| header.forbidden & (1 << i) != 0)
+        .map(|(_, m)| *m)
     {
-        return Err(VerifyError::HeaderRejected(match *member {
+        return Err(VerifyError::HeaderRejected(match member {
             "crit" => "crit is not accepted",
             "jwk" => "an embedded jwk is not accepted: keys come from the directory",
             "jku" | "x5u" => "a key URL is not accepted: keys come from the directory",
             _ => "certificates are not accepted: keys come from the directory",
         }));
     }
-    match header.get("typ") {
-        Some(Value::String(typ)) if typ == MANDATE_TYP => {}
-        _ => return Err(VerifyError::HeaderRejected("typ must be ap2-intent+jwt")),
+    if !matches!(&header.typ, Field::Present(typ) if typ == MANDATE_TYP) {
+        return Err(VerifyError::HeaderRejected("typ must be ap2-intent+jwt"));
     }
-    match header.get("kid") {
-        Some(Value::String(kid)) => Kid::parse(kid).map_err(|_| {
+    match header.kid {
+        Field::Present(kid) => Kid::parse(&kid).map_err(|_| {
             VerifyError::HeaderRejected("kid is not 1..=128 chars of [A-Za-z0-9._:-]")
         }),
         _ => Err(VerifyError::HeaderRejected("kid is missing")),
@@ -619,45 +626,40 @@ fn check_header(header: &Map<String, Value>) -> Result<Kid, VerifyError> {
 }
 
 /// Reads a NumericDate: a non-negative JSON integer.
-fn numeric_date(payload: &Map<String, Value>, name: &str) -> Result<Option<i64>, VerifyError> {
-    match payload.get(name) {
-        None => Ok(None),
-        Some(value) => value
-            .as_u64()
-            .and_then(|v| i64::try_from(v).ok())
+fn numeric_date(value: Field<u64>) -> Result<Option<i64>, VerifyError> {
+    match value {
+        Field::Absent => Ok(None),
+        Field::Present(v) => i64::try_from(v)
             .map(Some)
-            .ok_or(VerifyError::Malformed(
-                "exp, iat and nbf are non-negative integers",
-            )),
+            .map_err(|_| VerifyError::Malformed("exp, iat and nbf are non-negative integers")),
+        Field::WrongType => Err(VerifyError::Malformed(
+            "exp, iat and nbf are non-negative integers",
+        )),
     }
 }
 
-fn required_str<'p>(
-    payload: &'p Map<String, Value>,
-    name: &str,
-    why: &'static str,
-) -> Result<&'p str, VerifyError> {
-    payload
-        .get(name)
-        .and_then(Value::as_str)
-        .ok_or(VerifyError::Malformed(why))
+fn required(value: Field<String>, why: &'static str) -> Result<String, VerifyError> {
+    match value {
+        Field::Present(text) => Ok(text),
+        _ => Err(VerifyError::Malformed(why)),
+    }
 }
 
 fn check_claims(
-    payload: &Map<String, Value>,
+    payload: RawClaims,
     record: &KeyRecord,
     config: &VerifierConfig,
     now: i64,
 ) -> Result<IntentMandate, VerifyError> {
-    let iss = required_str(payload, "iss", "iss is a required string")?;
-    let sub = required_str(payload, "sub", "sub is a required string")?;
+    let iss = required(payload.iss, "iss is a required string")?;
+    let sub = required(payload.sub, "sub is a required string")?;
     if iss != record.issuer || sub != record.subject {
         return Err(VerifyError::IssuerMismatch);
     }
-    check_audience(payload.get("aud"), &config.audience)?;
-    let exp = numeric_date(payload, "exp")?.ok_or(VerifyError::Malformed("exp is required"))?;
-    let iat = numeric_date(payload, "iat")?.ok_or(VerifyError::Malformed("iat is required"))?;
-    let nbf = numeric_date(payload, "nbf")?;
+    check_audience(&payload.aud, &config.audience)?;
+    let exp = numeric_date(payload.exp)?.ok_or(VerifyError::Malformed("exp is required"))?;
+    let iat = numeric_date(payload.iat)?.ok_or(VerifyError::Malformed("iat is required"))?;
+    let nbf = numeric_date(payload.nbf)?;
     if exp <= iat {
         return Err(VerifyError::Malformed("exp is after iat"));
     }
@@ -671,15 +673,15 @@ fn check_claims(
     if exp - iat > config.max_lifetime_secs {
         return Err(VerifyError::LifetimeTooLong);
     }
-    let jti = Jti::parse(required_str(payload, "jti", "jti is a required string")?)
+    let jti = Jti::parse(&required(payload.jti, "jti is a required string")?)
         .map_err(|_| VerifyError::Malformed("jti is 1..=128 chars of [A-Za-z0-9_-]"))?;
-    if payload.get("ap2_intent").and_then(Value::as_str) != Some(INTENT_CART_PURCHASE_V1) {
+    if !matches!(&payload.ap2_intent, Field::Present(intent) if intent == INTENT_CART_PURCHASE_V1) {
         return Err(VerifyError::IntentUnsupported);
     }
-    let scope = parse_scope(payload.get("ap2_scope"))?;
+    let scope = parse_scope(payload.ap2_scope)?;
     Ok(IntentMandate {
-        iss: iss.to_owned(),
-        sub: sub.to_owned(),
+        iss,
+        sub,
         aud: config.audience.clone(),
         iat,
         nbf,
@@ -690,24 +692,20 @@ fn check_claims(
 }
 
 /// `aud` is this merchant: a string, or an array of exactly that one string.
-fn check_audience(aud: Option<&Value>, audience: &MerchantId) -> Result<(), VerifyError> {
+fn check_audience(aud: &Aud, audience: &MerchantId) -> Result<(), VerifyError> {
     let single = match aud {
-        Some(Value::String(aud)) => aud,
-        Some(Value::Array(auds)) => match auds.as_slice() {
-            [Value::String(aud)] => aud,
-            [_] => {
-                return Err(VerifyError::Malformed(
-                    "aud is a string or an array of strings",
-                ));
-            }
-            _ => return Err(VerifyError::AudienceMismatch),
-        },
-        None => return Err(VerifyError::Malformed("aud is required")),
-        Some(_) => {
+        Aud::One(aud) => aud,
+        Aud::Array {
+            len: 1,
+            first: Field::Present(aud),
+        } => aud,
+        Aud::Array { len: 1, .. } | Aud::WrongType => {
             return Err(VerifyError::Malformed(
                 "aud is a string or an array of strings",
             ));
         }
+        Aud::Array { .. } => return Err(VerifyError::AudienceMismatch),
+        Aud::Absent => return Err(VerifyError::Malformed("aud is required")),
     };
     if single != audience.as_str() {
         return Err(VerifyError::AudienceMismatch);
@@ -715,34 +713,39 @@ fn check_audience(aud: Option<&Value>, audience: &MerchantId) -> Result<(), Veri
     Ok(())
 }
 
-const SCOPE_MEMBERS: [&str; 4] = ["max_amount", "currency", "cart_hash", "allow_agent_id"];
-
-fn parse_scope(scope: Option<&Value>) -> Result<Ap2Scope, VerifyError> {
-    let scope = match scope {
-        Some(Value::Object(scope)) => scope,
-        None => return Err(VerifyError::ScopeInvalid("ap2_scope is missing")),
-        Some(_) => return Err(VerifyError::ScopeInvalid("ap2_scope is not an object")),
+fn parse_scope(scope: RawScope) -> Result<Ap2Scope, VerifyError> {
+    let (max_amount, currency, cart_hash, allow_agent_id) = match scope {
+        RawScope::Object {
+            unknown_member: true,
+            ..
+        } => return Err(VerifyError::ScopeInvalid("ap2_scope has an unknown member")),
+        RawScope::Object {
+            max_amount,
+            currency,
+            cart_hash,
+            allow_agent_id,
+            ..
+        } => (max_amount, currency, cart_hash, allow_agent_id),
+        RawScope::Absent => return Err(VerifyError::ScopeInvalid("ap2_scope is missing")),
+        RawScope::NotObject => {
+            return Err(VerifyError::ScopeInvalid("ap2_scope is not an object"));
+        }
     };
-    if scope.keys().any(|k| !SCOPE_MEMBERS.contains(&k.as_str())) {
-        return Err(VerifyError::ScopeInvalid("ap2_scope has an unknown member"));
-    }
-    let text = |name: &str, why: &'static str| {
-        scope
-            .get(name)
-            .and_then(Value::as_str)
-            .ok_or(VerifyError::ScopeInvalid(why))
+    let text = |value: Field<String>, why: &'static str| match value {
+        Field::Present(text) => Ok(text),
+        _ => Err(VerifyError::ScopeInvalid(why)),
     };
-    let currency = Currency::parse(text("currency", "currency is a required string")?)
+    let currency = Currency::parse(&text(currency, "currency is a required string")?)
         .map_err(|_| VerifyError::ScopeInvalid("currency is not an ISO 4217 code in upper case"))?;
     let max_amount = Money::parse(
-        text("max_amount", "max_amount is a required decimal string")?,
+        &text(max_amount, "max_amount is a required decimal string")?,
         currency,
     )
     .map_err(|_| VerifyError::ScopeInvalid("max_amount is not an exact amount of the currency"))?;
-    let cart_hash = CartHash::parse(text("cart_hash", "cart_hash is a required string")?)
+    let cart_hash = CartHash::parse(&text(cart_hash, "cart_hash is a required string")?)
         .map_err(|_| VerifyError::ScopeInvalid("cart_hash is not sha256-<base64url>"))?;
-    let allow_agent_id = AgentId::parse(text(
-        "allow_agent_id",
+    let allow_agent_id = AgentId::parse(&text(
+        allow_agent_id,
         "allow_agent_id is a required string",
     )?)
     .map_err(|_| VerifyError::ScopeInvalid("allow_agent_id is not a valid agent id"))?;
