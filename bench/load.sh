@@ -15,6 +15,7 @@
 # Usage: bench/load.sh [duration_secs] [connections]
 #        SCENARIOS=all bench/load.sh ... also runs scenario 2 (checkout completion) and
 #                                      scenario 3 (wallet minting)
+#        ROUNDS=3 bench/load.sh ...    alternates scenarios 0 and 1 three times, prints medians
 #        PROFILE=1 bench/load.sh ...   also samples each server with `perf record` (cpu-clock)
 #                                      and prints the top functions (apt-get install -y linux-perf)
 set -euo pipefail
@@ -160,21 +161,44 @@ run_verify() {
 
 # Scenario 0: the floor (merchant/examples/bare_verify.rs: jsonwebtoken decode + one SET NX PX).
 "$BIN/examples/bare_verify" "127.0.0.1:$BARE_PORT" "redis://127.0.0.1:$REDIS_PORT" "$WORK/user.jwk" acme-corp &
-SERVER_PID=$!
-PIDS+=($SERVER_PID)
+BARE_PID=$!
+PIDS+=($BARE_PID)
 for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$BARE_PORT/" && break; sleep 0.05; done
-run_verify true "bare handler" "$BARE_PORT"
-BARE_RPS=$LAST_RPS
-kill "$SERVER_PID"
-redis-cli -p "$REDIS_PORT" flushall >/dev/null
-
-# Scenario 1: the merchant. One request first, so the key is in its cache before the clock runs.
-SERVER_PID=$MERCHANT_PID
+# The merchant's key cache is filled before the clock runs.
 curl -fs -o /dev/null -X POST "http://127.0.0.1:$MERCHANT_PORT/v1/mandates/verify" -H 'Content-Type: application/json' \
   -d "{\"mandate\":\"$(head -1 "$WORK/tokens.txt")\",\"agent_id\":\"agent-7\",\"cart\":$CART,\"consume\":false}"
-run_verify true "merchant verify consume=true" "$MERCHANT_PORT"
-python3 -c "import sys; print(f'ratio merchant (consume=true) / bare handler = {float(sys.argv[1]) / float(sys.argv[2]):.3f}')" "$LAST_RPS" "$BARE_RPS"
-run_verify false "merchant verify consume=false" "$MERCHANT_PORT"
+
+# ROUNDS alternations of scenario 0 and scenario 1 (the merchant, consume=true then false);
+# the replay set is emptied before each consuming run, so every mandate is fresh to it.
+BARE_ALL=(); TRUE_ALL=(); FALSE_ALL=()
+for round in $(seq 1 "${ROUNDS:-1}"); do
+  [ "${ROUNDS:-1}" = 1 ] || echo "==== round $round of $ROUNDS"
+  redis-cli -p "$REDIS_PORT" flushall >/dev/null
+  SERVER_PID=$BARE_PID
+  run_verify true "bare handler" "$BARE_PORT"
+  BARE_ALL+=("$LAST_RPS")
+  redis-cli -p "$REDIS_PORT" flushall >/dev/null
+  SERVER_PID=$MERCHANT_PID
+  run_verify true "merchant verify consume=true" "$MERCHANT_PORT"
+  TRUE_ALL+=("$LAST_RPS")
+  python3 -c "import sys; print(f'ratio merchant (consume=true) / bare handler = {float(sys.argv[1]) / float(sys.argv[2]):.3f}')" "$LAST_RPS" "${BARE_ALL[-1]}"
+  run_verify false "merchant verify consume=false" "$MERCHANT_PORT"
+  FALSE_ALL+=("$LAST_RPS")
+done
+if [ "${ROUNDS:-1}" != 1 ]; then
+  echo "== medians over $ROUNDS rounds (ratios to openssl verify/s $OPENSSL_VERIFY)"
+  python3 - "$OPENSSL_VERIFY" "${BARE_ALL[*]}" "${TRUE_ALL[*]}" "${FALSE_ALL[*]}" <<'PY'
+import statistics, sys
+ossl = float(sys.argv[1])
+bare, true, false = ([float(x) for x in a.split()] for a in sys.argv[2:5])
+for label, runs in (("bare handler", bare), ("merchant consume=true", true), ("merchant consume=false", false)):
+    print(f"{label}: median {statistics.median(runs):.0f} req/s, ratio {statistics.median(runs) / ossl:.3f} "
+          f"(runs: {', '.join(f'{r / ossl:.3f}' for r in runs)})")
+per_round = [t / b for t, b in zip(true, bare)]
+print(f"merchant consume=true / bare handler, per round: {', '.join(f'{r:.3f}' for r in per_round)}; "
+      f"median {statistics.median(per_round):.3f}")
+PY
+fi
 
 if [ "${SCENARIOS:-1}" = all ]; then
   echo "== scenario 2: POST /v1/checkout-sessions/{id}/complete, c=$CONNECTIONS, ${DURATION}s"
