@@ -14,38 +14,14 @@ CONCURRENCY=${2:-32}
 TTL=${3:-60}
 LEEWAY=30
 
-for tool in redis-server redis-cli curl; do
-  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y redis-server curl" >&2; exit 1; }
-done
+source bench/common.sh
+need redis-server redis-cli curl
 
 cargo build --release -q -p key-directory -p merchant -p ap2-cli --bins --example verify_soak
-BIN=target/release
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_ready() { for _ in $(seq 1 200); do curl -fs "$1/readyz" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "$1 not ready" >&2; exit 1; }
-
-REDIS_PORT=$(free_port); KD_PORT=$(free_port); MERCHANT_PORT=$(free_port)
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" >/dev/null &
-PIDS+=($!)
-RUST_LOG=warn "$BIN/key-directory" --listen "127.0.0.1:$KD_PORT" --db "$WORK/keys.db" \
-  --issuer-token "https://wallet.example=bench-token" 2>"$WORK/kd.log" &
-PIDS+=($!)
-wait_ready "http://127.0.0.1:$KD_PORT"
-RUST_LOG=warn "$BIN/merchant" --listen "127.0.0.1:$MERCHANT_PORT" --merchant-id acme-corp \
-  --data-dir "$WORK/merchant" --key-directory-url "http://127.0.0.1:$KD_PORT" \
-  --redis-url "redis://127.0.0.1:$REDIS_PORT" 2>"$WORK/merchant.log" &
-MERCHANT_PID=$!
-PIDS+=($MERCHANT_PID)
-wait_ready "http://127.0.0.1:$MERCHANT_PORT"
-
-"$BIN/ap2" keygen --out "$WORK/user.pem" > "$WORK/user.jwk"
-curl -fs -X POST "http://127.0.0.1:$KD_PORT/v1/keys" -H 'Authorization: Bearer bench-token' \
-  -H 'Content-Type: application/json' -d "{\"subject\":\"bench-user\",\"jwk\":$(cat "$WORK/user.jwk")}" >/dev/null
-echo '{"merchant_id":"acme-corp","currency":"USD","total":8999,"line_items":[{"id":"shoe-001","title":"Trail Runner","quantity":1,"unit_price":8999}]}' > "$WORK/cart.json"
+start_redis
+start_key_directory
+start_merchant
+register_user_key
 
 sample() {  # one line: seconds since start, merchant RSS, Redis keys and memory
   local rss keys mem

@@ -246,8 +246,9 @@ impl<'de> Visitor<'de> for Skip<'_> {
     }
 }
 
-/// What a typed field does with a value that is not of its type: walk it, then report it.
-macro_rules! wrong_type_for_the_rest {
+/// What a typed field does with values not of its type: report them (containers are walked
+/// first, for syntax and duplicate names).
+macro_rules! other_scalars {
     ($value:ty, $wrong:expr) => {
         fn visit_bool<E>(self, _: bool) -> Result<$value, E> {
             Ok($wrong)
@@ -261,9 +262,19 @@ macro_rules! wrong_type_for_the_rest {
         fn visit_unit<E>(self) -> Result<$value, E> {
             Ok($wrong)
         }
+    };
+}
+
+macro_rules! other_seq {
+    ($value:ty, $wrong:expr) => {
         fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<$value, A::Error> {
             Skip(self.0).visit_seq(seq).map(|()| $wrong)
         }
+    };
+}
+
+macro_rules! other_map {
+    ($value:ty, $wrong:expr) => {
         fn visit_map<A: MapAccess<'de>>(self, access: A) -> Result<$value, A::Error> {
             Skip(self.0).visit_map(access).map(|()| $wrong)
         }
@@ -292,7 +303,9 @@ impl<'de> Visitor<'de> for Text<'_> {
     fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
         Ok(Field::WrongType)
     }
-    wrong_type_for_the_rest!(Field<String>, Field::WrongType);
+    other_scalars!(Field<String>, Field::WrongType);
+    other_seq!(Field<String>, Field::WrongType);
+    other_map!(Field<String>, Field::WrongType);
 }
 
 /// A non-negative integer member (a NumericDate).
@@ -317,7 +330,9 @@ impl<'de> Visitor<'de> for Unsigned<'_> {
     fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
         Ok(Field::WrongType)
     }
-    wrong_type_for_the_rest!(Field<u64>, Field::WrongType);
+    other_scalars!(Field<u64>, Field::WrongType);
+    other_seq!(Field<u64>, Field::WrongType);
+    other_map!(Field<u64>, Field::WrongType);
 }
 
 /// `aud`.
@@ -342,21 +357,8 @@ impl<'de> Visitor<'de> for AudSeed<'_> {
     fn visit_u64<E>(self, _: u64) -> Result<Aud, E> {
         Ok(Aud::WrongType)
     }
-    fn visit_bool<E>(self, _: bool) -> Result<Aud, E> {
-        Ok(Aud::WrongType)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Aud, E> {
-        Ok(Aud::WrongType)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Aud, E> {
-        Ok(Aud::WrongType)
-    }
-    fn visit_unit<E>(self) -> Result<Aud, E> {
-        Ok(Aud::WrongType)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, access: A) -> Result<Aud, A::Error> {
-        Skip(self.0).visit_map(access).map(|()| Aud::WrongType)
-    }
+    other_scalars!(Aud, Aud::WrongType);
+    other_map!(Aud, Aud::WrongType);
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Aud, A::Error> {
         let Some(first) = seq.next_element_seed(Text(self.0))? else {
             return Ok(Aud::Array {
@@ -394,21 +396,8 @@ impl<'de> Visitor<'de> for ScopeSeed<'_> {
     fn visit_u64<E>(self, _: u64) -> Result<RawScope, E> {
         Ok(RawScope::NotObject)
     }
-    fn visit_bool<E>(self, _: bool) -> Result<RawScope, E> {
-        Ok(RawScope::NotObject)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<RawScope, E> {
-        Ok(RawScope::NotObject)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<RawScope, E> {
-        Ok(RawScope::NotObject)
-    }
-    fn visit_unit<E>(self) -> Result<RawScope, E> {
-        Ok(RawScope::NotObject)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<RawScope, A::Error> {
-        Skip(self.0).visit_seq(seq).map(|()| RawScope::NotObject)
-    }
+    other_scalars!(RawScope, RawScope::NotObject);
+    other_seq!(RawScope, RawScope::NotObject);
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<RawScope, A::Error> {
         let mut names = Names::default();
         let mut unknown_member = false;
