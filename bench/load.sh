@@ -17,6 +17,7 @@
 #                                      scenario 3 (wallet minting)
 #        ROUNDS=3 bench/load.sh ...    alternates scenarios 0 and 1 three times, prints medians
 #        PROFILE=1 bench/load.sh ...   also samples each server with `perf record` (cpu-clock)
+#                                      (PROFILE_DIR=dir keeps each full profile there)
 #                                      and prints the top functions (apt-get install -y linux-perf)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,6 +51,10 @@ show_profile() {
   echo "== merchant profile (cpu-clock samples, self time)"
   perf report -i "$WORK/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null \
     | grep -v '^#' | grep -v '^$' > "$WORK/profile.txt" || true
+  if [ -n "${PROFILE_DIR:-}" ]; then
+    mkdir -p "$PROFILE_DIR"
+    cp "$WORK/profile.txt" "$PROFILE_DIR/$(date +%H%M%S)-$SERVER_PID.txt"
+  fi
   { cut -c1-160 "$WORK/profile.txt" | head -${PROFILE_LINES:-25}; } || true
   echo "== merchant profile by component"
   python3 - "$WORK/profile.txt" <<'PY'

@@ -4,10 +4,11 @@
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, RwLock};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -15,8 +16,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
-use tower::{Layer, Service};
-use tower_http::catch_panic::CatchPanicLayer;
+use tower::{Layer, Service, ServiceBuilder};
 
 use crate::problem::Problem;
 
@@ -46,26 +46,30 @@ impl Default for Limits {
 pub fn with_standard_layers(router: Router, service: &'static str, limits: Limits) -> Router {
     // Install the recorder before the first request is counted.
     crate::telemetry::metrics();
-    let observe = ObserveLayer {
+    let observe = ObserveLayer(Arc::new(ObserveConfig {
         service,
         timeout: limits.request_timeout,
         ids: SequentialRequestId::new(),
-    };
+    }));
+    // One `layer` call with the whole stack: axum boxes each call's service and clones that box
+    // for every request, so three calls would cost three boxed clones per request.
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        .layer(CatchPanicLayer::custom(|_| {
-            Problem::internal("a handler panicked").into_response()
-        }))
-        .layer(observe)
+        .layer(
+            ServiceBuilder::new()
+                .layer(observe)
+                .layer(DefaultBodyLimit::max(limits.max_body_bytes)),
+        )
 }
 
 /// What every request goes through first, in one layer (one future, no boxing): its request
-/// id, its log span, the timeout, and, when it is answered, the id on the response and the
-/// metrics by route, method and status.
+/// id, its log span, the timeout, panic capture (500 `internal_error`), and, when it is
+/// answered, the id on the response and the metrics by route, method and status.
 #[derive(Clone)]
-struct ObserveLayer {
+struct ObserveLayer(Arc<ObserveConfig>);
+
+struct ObserveConfig {
     service: &'static str,
     timeout: Duration,
     ids: SequentialRequestId,
@@ -103,7 +107,7 @@ where
         let request_id = match req.headers().get(X_REQUEST_ID) {
             Some(id) => id.clone(),
             None => {
-                let id = self.layer.ids.next();
+                let id = self.layer.0.ids.next();
                 req.headers_mut().insert(X_REQUEST_ID, id.clone());
                 id
             }
@@ -115,7 +119,7 @@ where
         // The path only: query strings are not logged.
         let span = tracing::info_span!(
             "request",
-            service = self.layer.service,
+            service = self.layer.0.service,
             method = %req.method(),
             path = %req.uri().path(),
             request_id = request_id.to_str().unwrap_or("-"),
@@ -123,13 +127,14 @@ where
         let method = method_label(req.method());
         let inner = {
             let _entered = span.enter();
-            self.inner.call(req)
+            // A handler that panics is answered 500, like one whose future panics.
+            std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(req))).ok()
         };
         Observed {
-            inner: tokio::time::timeout(self.layer.timeout, inner),
+            inner: inner.map(|inner| tokio::time::timeout(self.layer.0.timeout, inner)),
             span,
             started: Instant::now(),
-            service: self.layer.service,
+            service: self.layer.0.service,
             route,
             method,
             request_id: Some(request_id),
@@ -140,7 +145,7 @@ where
 pin_project_lite::pin_project! {
     struct Observed<F> {
         #[pin]
-        inner: tokio::time::Timeout<F>,
+        inner: Option<tokio::time::Timeout<F>>,
         span: tracing::Span,
         started: Instant,
         service: &'static str,
@@ -156,15 +161,22 @@ impl<F: Future<Output = Result<Response, Infallible>>> Future for Observed<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let _entered = this.span.enter();
-        let mut response = match ready!(this.inner.poll(cx)) {
-            Ok(Ok(response)) => response,
-            Ok(Err(never)) => match never {},
-            Err(_elapsed) => Problem::new(
+        let polled = match this.inner.as_pin_mut() {
+            // The future is never polled again after a panic: this one is Ready below.
+            Some(inner) => std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))),
+            None => Err(Box::new("panicked in call") as Box<dyn std::any::Any + Send>),
+        };
+        let mut response = match polled {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(Ok(Ok(response)))) => response,
+            Ok(Poll::Ready(Ok(Err(never)))) => match never {},
+            Ok(Poll::Ready(Err(_elapsed))) => Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "timeout",
                 "the request took longer than the service allows",
             )
             .into_response(),
+            Err(_panic) => Problem::internal("a handler panicked").into_response(),
         };
         if let Some(id) = this.request_id.take() {
             response.headers_mut().insert(X_REQUEST_ID, id);
@@ -232,10 +244,9 @@ fn intern(value: &str) -> &'static str {
 
 /// Request ids `<process>-<n>`: a random 128-bit prefix chosen at start and a counter, unique
 /// without a system call per request (a UUIDv4 asks the kernel for randomness each time).
-#[derive(Clone)]
 struct SequentialRequestId {
-    prefix: Arc<str>,
-    next: Arc<AtomicU64>,
+    prefix: String,
+    next: AtomicU64,
 }
 
 impl SequentialRequestId {
@@ -244,8 +255,8 @@ impl SequentialRequestId {
         let prefix =
             ap2_mandate::Jti::random().map_or_else(|_| "-".to_owned(), |j| j.as_str().to_owned());
         Self {
-            prefix: prefix.into(),
-            next: Arc::new(AtomicU64::new(1)),
+            prefix,
+            next: AtomicU64::new(1),
         }
     }
 }
