@@ -35,8 +35,10 @@ pub(crate) enum Field<T> {
 /// The JOSE header members SPEC §4 step 2 looks at.
 #[derive(Debug, Default)]
 pub(crate) struct RawHeader {
-    pub alg: Field<String>,
-    pub typ: Field<String>,
+    /// Whether `alg` is exactly `ES256`.
+    pub alg: Field<bool>,
+    /// Whether `typ` is exactly the `expected_typ` given to [`parse_header`].
+    pub typ: Field<bool>,
     pub kid: Field<String>,
     /// Which of the names in `forbidden` (the caller's list) are present, as bits.
     pub forbidden: u32,
@@ -80,19 +82,22 @@ pub(crate) struct RawClaims {
     pub iat: Field<u64>,
     pub nbf: Field<u64>,
     pub jti: Field<String>,
-    pub ap2_intent: Field<String>,
+    /// Whether `ap2_intent` is exactly the `intent` given to [`parse_claims`].
+    pub ap2_intent: Field<bool>,
     pub ap2_scope: RawScope,
 }
 
 /// Parses a JOSE header; `forbidden` names are only noted (bit i for `forbidden[i]`).
 pub(crate) fn parse_header(
     bytes: &[u8],
+    expected_typ: &'static str,
     forbidden: &'static [&'static str],
 ) -> Result<RawHeader, StrictJsonError> {
     let duplicate = Cell::new(false);
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let seed = HeaderSeed {
         flag: Flag(&duplicate),
+        expected_typ,
         forbidden,
     };
     let parsed = seed.deserialize(&mut de).and_then(|v| de.end().map(|()| v));
@@ -100,11 +105,15 @@ pub(crate) fn parse_header(
 }
 
 /// Parses a JWT payload.
-pub(crate) fn parse_claims(bytes: &[u8]) -> Result<RawClaims, StrictJsonError> {
+pub(crate) fn parse_claims(
+    bytes: &[u8],
+    intent: &'static str,
+) -> Result<RawClaims, StrictJsonError> {
     let duplicate = Cell::new(false);
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let seed = ClaimsSeed {
         flag: Flag(&duplicate),
+        intent,
     };
     let parsed = seed.deserialize(&mut de).and_then(|v| de.end().map(|()| v));
     finish(parsed, &duplicate)
@@ -152,6 +161,10 @@ impl<'de> Names<'de> {
         }
         if self.list.contains(&name) {
             return false;
+        }
+        if self.list.is_empty() {
+            // A mandate's payload has nine members; one allocation for all of them.
+            self.list.reserve(Self::LIST_MAX);
         }
         self.list.push(name);
         if self.list.len() > Self::LIST_MAX {
@@ -308,6 +321,33 @@ impl<'de> Visitor<'de> for Text<'_> {
     other_map!(Field<String>, Field::WrongType);
 }
 
+/// A string member compared with the one value it may have, without copying it.
+#[derive(Clone, Copy)]
+struct Is<'c>(Flag<'c>, &'static str);
+
+impl<'de> DeserializeSeed<'de> for Is<'_> {
+    type Value = Field<bool>;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Is<'_> {
+    type Value = Field<bool>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Field::Present(v == self.1))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Field::WrongType)
+    }
+    other_scalars!(Field<bool>, Field::WrongType);
+    other_seq!(Field<bool>, Field::WrongType);
+    other_map!(Field<bool>, Field::WrongType);
+}
+
 /// A non-negative integer member (a NumericDate).
 #[derive(Clone, Copy)]
 struct Unsigned<'c>(Flag<'c>);
@@ -430,6 +470,7 @@ impl<'de> Visitor<'de> for ScopeSeed<'_> {
 /// The header object.
 struct HeaderSeed<'c> {
     flag: Flag<'c>,
+    expected_typ: &'static str,
     forbidden: &'static [&'static str],
 }
 
@@ -449,19 +490,17 @@ impl<'de> Visitor<'de> for HeaderSeed<'_> {
         let mut names = Names::default();
         let mut header = RawHeader::default();
         while let Some(name) = next_name(&mut access, &mut names, self.flag)? {
-            let slot = match name.as_ref() {
-                "alg" => &mut header.alg,
-                "typ" => &mut header.typ,
-                "kid" => &mut header.kid,
+            match name.as_ref() {
+                "alg" => header.alg = access.next_value_seed(Is(self.flag, "ES256"))?,
+                "typ" => header.typ = access.next_value_seed(Is(self.flag, self.expected_typ))?,
+                "kid" => header.kid = access.next_value_seed(Text(self.flag))?,
                 other => {
                     if let Some(i) = self.forbidden.iter().position(|f| *f == other) {
                         header.forbidden |= 1 << i;
                     }
                     access.next_value_seed(Skip(self.flag))?;
-                    continue;
                 }
-            };
-            *slot = access.next_value_seed(Text(self.flag))?;
+            }
         }
         Ok(header)
     }
@@ -470,6 +509,7 @@ impl<'de> Visitor<'de> for HeaderSeed<'_> {
 /// The payload object.
 struct ClaimsSeed<'c> {
     flag: Flag<'c>,
+    intent: &'static str,
 }
 
 impl<'de> DeserializeSeed<'de> for ClaimsSeed<'_> {
@@ -493,7 +533,9 @@ impl<'de> Visitor<'de> for ClaimsSeed<'_> {
                 "iss" => claims.iss = access.next_value_seed(Text(flag))?,
                 "sub" => claims.sub = access.next_value_seed(Text(flag))?,
                 "jti" => claims.jti = access.next_value_seed(Text(flag))?,
-                "ap2_intent" => claims.ap2_intent = access.next_value_seed(Text(flag))?,
+                "ap2_intent" => {
+                    claims.ap2_intent = access.next_value_seed(Is(flag, self.intent))?;
+                }
                 "exp" => claims.exp = access.next_value_seed(Unsigned(flag))?,
                 "iat" => claims.iat = access.next_value_seed(Unsigned(flag))?,
                 "nbf" => claims.nbf = access.next_value_seed(Unsigned(flag))?,
@@ -514,7 +556,7 @@ mod tests {
 
     #[test]
     fn spec4_duplicate_member_names_are_refused_at_every_depth() {
-        assert!(parse_claims(br#"{"a":1,"b":{"c":[{"d":1}]}}"#).is_ok());
+        assert!(parse_claims(br#"{"a":1,"b":{"c":[{"d":1}]}}"#, "CART_PURCHASE_V1").is_ok());
         for bad in [
             &br#"{"aud":"a","aud":"b"}"#[..],
             br#"{"s":{"x":1,"x":1}}"#,
@@ -528,18 +570,18 @@ mod tests {
             br#"{"zz":1,"\u007a\u007a":2}"#,
         ] {
             assert_eq!(
-                parse_claims(bad).unwrap_err(),
+                parse_claims(bad, "I").unwrap_err(),
                 StrictJsonError::DuplicateMember,
                 "{}",
                 String::from_utf8_lossy(bad)
             );
         }
         assert_eq!(
-            parse_header(br#"{"alg":"ES256","kid":"a","kid":"a"}"#, FORBIDDEN).unwrap_err(),
+            parse_header(br#"{"alg":"ES256","kid":"a","kid":"a"}"#, "t", FORBIDDEN).unwrap_err(),
             StrictJsonError::DuplicateMember
         );
         assert_eq!(
-            parse_header(br#"{"x5c":[{"a":1,"a":1}]}"#, FORBIDDEN).unwrap_err(),
+            parse_header(br#"{"x5c":[{"a":1,"a":1}]}"#, "t", FORBIDDEN).unwrap_err(),
             StrictJsonError::DuplicateMember
         );
     }
@@ -548,10 +590,10 @@ mod tests {
     fn a_large_object_is_checked_for_duplicates_in_linear_time() {
         let members: Vec<String> = (0..5_000).map(|i| format!("\"m{i}\":{i}")).collect();
         let ok = format!("{{{}}}", members.join(","));
-        assert!(parse_claims(ok.as_bytes()).is_ok());
+        assert!(parse_claims(ok.as_bytes(), "CART_PURCHASE_V1").is_ok());
         let dup = format!("{{{},\"m4999\":0}}", members.join(","));
         assert_eq!(
-            parse_claims(dup.as_bytes()).unwrap_err(),
+            parse_claims(dup.as_bytes(), "CART_PURCHASE_V1").unwrap_err(),
             StrictJsonError::DuplicateMember
         );
     }
@@ -567,15 +609,15 @@ mod tests {
             b"{\"a\":1,}",
             b"",
         ] {
-            assert_eq!(parse_claims(bad).unwrap_err(), StrictJsonError::Syntax);
+            assert_eq!(parse_claims(bad, "I").unwrap_err(), StrictJsonError::Syntax);
             assert_eq!(
-                parse_header(bad, FORBIDDEN).unwrap_err(),
+                parse_header(bad, "t", FORBIDDEN).unwrap_err(),
                 StrictJsonError::Syntax
             );
         }
         let bomb = format!("{{\"a\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
         assert_eq!(
-            parse_claims(bomb.as_bytes()).unwrap_err(),
+            parse_claims(bomb.as_bytes(), "CART_PURCHASE_V1").unwrap_err(),
             StrictJsonError::Syntax
         );
     }
@@ -586,6 +628,7 @@ mod tests {
             br#"{"iss":"w","sub":7,"exp":10,"iat":-1,"nbf":1.0,"aud":["m","n"],"jti":null,
                 "ap2_intent":"CART_PURCHASE_V1","ap2_scope":{"currency":"USD","cart_hash":{},"extra":1},
                 "other":{"deep":[1,2,{"x":"y"}]}}"#,
+            "CART_PURCHASE_V1",
         )
         .unwrap();
         assert_eq!(claims.iss, Field::Present("w".into()));
@@ -597,7 +640,7 @@ mod tests {
             matches!(claims.aud, Aud::Array { len: 2, first: Field::Present(ref a) } if a == "m")
         );
         assert_eq!(claims.jti, Field::WrongType);
-        assert_eq!(claims.ap2_intent, Field::Present("CART_PURCHASE_V1".into()));
+        assert_eq!(claims.ap2_intent, Field::Present(true));
         let RawScope::Object {
             unknown_member,
             max_amount,
@@ -614,12 +657,16 @@ mod tests {
         assert_eq!(cart_hash, Field::WrongType);
         assert_eq!(allow_agent_id, Field::Absent);
         // Escaped strings are read as what they mean.
-        let claims = parse_claims(br#"{"iss":"a\"b\u00e9"}"#).unwrap();
+        let claims = parse_claims(br#"{"iss":"a\"b\u00e9"}"#, "CART_PURCHASE_V1").unwrap();
         assert_eq!(claims.iss, Field::Present("a\"b\u{e9}".into()));
 
-        let header =
-            parse_header(br#"{"alg":"ES256","crit":[],"jku":1,"kid":"k"}"#, FORBIDDEN).unwrap();
-        assert_eq!(header.alg, Field::Present("ES256".into()));
+        let header = parse_header(
+            br#"{"alg":"ES256","crit":[],"jku":1,"kid":"k"}"#,
+            "t",
+            FORBIDDEN,
+        )
+        .unwrap();
+        assert_eq!(header.alg, Field::Present(true));
         assert_eq!(header.typ, Field::Absent);
         assert_eq!(header.kid, Field::Present("k".into()));
         assert_eq!(header.forbidden, 0b101);

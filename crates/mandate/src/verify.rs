@@ -567,22 +567,26 @@ impl<'a> ParsedToken<'a> {
         let header_bytes = crate::b64::decode(header_b64).ok_or_else(not_b64)?;
         let payload_bytes = crate::b64::decode(payload_b64).ok_or_else(not_b64)?;
         let signature = crate::b64::decode(signature_b64).ok_or_else(not_b64)?;
-        let header =
-            parse_header(&header_bytes, &FORBIDDEN_HEADER_MEMBERS).map_err(|e| match e {
+        let header = parse_header(&header_bytes, MANDATE_TYP, &FORBIDDEN_HEADER_MEMBERS).map_err(
+            |e| match e {
                 StrictJsonError::DuplicateMember => {
                     VerifyError::HeaderRejected("duplicate member in the header")
                 }
                 StrictJsonError::Syntax => {
                     VerifyError::Malformed("the header is not a JSON object")
                 }
-            })?;
+            },
+        )?;
         let kid = check_header(header)?;
-        let payload = parse_claims(&payload_bytes).map_err(|e| match e {
-            StrictJsonError::DuplicateMember => {
-                VerifyError::Malformed("duplicate member in the payload")
-            }
-            StrictJsonError::Syntax => VerifyError::Malformed("the payload is not a JSON object"),
-        })?;
+        let payload =
+            parse_claims(&payload_bytes, INTENT_CART_PURCHASE_V1).map_err(|e| match e {
+                StrictJsonError::DuplicateMember => {
+                    VerifyError::Malformed("duplicate member in the payload")
+                }
+                StrictJsonError::Syntax => {
+                    VerifyError::Malformed("the payload is not a JSON object")
+                }
+            })?;
         let signing_input_len = header_b64.len() + 1 + payload_b64.len();
         let signing_input = token
             .as_bytes()
@@ -598,7 +602,7 @@ impl<'a> ParsedToken<'a> {
 }
 
 fn check_header(header: RawHeader) -> Result<Kid, VerifyError> {
-    if !matches!(&header.alg, Field::Present(alg) if alg == "ES256") {
+    if header.alg != Field::Present(true) {
         return Err(VerifyError::AlgorithmUnsupported);
     }
     if let Some(member) = FORBIDDEN_HEADER_MEMBERS
@@ -614,7 +618,7 @@ fn check_header(header: RawHeader) -> Result<Kid, VerifyError> {
             _ => "certificates are not accepted: keys come from the directory",
         }));
     }
-    if !matches!(&header.typ, Field::Present(typ) if typ == MANDATE_TYP) {
+    if header.typ != Field::Present(true) {
         return Err(VerifyError::HeaderRejected("typ must be ap2-intent+jwt"));
     }
     match header.kid {
@@ -675,7 +679,7 @@ fn check_claims(
     }
     let jti = Jti::parse(&required(payload.jti, "jti is a required string")?)
         .map_err(|_| VerifyError::Malformed("jti is 1..=128 chars of [A-Za-z0-9_-]"))?;
-    if !matches!(&payload.ap2_intent, Field::Present(intent) if intent == INTENT_CART_PURCHASE_V1) {
+    if payload.ap2_intent != Field::Present(true) {
         return Err(VerifyError::IntentUnsupported);
     }
     let scope = parse_scope(payload.ap2_scope)?;

@@ -696,6 +696,14 @@ async fn spec4_step5_times_are_integer_numeric_dates() {
     );
     let token = f.token_with(|c| c["exp"] = json!(1_798_761_600));
     assert_eq!(f.code(&token).await, "mandate_malformed", "exp == iat");
+    // `-0` is a JSON integer equal to 0, but a NumericDate here is written without a sign.
+    let claims = vector()["claims"]
+        .to_string()
+        .replacen('{', r#"{"nbf":-0,"#, 1);
+    assert_eq!(
+        f.code(&f.sign_raw(&f.header().to_string(), &claims)).await,
+        "mandate_malformed"
+    );
 }
 
 #[tokio::test]
