@@ -1,8 +1,8 @@
 //! A long run of the merchant's verification path, for `bench/soak.sh`: `concurrency` tasks
 //! each mint a fresh mandate (short-lived, so the replay set's entries expire during the run)
 //! and present it to `POST /v1/mandates/verify` with `consume: true`, for `secs` seconds.
-//! Every 10 s it prints a line `SOAK t=… ok=… refused=… errors=…` with the totals so far; the
-//! script samples the merchant's memory and Redis's key count beside it.
+//! Every 10 s it prints a line `SOAK so far t=… ok=… refused=… errors=…`, and `SOAK total …`
+//! at the end; the script samples the merchant's memory and Redis's key count beside it.
 //!
 //! `cargo run --release -p ap2-cli --example verify_soak -- MERCHANT_URL KEY_PEM ISS SUB AGENT CART_JSON TTL SECS CONCURRENCY`
 #![allow(
@@ -108,9 +108,9 @@ async fn main() {
             }
         }));
     }
-    let report = |totals: &Totals| {
+    let report = |what: &str, totals: &Totals| {
         println!(
-            "SOAK t={} ok={} refused={} errors={}",
+            "SOAK {what} t={} ok={} refused={} errors={}",
             started.elapsed().as_secs(),
             totals.ok.load(Ordering::Relaxed),
             totals.refused.load(Ordering::Relaxed),
@@ -119,10 +119,10 @@ async fn main() {
     };
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_secs(10).min(deadline - Instant::now())).await;
-        report(&totals);
+        report("so far", &totals);
     }
     for task in tasks {
         task.await.unwrap();
     }
-    report(&totals);
+    report("total", &totals);
 }

@@ -51,8 +51,8 @@ pub fn with_standard_layers(router: Router, service: &'static str, limits: Limit
         timeout: limits.request_timeout,
         ids: SequentialRequestId::new(),
     }));
-    // One `layer` call with the whole stack: axum boxes each call's service and clones that box
-    // for every request, so three calls would cost three boxed clones per request.
+    // One `layer` call with the whole stack: axum boxes the service of each call and clones
+    // that box for every request, so a call per layer would cost a boxed clone per layer.
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
