@@ -554,7 +554,7 @@ mod tests {
     }
 
     #[test]
-    fn canonical_form_escapes_exactly_as_rfc8785_for_the_awkward_characters() {
+    fn spec3_cart_hash_jcs_escapes_the_awkward_characters_as_rfc8785() {
         let title =
             "q\"b\\ \u{0}\u{8}\t\n\u{b}\u{c}\r\u{1f} \u{7f} \u{2028}\u{2029} / é 😀 \u{feff}";
         let cart = Cart::new(
@@ -676,7 +676,7 @@ mod tests {
             /// The direct RFC 8785 writer agrees with the general canonicalizer, for any
             /// strings (control characters, quotes, backslashes, non-ASCII, U+2028, U+007F).
             #[test]
-            fn canonical_form_is_what_the_rfc8785_canonicalizer_writes(
+            fn spec3_cart_hash_jcs_is_what_an_rfc8785_canonicalizer_writes(
                 ids in prop::collection::vec(any::<String>(), 1..=6),
                 titles in prop::collection::vec("(?s).{0,16}", 6),
                 quantity in 1u32..=10_000,

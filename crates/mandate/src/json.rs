@@ -212,16 +212,26 @@ impl<'de> Visitor<'de> for NameSeed {
     }
 }
 
+/// A seed that reads any JSON value with its own visitor.
+macro_rules! any_value_seed {
+    ($seed:ident, $value:ty) => {
+        impl<'de> DeserializeSeed<'de> for $seed<'_> {
+            type Value = $value;
+            fn deserialize<D: Deserializer<'de>>(
+                self,
+                deserializer: D,
+            ) -> Result<$value, D::Error> {
+                deserializer.deserialize_any(self)
+            }
+        }
+    };
+}
+
 /// Any JSON value, walked for syntax and duplicate names, then forgotten.
 #[derive(Clone, Copy)]
 struct Skip<'c>(Flag<'c>);
 
-impl<'de> DeserializeSeed<'de> for Skip<'_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
+any_value_seed!(Skip, ());
 
 impl<'de> Visitor<'de> for Skip<'_> {
     type Value = ();
@@ -298,12 +308,7 @@ macro_rules! other_map {
 #[derive(Clone, Copy)]
 struct Text<'c>(Flag<'c>);
 
-impl<'de> DeserializeSeed<'de> for Text<'_> {
-    type Value = Field<String>;
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
+any_value_seed!(Text, Field<String>);
 
 impl<'de> Visitor<'de> for Text<'_> {
     type Value = Field<String>;
@@ -325,12 +330,7 @@ impl<'de> Visitor<'de> for Text<'_> {
 #[derive(Clone, Copy)]
 struct Is<'c>(Flag<'c>, &'static str);
 
-impl<'de> DeserializeSeed<'de> for Is<'_> {
-    type Value = Field<bool>;
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
+any_value_seed!(Is, Field<bool>);
 
 impl<'de> Visitor<'de> for Is<'_> {
     type Value = Field<bool>;
@@ -352,12 +352,7 @@ impl<'de> Visitor<'de> for Is<'_> {
 #[derive(Clone, Copy)]
 struct Unsigned<'c>(Flag<'c>);
 
-impl<'de> DeserializeSeed<'de> for Unsigned<'_> {
-    type Value = Field<u64>;
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
+any_value_seed!(Unsigned, Field<u64>);
 
 impl<'de> Visitor<'de> for Unsigned<'_> {
     type Value = Field<u64>;
@@ -379,12 +374,7 @@ impl<'de> Visitor<'de> for Unsigned<'_> {
 #[derive(Clone, Copy)]
 struct AudSeed<'c>(Flag<'c>);
 
-impl<'de> DeserializeSeed<'de> for AudSeed<'_> {
-    type Value = Aud;
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Aud, D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
+any_value_seed!(AudSeed, Aud);
 
 impl<'de> Visitor<'de> for AudSeed<'_> {
     type Value = Aud;
@@ -418,12 +408,7 @@ impl<'de> Visitor<'de> for AudSeed<'_> {
 #[derive(Clone, Copy)]
 struct ScopeSeed<'c>(Flag<'c>);
 
-impl<'de> DeserializeSeed<'de> for ScopeSeed<'_> {
-    type Value = RawScope;
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<RawScope, D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
+any_value_seed!(ScopeSeed, RawScope);
 
 impl<'de> Visitor<'de> for ScopeSeed<'_> {
     type Value = RawScope;
