@@ -31,7 +31,7 @@ impl Fixture {
             key: public.verification_key().ok()?,
         });
         let verifier = Verifier::new(
-            VerifierConfig::new(MerchantId::parse("acme-corp").ok()?),
+            VerifierConfig::without_binding(MerchantId::parse("acme-corp").ok()?),
             keys,
             MemoryReplayGuard::new(),
             FixedClock(1_798_761_700),
@@ -46,11 +46,7 @@ impl Fixture {
 
     /// The problem code, or "ok". Dry runs: the replay set stays empty.
     pub fn code(&self, token: &str) -> &'static str {
-        let presentation = Presentation {
-            token,
-            agent_id: "agent-7",
-            cart: &self.cart,
-        };
+        let presentation = Presentation::bearer(token, "agent-7", &self.cart);
         match self
             .runtime
             .block_on(self.verifier.verify(&presentation, Consume::No))

@@ -138,6 +138,7 @@ impl World {
                 cart_hash: cart.hash().clone(),
                 allow_agent_id: AgentId::parse(AGENT).unwrap(),
             },
+            cnf: None,
         }
     }
 

@@ -216,21 +216,14 @@ async fn verify_at_merchant(
 ) -> Result<ap2_mandate::VerifiedMandate, ap2_mandate::VerifyError> {
     let keys = DirectoryClient::new(directory_url, DirectoryClientConfig::default()).unwrap();
     let verifier = Verifier::new(
-        VerifierConfig::new(MerchantId::parse("acme-corp").unwrap()),
+        VerifierConfig::without_binding(MerchantId::parse("acme-corp").unwrap()),
         keys,
         MemoryReplayGuard::new(),
         ap2_mandate::FixedClock(now),
     );
     let cart = cart();
     verifier
-        .verify(
-            &Presentation {
-                token,
-                agent_id: AGENT,
-                cart: &cart,
-            },
-            Consume::Yes,
-        )
+        .verify(&Presentation::bearer(token, AGENT, &cart), Consume::Yes)
         .await
 }
 

@@ -65,6 +65,7 @@ async fn main() {
             cart_hash: cart.hash().clone(),
             allow_agent_id: AgentId::parse(agent).unwrap(),
         },
+        cnf: None,
     };
     let ttl: i64 = ttl.parse().unwrap();
     let secs: u64 = secs.parse().unwrap();

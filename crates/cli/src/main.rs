@@ -248,17 +248,13 @@ fn run(command: Command) -> Result<ExitCode> {
                 status: KeyStatus::Active,
                 key: public.verification_key()?,
             });
-            let mut config = VerifierConfig::new(audience);
+            let mut config = VerifierConfig::without_binding(audience);
             config.leeway_secs = leeway;
             config.max_lifetime_secs = max_lifetime;
             let clock = FixedClock(now.unwrap_or_else(|| SystemClock.now_unix()));
             let verifier = Verifier::new(config, keys, MemoryReplayGuard::new(), clock);
             let runtime = tokio::runtime::Builder::new_current_thread().build()?;
-            let presentation = Presentation {
-                token: token.trim(),
-                agent_id: &agent,
-                cart: &cart,
-            };
+            let presentation = Presentation::bearer(token.trim(), &agent, &cart);
             match runtime.block_on(verifier.verify(&presentation, Consume::No)) {
                 Ok(verified) => {
                     println!("{}", serde_json::to_string_pretty(&verified.claims)?);

@@ -50,6 +50,7 @@ fn claims(cart: &Cart) -> IntentMandate {
             cart_hash: cart.hash().clone(),
             allow_agent_id: AgentId::parse("agent-7").unwrap(),
         },
+        cnf: None,
     }
 }
 
@@ -80,7 +81,7 @@ fn verify(c: &mut Criterion) {
         key: signer.public_key().verification_key().unwrap(),
     });
     let verifier = Verifier::new(
-        VerifierConfig::new(MerchantId::parse("acme-corp").unwrap()),
+        VerifierConfig::without_binding(MerchantId::parse("acme-corp").unwrap()),
         keys,
         MemoryReplayGuard::new(),
         FixedClock(NOW),
@@ -92,11 +93,7 @@ fn verify(c: &mut Criterion) {
         .unwrap();
     c.bench_function("verify (SPEC §4 steps 1-6)", |b| {
         b.iter(|| {
-            let presentation = Presentation {
-                token: black_box(&token),
-                agent_id: "agent-7",
-                cart: &cart,
-            };
+            let presentation = Presentation::bearer(black_box(&token), "agent-7", &cart);
             runtime
                 .block_on(verifier.verify(&presentation, Consume::No))
                 .unwrap()

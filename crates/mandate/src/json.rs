@@ -85,6 +85,60 @@ pub(crate) struct RawClaims {
     /// Whether `ap2_intent` is exactly the `intent` given to [`parse_claims`].
     pub ap2_intent: Field<bool>,
     pub ap2_scope: RawScope,
+    pub cnf: RawCnf,
+}
+
+/// `cnf` (RFC 7800): SPEC §8 allows exactly `{"jkt": "<thumbprint>"}`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) enum RawCnf {
+    #[default]
+    Absent,
+    Jkt(String),
+    /// Any other form: not an object, no `jkt`, a `jkt` that is not a string, other members.
+    Invalid,
+}
+
+/// A DPoP proof's `jwk` header member.
+#[derive(Debug, Default)]
+pub(crate) enum RawJwk {
+    #[default]
+    Absent,
+    NotObject,
+    Object {
+        /// Whether `kty` is exactly `EC`.
+        kty: Field<bool>,
+        /// Whether `crv` is exactly `P-256`.
+        crv: Field<bool>,
+        x: Field<String>,
+        y: Field<String>,
+        /// A private member (`d`, …) is present.
+        private: bool,
+        /// Another member is present.
+        other: bool,
+    },
+}
+
+/// A DPoP proof's header (SPEC §8: exactly `typ`, `alg` and `jwk`).
+#[derive(Debug, Default)]
+pub(crate) struct RawProofHeader {
+    /// Whether `typ` is exactly `dpop+jwt`.
+    pub typ: Field<bool>,
+    /// Whether `alg` is exactly `ES256`.
+    pub alg: Field<bool>,
+    pub jwk: RawJwk,
+    /// The first member that is none of the three (`"other"` for names not worth naming).
+    pub forbidden: Option<&'static str>,
+}
+
+/// A DPoP proof's claims; others are walked and forgotten.
+#[derive(Debug, Default)]
+pub(crate) struct RawProofClaims {
+    pub jti: Field<String>,
+    pub htm: Field<String>,
+    pub htu: Field<String>,
+    pub iat: Field<u64>,
+    pub ath: Field<String>,
+    pub nonce: Field<String>,
 }
 
 /// Parses a JOSE header; `forbidden` names are only noted (bit i for `forbidden[i]`).
@@ -116,6 +170,26 @@ pub(crate) fn parse_claims(
         intent,
     };
     let parsed = seed.deserialize(&mut de).and_then(|v| de.end().map(|()| v));
+    finish(parsed, &duplicate)
+}
+
+/// Parses a DPoP proof's header.
+pub(crate) fn parse_proof_header(bytes: &[u8]) -> Result<RawProofHeader, StrictJsonError> {
+    let duplicate = Cell::new(false);
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parsed = ProofHeaderSeed(Flag(&duplicate))
+        .deserialize(&mut de)
+        .and_then(|v| de.end().map(|()| v));
+    finish(parsed, &duplicate)
+}
+
+/// Parses a DPoP proof's payload.
+pub(crate) fn parse_proof_claims(bytes: &[u8]) -> Result<RawProofClaims, StrictJsonError> {
+    let duplicate = Cell::new(false);
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parsed = ProofClaimsSeed(Flag(&duplicate))
+        .deserialize(&mut de)
+        .and_then(|v| de.end().map(|()| v));
     finish(parsed, &duplicate)
 }
 
@@ -526,6 +600,177 @@ impl<'de> Visitor<'de> for ClaimsSeed<'_> {
                 "nbf" => claims.nbf = access.next_value_seed(Unsigned(flag))?,
                 "aud" => claims.aud = access.next_value_seed(AudSeed(flag))?,
                 "ap2_scope" => claims.ap2_scope = access.next_value_seed(ScopeSeed(flag))?,
+                "cnf" => claims.cnf = access.next_value_seed(CnfSeed(flag))?,
+                _ => access.next_value_seed(Skip(flag))?,
+            }
+        }
+        Ok(claims)
+    }
+}
+
+/// `cnf`.
+#[derive(Clone, Copy)]
+struct CnfSeed<'c>(Flag<'c>);
+
+any_value_seed!(CnfSeed, RawCnf);
+
+impl<'de> Visitor<'de> for CnfSeed<'_> {
+    type Value = RawCnf;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_str<E>(self, _: &str) -> Result<RawCnf, E> {
+        Ok(RawCnf::Invalid)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<RawCnf, E> {
+        Ok(RawCnf::Invalid)
+    }
+    other_scalars!(RawCnf, RawCnf::Invalid);
+    other_seq!(RawCnf, RawCnf::Invalid);
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<RawCnf, A::Error> {
+        let mut names = Names::default();
+        let mut jkt = Field::Absent;
+        let mut other = false;
+        while let Some(name) = next_name(&mut access, &mut names, self.0)? {
+            if name == "jkt" {
+                jkt = access.next_value_seed(Text(self.0))?;
+            } else {
+                other = true;
+                access.next_value_seed(Skip(self.0))?;
+            }
+        }
+        Ok(match jkt {
+            Field::Present(jkt) if !other => RawCnf::Jkt(jkt),
+            _ => RawCnf::Invalid,
+        })
+    }
+}
+
+/// A proof's `jwk`.
+#[derive(Clone, Copy)]
+struct JwkSeed<'c>(Flag<'c>);
+
+any_value_seed!(JwkSeed, RawJwk);
+
+impl<'de> Visitor<'de> for JwkSeed<'_> {
+    type Value = RawJwk;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_str<E>(self, _: &str) -> Result<RawJwk, E> {
+        Ok(RawJwk::NotObject)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<RawJwk, E> {
+        Ok(RawJwk::NotObject)
+    }
+    other_scalars!(RawJwk, RawJwk::NotObject);
+    other_seq!(RawJwk, RawJwk::NotObject);
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<RawJwk, A::Error> {
+        let flag = self.0;
+        let mut names = Names::default();
+        let (mut kty, mut crv, mut x, mut y) =
+            (Field::Absent, Field::Absent, Field::Absent, Field::Absent);
+        let (mut private, mut other) = (false, false);
+        while let Some(name) = next_name(&mut access, &mut names, flag)? {
+            match name.as_ref() {
+                "kty" => kty = access.next_value_seed(Is(flag, "EC"))?,
+                "crv" => crv = access.next_value_seed(Is(flag, "P-256"))?,
+                "x" => x = access.next_value_seed(Text(flag))?,
+                "y" => y = access.next_value_seed(Text(flag))?,
+                name => {
+                    if crate::keys::PRIVATE_MEMBERS.contains(&name) {
+                        private = true;
+                    } else {
+                        other = true;
+                    }
+                    access.next_value_seed(Skip(flag))?;
+                }
+            }
+        }
+        Ok(RawJwk::Object {
+            kty,
+            crv,
+            x,
+            y,
+            private,
+            other,
+        })
+    }
+}
+
+/// The header members a proof may not have that deserve their own message.
+const NAMED_PROOF_HEADER_MEMBERS: [&str; 7] =
+    ["kid", "jku", "x5u", "x5c", "x5t", "x5t#S256", "crit"];
+
+/// A DPoP proof's header object.
+struct ProofHeaderSeed<'c>(Flag<'c>);
+
+impl<'de> DeserializeSeed<'de> for ProofHeaderSeed<'_> {
+    type Value = RawProofHeader;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<RawProofHeader, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ProofHeaderSeed<'_> {
+    type Value = RawProofHeader;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<RawProofHeader, A::Error> {
+        let flag = self.0;
+        let mut names = Names::default();
+        let mut header = RawProofHeader::default();
+        while let Some(name) = next_name(&mut access, &mut names, flag)? {
+            match name.as_ref() {
+                "typ" => header.typ = access.next_value_seed(Is(flag, "dpop+jwt"))?,
+                "alg" => header.alg = access.next_value_seed(Is(flag, "ES256"))?,
+                "jwk" => header.jwk = access.next_value_seed(JwkSeed(flag))?,
+                other => {
+                    if header.forbidden.is_none() {
+                        header.forbidden = Some(
+                            NAMED_PROOF_HEADER_MEMBERS
+                                .iter()
+                                .find(|m| **m == other)
+                                .copied()
+                                .unwrap_or("other"),
+                        );
+                    }
+                    access.next_value_seed(Skip(flag))?;
+                }
+            }
+        }
+        Ok(header)
+    }
+}
+
+/// A DPoP proof's payload object.
+struct ProofClaimsSeed<'c>(Flag<'c>);
+
+impl<'de> DeserializeSeed<'de> for ProofClaimsSeed<'_> {
+    type Value = RawProofClaims;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<RawProofClaims, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ProofClaimsSeed<'_> {
+    type Value = RawProofClaims;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<RawProofClaims, A::Error> {
+        let flag = self.0;
+        let mut names = Names::default();
+        let mut claims = RawProofClaims::default();
+        while let Some(name) = next_name(&mut access, &mut names, flag)? {
+            match name.as_ref() {
+                "jti" => claims.jti = access.next_value_seed(Text(flag))?,
+                "htm" => claims.htm = access.next_value_seed(Text(flag))?,
+                "htu" => claims.htu = access.next_value_seed(Text(flag))?,
+                "iat" => claims.iat = access.next_value_seed(Unsigned(flag))?,
+                "ath" => claims.ath = access.next_value_seed(Text(flag))?,
+                "nonce" => claims.nonce = access.next_value_seed(Text(flag))?,
                 _ => access.next_value_seed(Skip(flag))?,
             }
         }
@@ -567,6 +812,28 @@ mod tests {
         );
         assert_eq!(
             parse_header(br#"{"x5c":[{"a":1,"a":1}]}"#, "t", FORBIDDEN).unwrap_err(),
+            StrictJsonError::DuplicateMember
+        );
+    }
+
+    #[test]
+    fn spec8_cnf_is_exactly_one_jkt_string() {
+        let cnf = |json: &str| parse_claims(json.as_bytes(), "I").unwrap().cnf;
+        assert_eq!(cnf("{}"), RawCnf::Absent);
+        assert_eq!(cnf(r#"{"cnf":{"jkt":"abc"}}"#), RawCnf::Jkt("abc".into()));
+        for bad in [
+            r#"{"cnf":null}"#,
+            r#"{"cnf":"abc"}"#,
+            r#"{"cnf":[{"jkt":"abc"}]}"#,
+            r#"{"cnf":{}}"#,
+            r#"{"cnf":{"jkt":1}}"#,
+            r#"{"cnf":{"jkt":"abc","jwk":{}}}"#,
+            r#"{"cnf":{"x5t#S256":"abc"}}"#,
+        ] {
+            assert_eq!(cnf(bad), RawCnf::Invalid, "{bad}");
+        }
+        assert_eq!(
+            parse_claims(br#"{"cnf":{"jkt":"a","jkt":"b"}}"#, "I").unwrap_err(),
             StrictJsonError::DuplicateMember
         );
     }

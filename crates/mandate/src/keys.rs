@@ -58,7 +58,7 @@ pub struct EcPublicKey {
     y: [u8; 32],
 }
 
-const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
+pub(crate) const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
 
 impl EcPublicKey {
     /// Parses a public JWK (RFC 7517/7518): `kty` `EC`, `crv` `P-256`, 32-byte `x` and `y` on

@@ -4,6 +4,7 @@ use serde::Serialize;
 use serde::ser::SerializeStruct;
 
 use crate::cart::CartHash;
+use crate::dpop::Jkt;
 use crate::ids::{AgentId, Jti, Kid, MerchantId};
 use crate::keys::{SignError, Signer};
 use crate::money::Money;
@@ -44,12 +45,20 @@ pub struct IntentMandate {
     pub jti: Jti,
     /// The approved scope (`ap2_intent` is always [`INTENT_CART_PURCHASE_V1`]).
     pub scope: Ap2Scope,
+    /// The agent key the mandate is bound to (`cnf.jkt`, SPEC §8): only a request with a
+    /// DPoP proof signed by that key may present it. `None` for an unbound mandate.
+    pub cnf: Option<Jkt>,
+}
+
+#[derive(Serialize)]
+struct Cnf<'a> {
+    jkt: &'a Jkt,
 }
 
 /// The SPEC §2 payload, members in the SPEC's order.
 impl Serialize for IntentMandate {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("IntentMandate", 9)?;
+        let mut s = serializer.serialize_struct("IntentMandate", 10)?;
         s.serialize_field("iss", &self.iss)?;
         s.serialize_field("sub", &self.sub)?;
         s.serialize_field("aud", &self.aud)?;
@@ -63,6 +72,11 @@ impl Serialize for IntentMandate {
         s.serialize_field("jti", &self.jti)?;
         s.serialize_field("ap2_intent", INTENT_CART_PURCHASE_V1)?;
         s.serialize_field("ap2_scope", &self.scope)?;
+        if let Some(jkt) = &self.cnf {
+            s.serialize_field("cnf", &Cnf { jkt })?;
+        } else {
+            s.skip_field("cnf")?;
+        }
         s.end()
     }
 }

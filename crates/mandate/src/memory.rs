@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use crate::ids::Kid;
 use crate::verify::{
-    KeyRecord, KeyResolver, KeyStatus, ReplayError, ReplayGuard, ReplayKey, ResolveError,
+    KeyRecord, KeyResolver, KeyStatus, ReplayEntry, ReplayError, ReplayGuard, ReplayKey,
+    ResolveError,
 };
 
 /// Keys held in a map; `revoke` flips a key's status.
@@ -59,7 +60,15 @@ impl KeyResolver for MemoryKeys {
 /// stays as small as the number of unexpired mandates.
 #[derive(Debug, Default)]
 pub struct MemoryReplayGuard {
-    used: Mutex<HashMap<ReplayKey, i64>>,
+    used: Mutex<Used>,
+}
+
+#[derive(Debug, Default)]
+struct Used {
+    until: HashMap<ReplayKey, i64>,
+    /// The size at which expired entries are swept next: twice the size after a sweep, so a
+    /// sweep costs amortised O(1) per insert.
+    sweep_at: usize,
 }
 
 impl MemoryReplayGuard {
@@ -70,7 +79,7 @@ impl MemoryReplayGuard {
 
     /// How many mandates are recorded now.
     pub fn len(&self) -> usize {
-        self.used.lock().map_or(0, |used| used.len())
+        self.used.lock().map_or(0, |used| used.until.len())
     }
 
     /// Whether nothing is recorded.
@@ -80,24 +89,26 @@ impl MemoryReplayGuard {
 }
 
 impl ReplayGuard for MemoryReplayGuard {
-    async fn consume(
-        &self,
-        key: &ReplayKey,
-        until_unix: i64,
-        now_unix: i64,
-    ) -> Result<(), ReplayError> {
+    async fn consume(&self, entries: &[ReplayEntry<'_>], now_unix: i64) -> Result<(), ReplayError> {
         let mut used = self
             .used
             .lock()
             .map_err(|_| ReplayError::Unavailable("replay set lock poisoned".into()))?;
-        if used.get(key).is_some_and(|until| *until > now_unix) {
-            return Err(ReplayError::AlreadyUsed);
+        // Under the one lock: every entry is checked before any is recorded.
+        if let Some(index) = entries.iter().position(|entry| {
+            used.until
+                .get(entry.key)
+                .is_some_and(|until| *until > now_unix)
+        }) {
+            return Err(ReplayError::AlreadyUsed(index));
         }
-        // Sweep when the map doubles, so the cost is amortised O(1) per insert.
-        if used.len() >= 1024 && used.len().is_power_of_two() {
-            used.retain(|_, until| *until > now_unix);
+        if used.until.len() >= used.sweep_at {
+            used.until.retain(|_, until| *until > now_unix);
+            used.sweep_at = (used.until.len() * 2).max(1024);
         }
-        used.insert(key.clone(), until_unix);
+        for entry in entries {
+            used.until.insert(entry.key.clone(), entry.until_unix);
+        }
         Ok(())
     }
 }

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::cart::{Cart, CartHash};
+use crate::dpop::{DEFAULT_DPOP_MAX_AGE_SECS, DpopNonces, DpopProof, Htu, Jkt, ProofCheck};
 use crate::ids::{AgentId, Jti, Kid, MerchantId};
 use crate::json::{
-    Aud, Field, RawClaims, RawHeader, RawScope, StrictJsonError, parse_claims, parse_header,
+    Aud, Field, RawClaims, RawCnf, RawHeader, RawScope, StrictJsonError, parse_claims, parse_header,
 };
 use crate::keys::VerificationKey;
 use crate::mandate::{Ap2Scope, INTENT_CART_PURCHASE_V1, IntentMandate, MANDATE_TYP};
@@ -72,11 +73,27 @@ pub enum ProblemCode {
     KeyDirectoryUnavailable,
     /// `replay_store_unavailable`.
     ReplayStoreUnavailable,
+    /// `mandate_binding_required` (SPEC §8): an unbound mandate where binding is required.
+    BindingRequired,
+    /// `dpop_proof_required`: no proof, or a bound mandate presented as `Bearer`.
+    ProofRequired,
+    /// `dpop_proof_invalid`: the proof's shape, `typ`, `alg`, `jwk` or signature.
+    ProofInvalid,
+    /// `dpop_proof_mismatch`: the proof's `htm`, `htu` or `ath`.
+    ProofMismatch,
+    /// `dpop_proof_stale`: the proof's `iat` is outside the window.
+    ProofStale,
+    /// `dpop_proof_replayed`.
+    ProofReplayed,
+    /// `dpop_key_mismatch`: the proof's key is not the mandate's `cnf.jkt`.
+    DpopKeyMismatch,
+    /// `use_dpop_nonce`: the proof lacks the server's current nonce.
+    UseDpopNonce,
 }
 
 impl ProblemCode {
     /// Every code, for exhaustive tests and documentation.
-    pub const ALL: [ProblemCode; 21] = [
+    pub const ALL: [ProblemCode; 29] = [
         Self::MandateRequired,
         Self::Malformed,
         Self::HeaderRejected,
@@ -98,6 +115,14 @@ impl ProblemCode {
         Self::Replayed,
         Self::KeyDirectoryUnavailable,
         Self::ReplayStoreUnavailable,
+        Self::BindingRequired,
+        Self::ProofRequired,
+        Self::ProofInvalid,
+        Self::ProofMismatch,
+        Self::ProofStale,
+        Self::ProofReplayed,
+        Self::DpopKeyMismatch,
+        Self::UseDpopNonce,
     ];
 
     /// The stable `code` member of the problem+json body.
@@ -124,6 +149,31 @@ impl ProblemCode {
             Self::Replayed => "mandate_replayed",
             Self::KeyDirectoryUnavailable => "key_directory_unavailable",
             Self::ReplayStoreUnavailable => "replay_store_unavailable",
+            Self::BindingRequired => "mandate_binding_required",
+            Self::ProofRequired => "dpop_proof_required",
+            Self::ProofInvalid => "dpop_proof_invalid",
+            Self::ProofMismatch => "dpop_proof_mismatch",
+            Self::ProofStale => "dpop_proof_stale",
+            Self::ProofReplayed => "dpop_proof_replayed",
+            Self::DpopKeyMismatch => "dpop_key_mismatch",
+            Self::UseDpopNonce => "use_dpop_nonce",
+        }
+    }
+
+    /// The `error` of the `WWW-Authenticate: DPoP` challenge (SPEC §8): `invalid_dpop_proof`
+    /// for the proof's codes, `use_dpop_nonce` for that code, `invalid_token` for the
+    /// mandate's own; `None` for the outages (503, no challenge).
+    pub fn dpop_error(self) -> Option<&'static str> {
+        match self {
+            Self::KeyDirectoryUnavailable | Self::ReplayStoreUnavailable => None,
+            Self::UseDpopNonce => Some("use_dpop_nonce"),
+            Self::ProofRequired
+            | Self::ProofInvalid
+            | Self::ProofMismatch
+            | Self::ProofStale
+            | Self::ProofReplayed
+            | Self::DpopKeyMismatch => Some("invalid_dpop_proof"),
+            _ => Some("invalid_token"),
         }
     }
 
@@ -207,6 +257,30 @@ pub enum VerifyError {
     /// Step 7: the replay set could not record the jti (nothing was accepted).
     #[error("the replay store is unavailable")]
     ReplayStoreUnavailable(String),
+    /// Step 6b: the mandate has no `cnf` and this verifier requires binding.
+    #[error("the mandate is not bound to an agent key (cnf.jkt) and binding is required")]
+    BindingRequired,
+    /// Step 6b: no proof, or a bound mandate presented as `Bearer`.
+    #[error("{0}")]
+    ProofRequired(&'static str),
+    /// Step 6b: the proof's form, header, key or signature.
+    #[error("invalid DPoP proof: {0}")]
+    ProofInvalid(&'static str),
+    /// Step 6b: the proof was made for another request or token.
+    #[error("DPoP proof mismatch: {0}")]
+    ProofMismatch(&'static str),
+    /// Step 6b: the proof's `iat` is outside the accepted window.
+    #[error("the DPoP proof's iat is outside the accepted window")]
+    ProofStale,
+    /// Step 7: this proof's `(jkt, jti)` was already presented.
+    #[error("the DPoP proof was already used")]
+    ProofReplayed,
+    /// Step 6b: the proof is signed by another key than the mandate's `cnf.jkt`.
+    #[error("the DPoP proof is signed by another key than the one the mandate is bound to")]
+    DpopKeyMismatch,
+    /// Step 6b: the proof does not carry the server's current nonce.
+    #[error("the DPoP proof must carry the nonce of the DPoP-Nonce header")]
+    UseDpopNonce,
 }
 
 impl VerifyError {
@@ -233,6 +307,14 @@ impl VerifyError {
             Self::Replayed => ProblemCode::Replayed,
             Self::KeyDirectoryUnavailable(_) => ProblemCode::KeyDirectoryUnavailable,
             Self::ReplayStoreUnavailable(_) => ProblemCode::ReplayStoreUnavailable,
+            Self::BindingRequired => ProblemCode::BindingRequired,
+            Self::ProofRequired(_) => ProblemCode::ProofRequired,
+            Self::ProofInvalid(_) => ProblemCode::ProofInvalid,
+            Self::ProofMismatch(_) => ProblemCode::ProofMismatch,
+            Self::ProofStale => ProblemCode::ProofStale,
+            Self::ProofReplayed => ProblemCode::ProofReplayed,
+            Self::DpopKeyMismatch => ProblemCode::DpopKeyMismatch,
+            Self::UseDpopNonce => ProblemCode::UseDpopNonce,
         }
     }
 }
@@ -338,6 +420,21 @@ impl ReplayKey {
         hasher.update((iss.len() as u64).to_be_bytes());
         hasher.update(iss.as_bytes());
         hasher.update(jti.as_str().as_bytes());
+        Self::from_digest(hasher)
+    }
+
+    /// The key for a DPoP proof's `(jkt, jti)` (SPEC §8 step 7). Its input starts with eight
+    /// `0xff` bytes, a length no `iss` can have, so it never equals a mandate's key.
+    pub fn proof(jkt: &Jkt, jti: &Jti) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(u64::MAX.to_be_bytes());
+        hasher.update((jkt.as_str().len() as u64).to_be_bytes());
+        hasher.update(jkt.as_str().as_bytes());
+        hasher.update(jti.as_str().as_bytes());
+        Self::from_digest(hasher)
+    }
+
+    fn from_digest(hasher: Sha256) -> Self {
         let digest = hasher.finalize();
         let mut hex = String::with_capacity(64);
         for byte in digest {
@@ -361,24 +458,34 @@ impl fmt::Debug for ReplayKey {
     }
 }
 
+/// One key to record, and until when.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplayEntry<'a> {
+    /// The key.
+    pub key: &'a ReplayKey,
+    /// Unix seconds after which the key may be forgotten.
+    pub until_unix: i64,
+}
+
 /// Why a jti could not be consumed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReplayError {
-    /// It was consumed before.
+    /// The entry at this index was recorded before (nothing was recorded now).
     #[error("already used")]
-    AlreadyUsed,
+    AlreadyUsed(usize),
     /// The store could not be reached in time: the caller must refuse (fail closed).
     #[error("replay store unavailable: {0}")]
     Unavailable(String),
 }
 
-/// The replay set: records a mandate as used until its deadline, atomically.
+/// The replay set: records mandates (and DPoP proofs) as used until their deadlines.
 pub trait ReplayGuard: Send + Sync {
-    /// Records `key` until `until_unix` (exp + leeway), or reports that it is already there.
+    /// Records every entry, atomically: all of them are new and all are recorded, or none is
+    /// recorded and the first one that was already there is reported (its index in
+    /// `entries`, checked in order).
     fn consume(
         &self,
-        key: &ReplayKey,
-        until_unix: i64,
+        entries: &[ReplayEntry<'_>],
         now_unix: i64,
     ) -> impl Future<Output = Result<(), ReplayError>> + Send;
 }
@@ -386,11 +493,10 @@ pub trait ReplayGuard: Send + Sync {
 impl<T: ReplayGuard + ?Sized> ReplayGuard for Arc<T> {
     fn consume(
         &self,
-        key: &ReplayKey,
-        until_unix: i64,
+        entries: &[ReplayEntry<'_>],
         now_unix: i64,
     ) -> impl Future<Output = Result<(), ReplayError>> + Send {
-        (**self).consume(key, until_unix, now_unix)
+        (**self).consume(entries, now_unix)
     }
 }
 
@@ -403,17 +509,73 @@ pub struct VerifierConfig {
     pub leeway_secs: i64,
     /// Longest accepted `exp - iat`, in seconds.
     pub max_lifetime_secs: i64,
+    /// Whether an unbound mandate (no `cnf`) is refused (SPEC §8, default true). A bound
+    /// mandate always needs its proof.
+    pub require_binding: bool,
+    /// How old a DPoP proof's `iat` may be, in seconds.
+    pub dpop_max_age_secs: i64,
+    /// The server's DPoP nonces, when proofs must carry one.
+    pub dpop_nonces: Option<Arc<DpopNonces>>,
 }
 
 impl VerifierConfig {
-    /// The SPEC's defaults for `audience`: 30 s leeway, 300 s maximum lifetime.
+    /// The SPEC's defaults for `audience`: 30 s leeway, 300 s maximum lifetime, binding
+    /// required, proofs at most 60 s old, no nonces.
     pub fn new(audience: MerchantId) -> Self {
         Self {
             audience,
             leeway_secs: DEFAULT_LEEWAY_SECS,
             max_lifetime_secs: DEFAULT_MAX_LIFETIME_SECS,
+            require_binding: true,
+            dpop_max_age_secs: DEFAULT_DPOP_MAX_AGE_SECS,
+            dpop_nonces: None,
         }
     }
+
+    /// SPEC §4 alone, as a merchant with `--require-agent-binding false`: unbound mandates
+    /// are accepted as `Bearer` tokens; a bound one still needs its proof.
+    pub fn without_binding(audience: MerchantId) -> Self {
+        Self {
+            require_binding: false,
+            ..Self::new(audience)
+        }
+    }
+
+    /// What a proof must match for the request `htm` `htu`, presenting `ath` (if any).
+    pub fn proof_check<'a>(
+        &'a self,
+        htm: &'a str,
+        htu: &'a Htu,
+        ath: Option<&'a str>,
+    ) -> ProofCheck<'a> {
+        ProofCheck {
+            htm,
+            htu,
+            ath,
+            max_age_secs: self.dpop_max_age_secs,
+            nonces: self.dpop_nonces.as_deref(),
+        }
+    }
+}
+
+/// How the mandate was presented: RFC 6750 `Bearer` or RFC 9449 `DPoP`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthScheme {
+    /// `Authorization: Bearer <mandate>` (SPEC §4 alone; unbound mandates only).
+    Bearer,
+    /// `Authorization: DPoP <mandate>` with a `DPoP` proof (SPEC §8).
+    Dpop,
+}
+
+/// The agent's proof and the request it came with.
+#[derive(Debug, Clone, Copy)]
+pub struct ProofPresentation<'a> {
+    /// The proof, its form and signature already checked ([`DpopProof::parse`]).
+    pub proof: &'a DpopProof,
+    /// The request's method.
+    pub htm: &'a str,
+    /// The request's URL, normalised.
+    pub htu: &'a Htu,
 }
 
 /// What the presenter brings: the token, who presents it, and the merchant's own cart.
@@ -421,10 +583,43 @@ impl VerifierConfig {
 pub struct Presentation<'a> {
     /// The JWS compact token, as received.
     pub token: &'a str,
+    /// The `Authorization` scheme it came under.
+    pub scheme: AuthScheme,
     /// The presenting agent (`AP2-Agent-Id`).
     pub agent_id: &'a str,
     /// The merchant's cart for this checkout, never one the agent supplied.
     pub cart: &'a Cart,
+    /// The agent's DPoP proof, if it sent one.
+    pub proof: Option<ProofPresentation<'a>>,
+}
+
+impl<'a> Presentation<'a> {
+    /// A mandate presented as `Bearer`, without a proof (SPEC §4 alone).
+    pub fn bearer(token: &'a str, agent_id: &'a str, cart: &'a Cart) -> Self {
+        Self {
+            token,
+            scheme: AuthScheme::Bearer,
+            agent_id,
+            cart,
+            proof: None,
+        }
+    }
+
+    /// A mandate presented as `DPoP` with the agent's proof for the request.
+    pub fn dpop(
+        token: &'a str,
+        agent_id: &'a str,
+        cart: &'a Cart,
+        proof: ProofPresentation<'a>,
+    ) -> Self {
+        Self {
+            token,
+            scheme: AuthScheme::Dpop,
+            agent_id,
+            cart,
+            proof: Some(proof),
+        }
+    }
 }
 
 /// Whether step 7 records the jti.
@@ -443,6 +638,8 @@ pub struct VerifiedMandate {
     pub kid: Kid,
     /// Its claims.
     pub claims: IntentMandate,
+    /// The key of the DPoP proof it was presented with, if any.
+    pub proof_jkt: Option<Jkt>,
 }
 
 /// Runs SPEC §4 steps 1–7, in order, cheapest first.
@@ -480,8 +677,8 @@ impl<K: KeyResolver, R: ReplayGuard, C: Clock> Verifier<K, R, C> {
         &self.replay
     }
 
-    /// Verifies `presentation`; with [`Consume::Yes`] a success also records the jti, so the
-    /// same mandate never verifies twice.
+    /// Verifies `presentation`; with [`Consume::Yes`] a success also records the jti (and
+    /// the proof's), so the same mandate never verifies twice.
     pub async fn verify(
         &self,
         presentation: &Presentation<'_>,
@@ -509,21 +706,78 @@ impl<K: KeyResolver, R: ReplayGuard, C: Clock> Verifier<K, R, C> {
         let claims = check_claims(parsed.payload, &record, &self.config, now)?;
         // Step 6.
         check_binding(&claims, presentation, &self.config)?;
-        // Step 7.
+        // Step 6b (SPEC §8).
+        let proof = self.check_proof(&claims, presentation, now)?;
+        // Step 7: the proof's (jkt, jti) and the mandate's (iss, jti), both or neither. The
+        // proof comes first, so a captured request replayed whole is reported as such.
         if consume == Consume::Yes {
-            let until = claims.exp.saturating_add(self.config.leeway_secs);
-            self.replay
-                .consume(&ReplayKey::new(&claims.iss, &claims.jti), until, now)
-                .await
-                .map_err(|e| match e {
-                    ReplayError::AlreadyUsed => VerifyError::Replayed,
-                    ReplayError::Unavailable(why) => VerifyError::ReplayStoreUnavailable(why),
-                })?;
+            let mandate_key = ReplayKey::new(&claims.iss, &claims.jti);
+            let mandate = ReplayEntry {
+                key: &mandate_key,
+                until_unix: claims.exp.saturating_add(self.config.leeway_secs),
+            };
+            let proof_key = proof.map(DpopProof::replay_key);
+            let result = match (proof, &proof_key) {
+                (Some(proof), Some(key)) => {
+                    let entry = ReplayEntry {
+                        key,
+                        until_unix: proof.replay_until(self.config.dpop_max_age_secs),
+                    };
+                    self.replay.consume(&[entry, mandate], now).await
+                }
+                _ => self.replay.consume(&[mandate], now).await,
+            };
+            result.map_err(|e| match e {
+                ReplayError::AlreadyUsed(0) if proof.is_some() => VerifyError::ProofReplayed,
+                ReplayError::AlreadyUsed(_) => VerifyError::Replayed,
+                ReplayError::Unavailable(why) => VerifyError::ReplayStoreUnavailable(why),
+            })?;
         }
         Ok(VerifiedMandate {
             kid: parsed.kid,
             claims,
+            proof_jkt: proof.map(|p| p.jkt().clone()),
         })
+    }
+
+    /// SPEC §8 step 6b: a bound mandate needs `DPoP` and a proof for this request, signed by
+    /// its `cnf.jkt`; an unbound one is refused when binding is required, and a proof that
+    /// comes with it must still be right.
+    fn check_proof<'p>(
+        &self,
+        claims: &IntentMandate,
+        presentation: &Presentation<'p>,
+        now: i64,
+    ) -> Result<Option<&'p DpopProof>, VerifyError> {
+        if claims.cnf.is_none() && self.config.require_binding {
+            return Err(VerifyError::BindingRequired);
+        }
+        let presented = match (presentation.scheme, presentation.proof) {
+            (AuthScheme::Dpop, Some(presented)) => presented,
+            (AuthScheme::Dpop, None) => {
+                return Err(VerifyError::ProofRequired(
+                    "Authorization: DPoP needs a DPoP proof header",
+                ));
+            }
+            (AuthScheme::Bearer, _) if claims.cnf.is_some() => {
+                return Err(VerifyError::ProofRequired(
+                    "the mandate is bound to an agent key: present it as Authorization: DPoP \
+                     with a DPoP proof",
+                ));
+            }
+            (AuthScheme::Bearer, _) => return Ok(None),
+        };
+        let ath = crate::dpop::ath(presentation.token);
+        let check = self
+            .config
+            .proof_check(presented.htm, presented.htu, Some(&ath));
+        presented.proof.check(&check, now)?;
+        if let Some(cnf) = &claims.cnf
+            && presented.proof.jkt() != cnf
+        {
+            return Err(VerifyError::DpopKeyMismatch);
+        }
+        Ok(Some(presented.proof))
     }
 }
 
@@ -683,6 +937,17 @@ fn check_claims(
         return Err(VerifyError::IntentUnsupported);
     }
     let scope = parse_scope(payload.ap2_scope)?;
+    let cnf = match payload.cnf {
+        RawCnf::Absent => None,
+        RawCnf::Jkt(jkt) => Some(Jkt::parse(&jkt).map_err(|_| {
+            VerifyError::Malformed("cnf.jkt is not a base64url SHA-256 thumbprint")
+        })?),
+        RawCnf::Invalid => {
+            return Err(VerifyError::Malformed(
+                "cnf is an object with exactly one member, jkt",
+            ));
+        }
+    };
     Ok(IntentMandate {
         iss,
         sub,
@@ -692,6 +957,7 @@ fn check_claims(
         exp,
         jti,
         scope,
+        cnf,
     })
 }
 

@@ -40,7 +40,7 @@ fn setup() -> (
     registry.insert(record(&keys.revoked, forge::SUBJECT, KeyStatus::Revoked));
     let replay = Arc::new(MemoryReplayGuard::new());
     let verifier = Verifier::new(
-        VerifierConfig::new(MerchantId::parse(forge::MERCHANT).unwrap()),
+        VerifierConfig::without_binding(MerchantId::parse(forge::MERCHANT).unwrap()),
         registry,
         replay.clone(),
         FixedClock(NOW),
@@ -61,11 +61,7 @@ async fn every_forged_mandate_gets_its_exact_code_from_the_library_verifier() {
         let cart = cart(case.cart);
         let got = verifier
             .verify(
-                &Presentation {
-                    token: &case.token,
-                    agent_id: case.agent,
-                    cart: &cart,
-                },
+                &Presentation::bearer(&case.token, case.agent, &cart),
                 Consume::Yes,
             )
             .await;
@@ -108,11 +104,7 @@ async fn a_ten_megabyte_token_is_refused_before_it_is_parsed() {
     let cart = cart(CartChoice::Shoe);
     let err = verifier
         .verify(
-            &Presentation {
-                token: &huge,
-                agent_id: forge::AGENT,
-                cart: &cart,
-            },
+            &Presentation::bearer(&huge, forge::AGENT, &cart),
             Consume::Yes,
         )
         .await

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use ap2_mandate::memory::{MemoryKeys, MemoryReplayGuard};
 use ap2_mandate::{
     Consume, FixedClock, KeyResolver, Kid, LocalSigner, MerchantId, Presentation, ProblemCode,
-    ReplayError, ReplayGuard, ReplayKey, ResolveError, Signer, Verifier, VerifierConfig,
-    VerifyError,
+    ReplayEntry, ReplayError, ReplayGuard, ReplayKey, ResolveError, Signer, Verifier,
+    VerifierConfig, VerifyError,
 };
 use ap2_testkit::forge::{N, der, negate_s};
 use common::*;
@@ -387,18 +387,14 @@ async fn spec4_step3_directory_down_is_503_never_an_accept() {
         }
     }
     let verifier = Verifier::new(
-        VerifierConfig::new(MerchantId::parse("acme-corp").unwrap()),
+        VerifierConfig::without_binding(MerchantId::parse("acme-corp").unwrap()),
         Down,
         MemoryReplayGuard::new(),
         FixedClock(NOW),
     );
     let err = verifier
         .verify(
-            &Presentation {
-                token: vector()["token"].as_str().unwrap(),
-                agent_id: AGENT,
-                cart: &shoe_cart(),
-            },
+            &Presentation::bearer(vector()["token"].as_str().unwrap(), AGENT, &shoe_cart()),
             Consume::Yes,
         )
         .await
@@ -918,11 +914,7 @@ async fn spec4_step7_a_dry_run_does_not_consume() {
     let f = Fixture::new();
     let token = f.token_with(|_| {});
     let cart = shoe_cart();
-    let presentation = Presentation {
-        token: &token,
-        agent_id: AGENT,
-        cart: &cart,
-    };
+    let presentation = Presentation::bearer(&token, AGENT, &cart);
     assert!(f.verifier.verify(&presentation, Consume::No).await.is_ok());
     assert!(f.verifier.verify(&presentation, Consume::No).await.is_ok());
     assert!(f.replay.is_empty());
@@ -986,8 +978,9 @@ async fn spec4_step7_the_same_jti_under_another_issuer_is_independent() {
 async fn spec4_step7_the_replay_deadline_is_exp_plus_leeway() {
     struct Recorder(std::sync::Mutex<Vec<i64>>);
     impl ReplayGuard for Recorder {
-        async fn consume(&self, _: &ReplayKey, until: i64, _: i64) -> Result<(), ReplayError> {
-            self.0.lock().unwrap().push(until);
+        async fn consume(&self, entries: &[ReplayEntry<'_>], _: i64) -> Result<(), ReplayError> {
+            let mut seen = self.0.lock().unwrap();
+            seen.extend(entries.iter().map(|e| e.until_unix));
             Ok(())
         }
     }
@@ -1000,7 +993,7 @@ async fn spec4_step7_the_replay_deadline_is_exp_plus_leeway() {
         SUBJECT,
     ));
     let verifier = Verifier::new(
-        VerifierConfig::new(MerchantId::parse("acme-corp").unwrap()),
+        VerifierConfig::without_binding(MerchantId::parse("acme-corp").unwrap()),
         keys,
         Recorder(Default::default()),
         FixedClock(NOW),
@@ -1008,11 +1001,7 @@ async fn spec4_step7_the_replay_deadline_is_exp_plus_leeway() {
     let cart = shoe_cart();
     verifier
         .verify(
-            &Presentation {
-                token: vector()["token"].as_str().unwrap(),
-                agent_id: AGENT,
-                cart: &cart,
-            },
+            &Presentation::bearer(vector()["token"].as_str().unwrap(), AGENT, &cart),
             Consume::Yes,
         )
         .await
@@ -1027,7 +1016,7 @@ async fn spec4_step7_the_replay_deadline_is_exp_plus_leeway() {
 async fn spec4_step7_replay_store_down_fails_closed() {
     struct Down;
     impl ReplayGuard for Down {
-        async fn consume(&self, _: &ReplayKey, _: i64, _: i64) -> Result<(), ReplayError> {
+        async fn consume(&self, _: &[ReplayEntry<'_>], _: i64) -> Result<(), ReplayError> {
             Err(ReplayError::Unavailable("timed out".into()))
         }
     }
@@ -1040,18 +1029,14 @@ async fn spec4_step7_replay_store_down_fails_closed() {
         SUBJECT,
     ));
     let verifier = Verifier::new(
-        VerifierConfig::new(MerchantId::parse("acme-corp").unwrap()),
+        VerifierConfig::without_binding(MerchantId::parse("acme-corp").unwrap()),
         keys,
         Down,
         FixedClock(NOW),
     );
     let cart = shoe_cart();
     let v = vector();
-    let presentation = Presentation {
-        token: v["token"].as_str().unwrap(),
-        agent_id: AGENT,
-        cart: &cart,
-    };
+    let presentation = Presentation::bearer(v["token"].as_str().unwrap(), AGENT, &cart);
     let err = verifier
         .verify(&presentation, Consume::Yes)
         .await
@@ -1140,6 +1125,15 @@ fn spec4_problem_codes_are_exactly_the_specs() {
         "mandate_replayed",
         "key_directory_unavailable",
         "replay_store_unavailable",
+        // SPEC §8.
+        "mandate_binding_required",
+        "dpop_proof_required",
+        "dpop_proof_invalid",
+        "dpop_proof_mismatch",
+        "dpop_proof_stale",
+        "dpop_proof_replayed",
+        "dpop_key_mismatch",
+        "use_dpop_nonce",
     ];
     let ours: Vec<&str> = ProblemCode::ALL.iter().map(|c| c.as_str()).collect();
     assert_eq!(ours, spec);

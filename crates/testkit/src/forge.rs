@@ -847,3 +847,421 @@ fn sec1(key: &EcPublicKey) -> Vec<u8> {
     };
     [vec![0x04], coord("x"), coord("y")].concat()
 }
+
+/// One forged (or honest) DPoP proof for a presentation and what the verifier must say.
+#[derive(Debug, Clone)]
+pub struct ProofCase {
+    /// What was done.
+    pub name: String,
+    /// The `DPoP` header's value.
+    pub proof: String,
+    /// `"ok"` or the problem code.
+    pub expected: &'static str,
+}
+
+/// The `ath` of a token.
+fn ath_of(token: &str) -> String {
+    b64(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        token.as_bytes(),
+    ))
+}
+
+/// The public JWK members of a key, as a proof's header carries them.
+pub fn proof_jwk(key: &LocalSigner) -> Value {
+    serde_json::from_str(&key.public_key().thumbprint_input()).unwrap_or(Value::Null)
+}
+
+/// The DPoP family: proofs for presenting `mandate` (bound to `agent`'s key) with the
+/// request `htm` `htu` at time `now`, made the way an attacker (or a sloppy client) would make
+/// them, each with its SPEC §8 code. `thief` is another key that signs honestly. Every proof
+/// has its own `jti`, so the cases do not replay each other.
+pub fn proof_cases(
+    agent: &LocalSigner,
+    thief: &LocalSigner,
+    mandate: &str,
+    htm: &str,
+    htu: &str,
+    now: i64,
+) -> Vec<ProofCase> {
+    let jwk = proof_jwk(agent);
+    let header = json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk});
+    let ath = ath_of(mandate);
+    let mut counter = 0u32;
+    let mut claims = |edit: &dyn Fn(&mut Value)| -> Value {
+        counter += 1;
+        let mut c = json!({"jti": format!("proof-{counter}-{now}"), "htm": htm, "htu": htu,
+                           "iat": now, "ath": ath});
+        edit(&mut c);
+        c
+    };
+    let signed =
+        |key: &LocalSigner, h: &Value, c: &Value| sign_with(key, &h.to_string(), &c.to_string());
+    let mut out = Vec::new();
+    let mut add = |name: &str, proof: String, expected: &'static str| {
+        out.push(ProofCase {
+            name: name.to_owned(),
+            proof,
+            expected,
+        });
+    };
+    let url = url_parts(htu);
+
+    // --- honest, and the spellings of the URL that normalise to the same one
+    add(
+        "an honest proof",
+        signed(agent, &header, &claims(&|_| {})),
+        "ok",
+    );
+    let upper = format!(
+        "{}://{}{}",
+        url.0.to_uppercase(),
+        url.1.to_uppercase(),
+        url.2
+    );
+    add(
+        "htu with the scheme and host in upper case",
+        signed(agent, &header, &claims(&|c| c["htu"] = json!(upper))),
+        "ok",
+    );
+    let default_port = match url.0.as_str() {
+        "https" => format!("https://{}:443{}", url.1, url.2),
+        _ => format!("http://{}:80{}", url.1, url.2),
+    };
+    if !url.1.contains(':') {
+        add(
+            "htu with the default port spelled out",
+            signed(agent, &header, &claims(&|c| c["htu"] = json!(default_port))),
+            "ok",
+        );
+    }
+    add(
+        "htu with a query and a fragment (ignored)",
+        signed(
+            agent,
+            &header,
+            &claims(&|c| c["htu"] = json!(format!("{htu}?a=1#f"))),
+        ),
+        "ok",
+    );
+    add(
+        "iat 60 s ago (the oldest accepted)",
+        signed(agent, &header, &claims(&|c| c["iat"] = json!(now - 60))),
+        "ok",
+    );
+    add(
+        "iat 5 s ahead (the leeway)",
+        signed(agent, &header, &claims(&|c| c["iat"] = json!(now + 5))),
+        "ok",
+    );
+
+    // --- the request and the token
+    add(
+        "htu with a trailing slash",
+        signed(
+            agent,
+            &header,
+            &claims(&|c| c["htu"] = json!(format!("{htu}/"))),
+        ),
+        "dpop_proof_mismatch",
+    );
+    add(
+        "htu of another path",
+        signed(
+            agent,
+            &header,
+            &claims(&|c| c["htu"] = json!(format!("{htu}-other"))),
+        ),
+        "dpop_proof_mismatch",
+    );
+    add(
+        "htu of another host",
+        signed(
+            agent,
+            &header,
+            &claims(&|c| {
+                c["htu"] = json!(format!("{}://evil.example{}", url.0, url.2));
+            }),
+        ),
+        "dpop_proof_mismatch",
+    );
+    add(
+        "htu that is not a URL",
+        signed(agent, &header, &claims(&|c| c["htu"] = json!("not a url"))),
+        "dpop_proof_mismatch",
+    );
+    add(
+        "htm of another method",
+        signed(agent, &header, &claims(&|c| c["htm"] = json!("GET"))),
+        "dpop_proof_mismatch",
+    );
+    add(
+        "htm in lower case",
+        signed(
+            agent,
+            &header,
+            &claims(&|c| c["htm"] = json!(htm.to_lowercase())),
+        ),
+        "dpop_proof_mismatch",
+    );
+    add(
+        "no ath",
+        signed(
+            agent,
+            &header,
+            &claims(&|c| {
+                c.as_object_mut().map(|o| o.remove("ath"));
+            }),
+        ),
+        "dpop_proof_mismatch",
+    );
+    add(
+        "ath of another token",
+        signed(
+            agent,
+            &header,
+            &claims(&|c| c["ath"] = json!(ath_of("another.token.x"))),
+        ),
+        "dpop_proof_mismatch",
+    );
+    add(
+        "iat 61 s ago",
+        signed(agent, &header, &claims(&|c| c["iat"] = json!(now - 61))),
+        "dpop_proof_stale",
+    );
+    add(
+        "iat 6 s ahead",
+        signed(agent, &header, &claims(&|c| c["iat"] = json!(now + 6))),
+        "dpop_proof_stale",
+    );
+
+    // --- the claims' form
+    for (name, member, value) in [
+        ("iat as a string", "iat", json!(now.to_string())),
+        ("iat as a float", "iat", json!(now as f64 + 0.5)),
+        ("iat negative", "iat", json!(-1)),
+        ("jti with a dot", "jti", json!("a.b")),
+        ("jti empty", "jti", json!("")),
+        ("htu as a number", "htu", json!(7)),
+        ("ath as a number", "ath", json!(7)),
+    ] {
+        add(
+            name,
+            signed(agent, &header, &claims(&|c| c[member] = value.clone())),
+            "dpop_proof_invalid",
+        );
+    }
+    for member in ["jti", "htm", "htu", "iat"] {
+        add(
+            &format!("no {member}"),
+            signed(
+                agent,
+                &header,
+                &claims(&|c| {
+                    c.as_object_mut().map(|o| o.remove(member));
+                }),
+            ),
+            "dpop_proof_invalid",
+        );
+    }
+
+    // --- the header
+    let payload = claims(&|_| {}).to_string();
+    for (name, h) in [
+        ("typ jwt", json!({"typ": "jwt", "alg": "ES256", "jwk": jwk})),
+        ("typ missing", json!({"alg": "ES256", "jwk": jwk})),
+        (
+            "typ of a mandate",
+            json!({"typ": "ap2-intent+jwt", "alg": "ES256", "jwk": jwk}),
+        ),
+        (
+            "alg ES384",
+            json!({"typ": "dpop+jwt", "alg": "ES384", "jwk": jwk}),
+        ),
+        ("alg missing", json!({"typ": "dpop+jwt", "jwk": jwk})),
+        ("no jwk", json!({"typ": "dpop+jwt", "alg": "ES256"})),
+        (
+            "jwk as a string",
+            json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk.to_string()}),
+        ),
+        (
+            "a kid instead of a jwk",
+            json!({"typ": "dpop+jwt", "alg": "ES256", "kid": "k1"}),
+        ),
+        (
+            "a kid beside the jwk",
+            json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk, "kid": "k1"}),
+        ),
+        (
+            "a jku",
+            json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk, "jku": "https://evil.example/jwks"}),
+        ),
+        (
+            "an x5c",
+            json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk, "x5c": ["MIIB"]}),
+        ),
+        (
+            "crit",
+            json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk, "crit": ["exp"]}),
+        ),
+        (
+            "an unknown header member",
+            json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk, "zip": "DEF"}),
+        ),
+    ] {
+        add(
+            name,
+            sign_with(agent, &h.to_string(), &payload),
+            "dpop_proof_invalid",
+        );
+    }
+    let mut private = jwk.clone();
+    private["d"] = json!(b64([7u8; 32]));
+    let mut off_curve = jwk.clone();
+    off_curve["y"] = json!(b64([1u8; 32]));
+    let mut identity = jwk.clone();
+    identity["x"] = json!(b64([0u8; 32]));
+    identity["y"] = json!(b64([0u8; 32]));
+    let mut p384 = jwk.clone();
+    p384["crv"] = json!("P-384");
+    let mut rsa = jwk.clone();
+    rsa["kty"] = json!("RSA");
+    let mut short = jwk.clone();
+    short["x"] = json!(b64([1u8; 31]));
+    let mut extra = jwk.clone();
+    extra["kid"] = json!("k1");
+    for (name, key) in [
+        ("a jwk with the private d", private),
+        ("a jwk off the curve", off_curve),
+        ("a jwk of the point (0, 0)", identity),
+        ("a jwk on P-384", p384),
+        ("a jwk of type RSA", rsa),
+        ("a jwk with a 31-byte x", short),
+        ("a jwk with a kid", extra),
+    ] {
+        let h = json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": key});
+        add(
+            name,
+            sign_with(agent, &h.to_string(), &payload),
+            "dpop_proof_invalid",
+        );
+    }
+    let jwk_text = jwk.to_string();
+    for (name, secret) in [
+        (
+            "alg HS256 keyed with the jwk's JSON",
+            jwk_text.as_bytes().to_vec(),
+        ),
+        (
+            "alg HS256 keyed with the thumbprint input",
+            agent.public_key().thumbprint_input().into_bytes(),
+        ),
+    ] {
+        let h = json!({"typ": "dpop+jwt", "alg": "HS256", "jwk": jwk}).to_string();
+        let input = format!("{}.{}", b64(&h), b64(&payload));
+        let tag = hmac::sign(
+            &hmac::Key::new(hmac::HMAC_SHA256, &secret),
+            input.as_bytes(),
+        );
+        add(
+            name,
+            format!("{input}.{}", b64(tag.as_ref())),
+            "dpop_proof_invalid",
+        );
+    }
+    let none = json!({"typ": "dpop+jwt", "alg": "none", "jwk": jwk}).to_string();
+    add(
+        "alg none without a signature",
+        format!("{}.{}.", b64(&none), b64(&payload)),
+        "dpop_proof_invalid",
+    );
+    add(
+        "duplicate alg in the header",
+        sign_with(
+            agent,
+            &format!(r#"{{"typ":"dpop+jwt","alg":"ES256","alg":"none","jwk":{jwk_text}}}"#),
+            &payload,
+        ),
+        "dpop_proof_invalid",
+    );
+    add(
+        "duplicate htu in the payload",
+        sign_with(
+            agent,
+            &header.to_string(),
+            &format!(
+                r#"{{"jti":"dup-{now}","htm":"{htm}","htu":"https://evil.example/","htu":"{htu}","iat":{now},"ath":"{ath}"}}"#
+            ),
+        ),
+        "dpop_proof_invalid",
+    );
+
+    // --- the signature and the encoding
+    let honest = signed(agent, &header, &claims(&|_| {}));
+    let sig = signature_of(&honest);
+    add(
+        "signed by another key than the jwk",
+        signed(thief, &header, &claims(&|_| {})),
+        "dpop_proof_invalid",
+    );
+    add(
+        "an all-zero signature",
+        replace_signature(&honest, &[0u8; 64]),
+        "dpop_proof_invalid",
+    );
+    add(
+        "a DER signature",
+        replace_signature(&honest, &der(&sig)),
+        "dpop_proof_invalid",
+    );
+    let mut flipped = sig.clone();
+    if let Some(b) = flipped.get_mut(10) {
+        *b ^= 1;
+    }
+    add(
+        "one bit of the signature flipped",
+        replace_signature(&honest, &flipped),
+        "dpop_proof_invalid",
+    );
+    let (h64, rest) = honest.split_once('.').unwrap_or_default();
+    let (p64, s64) = rest.split_once('.').unwrap_or_default();
+    add("two segments", format!("{h64}.{p64}"), "dpop_proof_invalid");
+    add(
+        "four segments",
+        format!("{honest}.{s64}"),
+        "dpop_proof_invalid",
+    );
+    add("empty segments", "..".to_owned(), "dpop_proof_invalid");
+    add(
+        "a padding character after the payload",
+        format!("{h64}.{p64}=.{s64}"),
+        "dpop_proof_invalid",
+    );
+    add(
+        "two proofs joined by a comma",
+        format!("{honest}, {}", signed(agent, &header, &claims(&|_| {}))),
+        "dpop_proof_invalid",
+    );
+    let padding = "x".repeat(5 * 1024);
+    add(
+        "a proof over 4 KiB",
+        signed(agent, &header, &claims(&|c| c["pad"] = json!(padding))),
+        "dpop_proof_invalid",
+    );
+
+    // --- the key binding
+    let thief_header = json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": proof_jwk(thief)});
+    add(
+        "an honest proof by another key (a thief's)",
+        signed(thief, &thief_header, &claims(&|_| {})),
+        "dpop_key_mismatch",
+    );
+    out
+}
+
+/// `(scheme, authority, path)` of an absolute URL, for spelling it differently.
+fn url_parts(url: &str) -> (String, String, String) {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("https", url));
+    let (authority, path) = rest.find('/').map_or((rest, "/"), |i| rest.split_at(i));
+    (scheme.to_owned(), authority.to_owned(), path.to_owned())
+}

@@ -98,14 +98,7 @@ pub async fn verify(
     let started = Instant::now();
     let result = state
         .verifier
-        .verify(
-            &Presentation {
-                token,
-                agent_id,
-                cart,
-            },
-            consume,
-        )
+        .verify(&Presentation::bearer(token, agent_id, cart), consume)
         .await;
     let label = match &result {
         Ok(_) => "ok",

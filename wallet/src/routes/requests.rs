@@ -259,6 +259,7 @@ fn claims_for(row: &RequestRow, issuer: &str, now: i64) -> Result<IntentMandate,
             cart_hash: CartHash::parse(&row.cart_hash).map_err(|e| e.to_string())?,
             allow_agent_id: AgentId::parse(&row.agent_id).map_err(|e| e.to_string())?,
         },
+        cnf: None,
     })
 }
 

@@ -84,7 +84,7 @@ impl Fixture {
         ));
         let replay = Arc::new(MemoryReplayGuard::new());
         let verifier = Verifier::new(
-            VerifierConfig::new(MerchantId::parse("acme-corp").unwrap()),
+            VerifierConfig::without_binding(MerchantId::parse("acme-corp").unwrap()),
             keys.clone(),
             replay.clone(),
             FixedClock(now),
@@ -135,14 +135,7 @@ impl Fixture {
         cart: &Cart,
     ) -> Result<VerifiedMandate, VerifyError> {
         self.verifier
-            .verify(
-                &Presentation {
-                    token,
-                    agent_id: agent,
-                    cart,
-                },
-                Consume::Yes,
-            )
+            .verify(&Presentation::bearer(token, agent, cart), Consume::Yes)
             .await
     }
 
