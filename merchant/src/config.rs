@@ -48,6 +48,33 @@ pub struct Config {
     /// Largest request body, in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
+    /// The URL agents reach this merchant at: a DPoP proof's `htu` must be this joined with
+    /// the request's path (SPEC §8). Default: `http://<the address it listens on>`.
+    #[arg(long, env = "MERCHANT_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Refuse unbound mandates and agent calls without a DPoP proof (SPEC §8). With `false`,
+    /// an unbound mandate is accepted as a Bearer token under SPEC §4 alone.
+    #[arg(
+        long,
+        env = "MERCHANT_REQUIRE_AGENT_BINDING",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub require_agent_binding: bool,
+    /// How old a DPoP proof's `iat` may be, in seconds (it may be 5 s ahead).
+    #[arg(long, env = "DPOP_MAX_AGE_SECS", default_value_t = ap2_mandate::dpop::DEFAULT_DPOP_MAX_AGE_SECS)]
+    pub dpop_max_age_secs: i64,
+    /// Require the merchant's rotating nonce in every proof (RFC 9449 §8).
+    #[arg(long, env = "MERCHANT_DPOP_NONCE")]
+    pub dpop_nonce: bool,
+    /// How long one nonce is handed out, in seconds; the previous one stays valid for one
+    /// more period.
+    #[arg(long, env = "DPOP_NONCE_PERIOD_SECS", default_value_t = 300)]
+    pub dpop_nonce_period_secs: i64,
+    /// The secret nonces are derived from, base64 of 32 bytes (environment only, so every
+    /// instance behind one URL can share it). Without it each process draws its own.
+    #[arg(skip)]
+    pub dpop_nonce_secret: Option<secrecy::SecretString>,
 }
 
 impl Config {
@@ -71,6 +98,21 @@ impl Config {
             max_lifetime_secs: ap2_mandate::verify::DEFAULT_MAX_LIFETIME_SECS,
             key_cache_secs: 60,
             max_body_bytes: 64 * 1024,
+            public_url: None,
+            require_agent_binding: true,
+            dpop_max_age_secs: ap2_mandate::dpop::DEFAULT_DPOP_MAX_AGE_SECS,
+            dpop_nonce: false,
+            dpop_nonce_period_secs: 300,
+            dpop_nonce_secret: None,
         }
+    }
+
+    /// Reads `MERCHANT_DPOP_NONCE_SECRET` into the configuration.
+    pub fn with_nonce_secret_from_env(mut self) -> Self {
+        self.dpop_nonce_secret = std::env::var("MERCHANT_DPOP_NONCE_SECRET")
+            .ok()
+            .filter(|k| !k.is_empty())
+            .map(secrecy::SecretString::from);
+        self
     }
 }

@@ -14,11 +14,14 @@ use std::time::Duration;
 
 use ap2_directory_client::{DirectoryClient, DirectoryClientConfig};
 use ap2_mandate::memory::MemoryReplayGuard;
-use ap2_mandate::{Clock, MerchantId, SystemClock, Verifier, VerifierConfig};
+use ap2_mandate::{
+    Clock, DpopNonces, MerchantId, PublicUrl, SystemClock, Verifier, VerifierConfig,
+};
 use ap2_service::http::{Limits, with_standard_layers};
 pub use ap2_service::http::{Running, Server};
 use axum::Router;
 use axum::routing::{get, post};
+use secrecy::ExposeSecret;
 
 use catalog::Catalog;
 pub use config::Config;
@@ -81,9 +84,55 @@ pub async fn build_with(config: Config, parts: Parts) -> anyhow::Result<Server> 
             ..DirectoryClientConfig::default()
         },
     )?;
+    anyhow::ensure!(
+        (1..=3600).contains(&config.dpop_max_age_secs),
+        "--dpop-max-age-secs is 1..=3600"
+    );
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let public_url = match &config.public_url {
+        Some(url) => url.clone(),
+        None => format!("http://{}", listener.local_addr()?),
+    };
+    let public_url =
+        PublicUrl::parse(&public_url).map_err(|e| anyhow::anyhow!("--public-url: {e}"))?;
     let mut verifier_config = VerifierConfig::new(merchant_id.clone());
     verifier_config.leeway_secs = config.leeway_secs;
     verifier_config.max_lifetime_secs = config.max_lifetime_secs;
+    verifier_config.require_binding = config.require_agent_binding;
+    verifier_config.dpop_max_age_secs = config.dpop_max_age_secs;
+    if config.dpop_nonce {
+        anyhow::ensure!(
+            config.dpop_nonce_period_secs > 0,
+            "--dpop-nonce-period-secs must be positive"
+        );
+        let nonces = match &config.dpop_nonce_secret {
+            Some(secret) => {
+                use base64::Engine;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(secret.expose_secret().trim())
+                    .ok()
+                    .filter(|b| b.len() >= 32)
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("MERCHANT_DPOP_NONCE_SECRET is base64 of 32 bytes or more")
+                    })?;
+                DpopNonces::new(&bytes, config.dpop_nonce_period_secs)
+            }
+            None => {
+                tracing::warn!(
+                    "--dpop-nonce without MERCHANT_DPOP_NONCE_SECRET: this process draws its own \
+                     secret, so other instances behind the same URL will refuse its nonces"
+                );
+                DpopNonces::random(config.dpop_nonce_period_secs)?
+            }
+        };
+        verifier_config.dpop_nonces = Some(Arc::new(nonces));
+    }
+    if !config.require_agent_binding {
+        tracing::warn!(
+            "--require-agent-binding false: unbound mandates are accepted as bearer tokens, and \
+             a stolen one can be spent by whoever holds it"
+        );
+    }
     let data_dir = config.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || SqliteStore::open(&data_dir)).await??;
     let state = AppState::new(App {
@@ -92,6 +141,7 @@ pub async fn build_with(config: Config, parts: Parts) -> anyhow::Result<Server> 
         catalog: Arc::new(catalog),
         payments: parts.payments,
         merchant_id,
+        public_url,
         clock: parts.clock,
         key_directory_url: directory_url,
         http: reqwest::Client::builder()
@@ -102,7 +152,7 @@ pub async fn build_with(config: Config, parts: Parts) -> anyhow::Result<Server> 
         max_body_bytes: config.max_body_bytes,
         ..Limits::default()
     };
-    Ok(Server::bind(config.listen, router(state, limits)).await?)
+    Ok(Server::from_listener(listener, router(state, limits)))
 }
 
 /// Builds and starts the merchant on a background task.
@@ -112,8 +162,7 @@ pub async fn spawn(config: Config, parts: Parts) -> anyhow::Result<Running> {
 
 /// The routes of SPEC §5 with the standard layers.
 pub fn router(state: AppState, limits: Limits) -> Router {
-    let api = Router::new()
-        .route("/v1/products", get(routes::products::list))
+    let mut agent = Router::new()
         .route("/v1/checkout-sessions", post(routes::sessions::create))
         .route("/v1/checkout-sessions/{id}", get(routes::sessions::get))
         .route(
@@ -123,7 +172,16 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         .route(
             "/v1/mandates/verify",
             post(routes::mandates::verify_mandate),
-        )
+        );
+    if state.verifier.config().dpop_nonces.is_some() {
+        agent = agent.route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            routes::dpop::nonce_header,
+        ));
+    }
+    let api = Router::new()
+        .route("/v1/products", get(routes::products::list))
+        .merge(agent)
         .route("/healthz", get(ap2_service::http::healthz))
         .route("/readyz", get(routes::health::readyz))
         .route("/metrics", get(ap2_service::http::metrics_handler))

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use ap2_mandate::memory::MemoryReplayGuard;
-use ap2_mandate::{ReplayError, ReplayGuard, ReplayKey};
+use ap2_mandate::{ReplayEntry, ReplayError, ReplayGuard};
 use redis::aio::ConnectionManager;
 
 /// The replay set this merchant uses.
@@ -15,15 +15,10 @@ pub enum ReplayStore {
 }
 
 impl ReplayGuard for ReplayStore {
-    async fn consume(
-        &self,
-        key: &ReplayKey,
-        until_unix: i64,
-        now_unix: i64,
-    ) -> Result<(), ReplayError> {
+    async fn consume(&self, entries: &[ReplayEntry<'_>], now_unix: i64) -> Result<(), ReplayError> {
         match self {
-            Self::Redis(redis) => redis.consume(key, until_unix, now_unix).await,
-            Self::Memory(memory) => memory.consume(key, until_unix, now_unix).await,
+            Self::Redis(redis) => redis.consume(entries, now_unix).await,
+            Self::Memory(memory) => memory.consume(entries, now_unix).await,
         }
     }
 }
@@ -40,12 +35,26 @@ impl ReplayStore {
 
 /// `SET <prefix>:<key> 1 NX PX <ms>` over one multiplexed connection that reconnects by
 /// itself; every command is bounded by `timeout`, and any failure is an error the verifier
-/// turns into `replay_store_unavailable` (fail closed).
+/// turns into `replay_store_unavailable` (fail closed). Several keys at once (a mandate and
+/// its DPoP proof, SPEC §8 step 7) are one Lua script, which Redis runs atomically.
 pub struct RedisReplayGuard {
     conn: ConnectionManager,
     prefix: String,
     timeout: Duration,
+    all_or_none: redis::Script,
 }
+
+/// Returns 0 when every key was new and is now set with its TTL (ARGV\[i\] ms), else the
+/// 1-based index of the first key that was already there (and sets none).
+const ALL_OR_NONE: &str = r"
+for i, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 1 then return i end
+end
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, '1', 'PX', ARGV[i])
+end
+return 0
+";
 
 impl RedisReplayGuard {
     /// Connects lazily: the merchant starts with Redis down and recovers when it comes back.
@@ -61,6 +70,7 @@ impl RedisReplayGuard {
             conn,
             prefix: prefix.to_owned(),
             timeout,
+            all_or_none: redis::Script::new(ALL_OR_NONE),
         })
     }
 
@@ -80,32 +90,44 @@ impl RedisReplayGuard {
 }
 
 impl ReplayGuard for RedisReplayGuard {
-    async fn consume(
-        &self,
-        key: &ReplayKey,
-        until_unix: i64,
-        now_unix: i64,
-    ) -> Result<(), ReplayError> {
-        let ttl_ms = until_unix
-            .saturating_sub(now_unix)
-            .max(1)
-            .saturating_mul(1000);
+    async fn consume(&self, entries: &[ReplayEntry<'_>], now_unix: i64) -> Result<(), ReplayError> {
+        let key = |entry: &ReplayEntry<'_>| format!("{}:{}", self.prefix, entry.key.as_str());
+        let ttl_ms = |entry: &ReplayEntry<'_>| {
+            entry
+                .until_unix
+                .saturating_sub(now_unix)
+                .max(1)
+                .saturating_mul(1000)
+        };
         let mut conn = self.conn.clone();
-        let mut command = redis::cmd("SET");
-        command
-            .arg(format!("{}:{}", self.prefix, key.as_str()))
-            .arg(1)
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl_ms);
-        let reply = tokio::time::timeout(
-            self.timeout,
-            command.query_async::<Option<String>>(&mut conn),
-        )
-        .await;
+        let reply = match entries {
+            [entry] => {
+                let mut command = redis::cmd("SET");
+                command
+                    .arg(key(entry))
+                    .arg(1)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms(entry));
+                tokio::time::timeout(
+                    self.timeout,
+                    command.query_async::<Option<String>>(&mut conn),
+                )
+                .await
+                .map(|r| r.map(|set| if set.is_some() { 0 } else { 1 }))
+            }
+            _ => {
+                let mut invocation = self.all_or_none.prepare_invoke();
+                for entry in entries {
+                    invocation.key(key(entry)).arg(ttl_ms(entry));
+                }
+                tokio::time::timeout(self.timeout, invocation.invoke_async::<usize>(&mut conn))
+                    .await
+            }
+        };
         let failure = match reply {
-            Ok(Ok(Some(_))) => return Ok(()),
-            Ok(Ok(None)) => return Err(ReplayError::AlreadyUsed),
+            Ok(Ok(0)) => return Ok(()),
+            Ok(Ok(first_used)) => return Err(ReplayError::AlreadyUsed(first_used - 1)),
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("no answer within {} ms", self.timeout.as_millis()),
         };
@@ -118,7 +140,7 @@ impl ReplayGuard for RedisReplayGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ap2_mandate::Jti;
+    use ap2_mandate::{Jti, ReplayKey};
 
     /// SPEC §4 step 7: a replay store that is reachable but slow is refused like one that is
     /// down. The "server" here accepts connections and never answers.
@@ -139,7 +161,11 @@ mod tests {
         )
         .unwrap();
         let key = ReplayKey::new("https://wallet.example", &Jti::parse("slow").unwrap());
-        let err = guard.consume(&key, 1_000, 900).await.unwrap_err();
+        let entry = ReplayEntry {
+            key: &key,
+            until_unix: 1_000,
+        };
+        let err = guard.consume(&[entry], 900).await.unwrap_err();
         assert!(matches!(err, ReplayError::Unavailable(_)), "{err:?}");
         silent.abort();
     }

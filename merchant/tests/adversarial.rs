@@ -65,17 +65,17 @@ async fn world() -> World {
         )
         .await
         .unwrap();
-    let merchant = merchant::spawn(
-        merchant::Config::local(
-            forge::MERCHANT,
-            tmp.path().join("merchant"),
-            &directory.url(),
-            Some(redis.url()),
-        ),
-        merchant::Parts::default(),
-    )
-    .await
-    .unwrap();
+    // SPEC §4 alone: the forged mandates are unbound Bearer tokens, each with its own code.
+    let mut config = merchant::Config::local(
+        forge::MERCHANT,
+        tmp.path().join("merchant"),
+        &directory.url(),
+        Some(redis.url()),
+    );
+    config.require_agent_binding = false;
+    let merchant = merchant::spawn(config, merchant::Parts::default())
+        .await
+        .unwrap();
     World {
         _redis: redis,
         _directory: directory,

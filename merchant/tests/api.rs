@@ -81,6 +81,8 @@ impl World {
             Some(self.redis.url()),
         );
         config.key_cache_secs = key_cache_secs;
+        // These tests are SPEC §4 alone (unbound Bearer mandates); tests/dpop.rs has §8.
+        config.require_agent_binding = false;
         self.merchant = Some(
             merchant::spawn(config, merchant::Parts::default())
                 .await
@@ -658,12 +660,13 @@ impl merchant::payment::PaymentProcessor for Declining {
 async fn a_declined_charge_leaves_the_session_open_and_no_order() {
     let mut w = World::new().await;
     w.merchant.take().unwrap().stop().await.unwrap();
-    let config = merchant::Config::local(
+    let mut config = merchant::Config::local(
         "acme-corp",
         w.merchant_dir.clone(),
         &w.directory.url(),
         Some(w.redis.url()),
     );
+    config.require_agent_binding = false;
     w.merchant = Some(
         merchant::spawn(
             config,

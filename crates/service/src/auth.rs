@@ -106,17 +106,42 @@ pub enum BearerError {
 
 /// The token of `Authorization: Bearer <token>` (scheme case-insensitive, RFC 6750 §2.1).
 pub fn bearer_token(headers: &HeaderMap) -> Result<&str, BearerError> {
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .ok_or(BearerError::Missing)?
-        .to_str()
-        .map_err(|_| BearerError::Malformed)?;
-    let (scheme, token) = value.split_once(' ').ok_or(BearerError::Malformed)?;
-    let token = token.trim_start_matches(' ');
-    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() || token.contains(' ') {
+    match authorization(headers)? {
+        (Scheme::Bearer, token) => Ok(token),
+        (Scheme::Dpop, _) => Err(BearerError::Malformed),
+    }
+}
+
+/// The schemes a token may come under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// RFC 6750.
+    Bearer,
+    /// RFC 9449 §7.1: a token bound to the key of the request's DPoP proof.
+    Dpop,
+}
+
+/// The scheme and token of `Authorization: Bearer <token>` or `Authorization: DPoP <token>`
+/// (scheme case-insensitive). One header only: two are ambiguous and refused.
+pub fn authorization(headers: &HeaderMap) -> Result<(Scheme, &str), BearerError> {
+    let mut all = headers.get_all(header::AUTHORIZATION).iter();
+    let value = all.next().ok_or(BearerError::Missing)?;
+    if all.next().is_some() {
         return Err(BearerError::Malformed);
     }
-    Ok(token)
+    let value = value.to_str().map_err(|_| BearerError::Malformed)?;
+    let (scheme, token) = value.split_once(' ').ok_or(BearerError::Malformed)?;
+    let token = token.trim_start_matches(' ');
+    if token.is_empty() || token.contains(' ') {
+        return Err(BearerError::Malformed);
+    }
+    if scheme.eq_ignore_ascii_case("bearer") {
+        Ok((Scheme::Bearer, token))
+    } else if scheme.eq_ignore_ascii_case("dpop") {
+        Ok((Scheme::Dpop, token))
+    } else {
+        Err(BearerError::Malformed)
+    }
 }
 
 #[cfg(test)]
@@ -158,9 +183,30 @@ mod tests {
         assert_eq!(bearer_token(&h), Ok("abc"));
         h.insert(header::AUTHORIZATION, "bearer abc".parse().unwrap());
         assert_eq!(bearer_token(&h), Ok("abc"));
-        for bad in ["Basic abc", "Bearer", "Bearer ", "Bearer a b", "abc"] {
+        for bad in [
+            "Basic abc",
+            "Bearer",
+            "Bearer ",
+            "Bearer a b",
+            "abc",
+            "DPoP abc",
+        ] {
             h.insert(header::AUTHORIZATION, bad.parse().unwrap());
             assert_eq!(bearer_token(&h), Err(BearerError::Malformed), "{bad}");
         }
+    }
+
+    #[test]
+    fn spec8_authorization_takes_bearer_or_dpop_and_one_header_only() {
+        let mut h = HeaderMap::new();
+        assert_eq!(authorization(&h), Err(BearerError::Missing));
+        h.insert(header::AUTHORIZATION, "DPoP abc".parse().unwrap());
+        assert_eq!(authorization(&h), Ok((Scheme::Dpop, "abc")));
+        h.insert(header::AUTHORIZATION, "dpop abc".parse().unwrap());
+        assert_eq!(authorization(&h), Ok((Scheme::Dpop, "abc")));
+        h.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
+        assert_eq!(authorization(&h), Ok((Scheme::Bearer, "abc")));
+        h.append(header::AUTHORIZATION, "DPoP abc".parse().unwrap());
+        assert_eq!(authorization(&h), Err(BearerError::Malformed));
     }
 }

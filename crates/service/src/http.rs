@@ -349,6 +349,12 @@ impl Server {
         })
     }
 
+    /// Serves `router` on a listener already bound (so that the router could be built
+    /// knowing the port).
+    pub fn from_listener(listener: TcpListener, router: Router) -> Self {
+        Self { listener, router }
+    }
+
     /// The address it listens on.
     pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
         self.listener.local_addr()

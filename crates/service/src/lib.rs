@@ -37,6 +37,24 @@ impl SqliteDb {
         Ok(Self(std::sync::Mutex::new(conn)))
     }
 
+    /// Adds `column` (with its SQL declaration) to `table` unless it is there: how a schema
+    /// of `CREATE … IF NOT EXISTS` statements grows a column on a database made before it.
+    pub fn add_column(&self, table: &str, column: &str, declaration: &str) -> anyhow::Result<()> {
+        self.with(|conn| -> anyhow::Result<()> {
+            let present = conn
+                .prepare(&format!(
+                    "SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"
+                ))?
+                .exists([column])?;
+            if !present {
+                conn.execute_batch(&format!(
+                    "ALTER TABLE {table} ADD COLUMN {column} {declaration}"
+                ))?;
+            }
+            Ok(())
+        })
+    }
+
     /// Runs `f` with the connection held; the store's error type says what a poisoned lock is.
     pub fn with<T, E: From<DbPoisoned>>(
         &self,

@@ -1,13 +1,16 @@
 //! `POST /v1/mandates/verify`: the verifier for a merchant's own backend.
 
-use ap2_mandate::{Cart, Consume, IntentMandate, Kid, VerifiedMandate};
+use ap2_mandate::{
+    Cart, Consume, DpopProof, Htu, IntentMandate, Jkt, Kid, Presentation, ProofPresentation,
+    VerifiedMandate,
+};
 use ap2_service::problem::{ApiJson, Problem};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{AppState, unprocessable, verify};
+use super::{AppState, refusal, unprocessable, verify};
 
 /// The request body.
 #[derive(Debug, Deserialize)]
@@ -18,6 +21,14 @@ pub struct VerifyRequest {
     cart: Box<RawValue>,
     #[serde(default)]
     consume: Option<bool>,
+    /// The DPoP proof the backend received with the mandate (SPEC §8), with the method and
+    /// URL of the request it came with.
+    #[serde(default)]
+    dpop: Option<String>,
+    #[serde(default)]
+    htm: Option<String>,
+    #[serde(default)]
+    htu: Option<String>,
 }
 
 /// The answer to a mandate that passed.
@@ -27,10 +38,13 @@ struct Verified<'a> {
     consumed: bool,
     kid: &'a Kid,
     claims: &'a IntentMandate,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    proof_jkt: Option<&'a Jkt>,
 }
 
-/// Verifies a mandate against a cart and an agent; with `consume` (default true) a success
-/// also spends it.
+/// Verifies a mandate against a cart and an agent, and the agent's proof when the backend
+/// passes it on (`dpop`, `htm`, `htu`: a bound mandate needs them); with `consume` (default
+/// true) a success also spends the mandate and the proof.
 pub async fn verify_mandate(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<VerifyRequest>,
@@ -38,11 +52,37 @@ pub async fn verify_mandate(
     let cart = Cart::from_json(body.cart.get().as_bytes())
         .map_err(|e| unprocessable("cart_invalid", e.to_string()))?;
     let consume = body.consume.unwrap_or(true);
-    let VerifiedMandate { kid, claims } = verify(
+    let target = match (&body.dpop, &body.htm, &body.htu) {
+        (None, None, None) => None,
+        (Some(proof), Some(htm), Some(htu)) => {
+            let htu =
+                Htu::parse(htu).map_err(|e| unprocessable("htu_invalid", format!("htu: {e}")))?;
+            let proof = DpopProof::parse(proof).map_err(|e| refusal(&e, true))?;
+            Some((proof, htm.as_str(), htu))
+        }
+        _ => {
+            return Err(unprocessable(
+                "dpop_request_incomplete",
+                "dpop, htm and htu go together",
+            ));
+        }
+    };
+    let presentation = match &target {
+        Some((proof, htm, htu)) => Presentation::dpop(
+            &body.mandate,
+            &body.agent_id,
+            &cart,
+            ProofPresentation { proof, htm, htu },
+        ),
+        None => Presentation::bearer(&body.mandate, &body.agent_id, &cart),
+    };
+    let VerifiedMandate {
+        kid,
+        claims,
+        proof_jkt,
+    } = verify(
         &state,
-        &body.mandate,
-        &body.agent_id,
-        &cart,
+        &presentation,
         if consume { Consume::Yes } else { Consume::No },
     )
     .await?;
@@ -51,6 +91,7 @@ pub async fn verify_mandate(
         consumed: consume,
         kid: &kid,
         claims: &claims,
+        proof_jkt: proof_jkt.as_ref(),
     })
     .into_response())
 }

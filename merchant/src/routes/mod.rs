@@ -1,5 +1,6 @@
 //! The HTTP API (SPEC §5, merchant) and the one place a refusal becomes an HTTP answer.
 
+pub mod dpop;
 pub mod health;
 pub mod mandates;
 pub mod products;
@@ -10,7 +11,8 @@ use std::time::Instant;
 
 use ap2_directory_client::DirectoryClient;
 use ap2_mandate::{
-    Cart, Clock, Consume, MerchantId, Presentation, VerifiedMandate, Verifier, VerifyError,
+    AuthScheme, Clock, Consume, MerchantId, Presentation, PublicUrl, VerifiedMandate, Verifier,
+    VerifyError,
 };
 use ap2_service::problem::Problem;
 use axum::http::{HeaderValue, StatusCode};
@@ -34,6 +36,13 @@ impl AppState {
     }
 }
 
+impl App {
+    /// Whether unbound mandates and agent calls without a proof are refused.
+    pub fn binding_required(&self) -> bool {
+        self.verifier.config().require_binding
+    }
+}
+
 impl std::ops::Deref for AppState {
     type Target = App;
     fn deref(&self) -> &App {
@@ -53,6 +62,8 @@ pub struct App {
     pub payments: Arc<dyn PaymentProcessor>,
     /// This merchant.
     pub merchant_id: MerchantId,
+    /// Where agents reach it: the base of every proof's `htu`.
+    pub public_url: PublicUrl,
     /// Time.
     pub clock: Arc<dyn Clock>,
     /// For `/readyz`.
@@ -61,45 +72,46 @@ pub struct App {
     pub http: reqwest::Client,
 }
 
-/// A refused mandate as RFC 6750 and RFC 9457 want it: 401 with
-/// `WWW-Authenticate: Bearer error="invalid_token", error_description="…"` and the SPEC's code,
-/// or 503 when a dependency is down.
-pub fn refusal(err: &VerifyError) -> Problem {
+/// A refused mandate as RFC 6750, RFC 9449 and RFC 9457 want it: 401 with the SPEC's code
+/// and a challenge, or 503 when a dependency is down. The challenge is `DPoP` (`error=
+/// "invalid_dpop_proof"`, `"use_dpop_nonce"` or, for the mandate's own failures,
+/// `"invalid_token"`, with `algs="ES256"`) where this merchant requires binding or the request
+/// used DPoP, and RFC 6750's `Bearer error="invalid_token"` otherwise.
+pub fn refusal(err: &VerifyError, dpop: bool) -> Problem {
     let code = err.code();
     let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
     // The message never carries an outage's cause (that goes to the log): see `VerifyError`.
     let detail = err.to_string();
     let problem = Problem::new(status, code.as_str(), detail.clone());
-    if status != StatusCode::UNAUTHORIZED {
+    let Some(error) = code.dpop_error() else {
         return problem;
-    }
+    };
     // A quoted-string may not hold `"` or `\`; our messages have none, but make sure.
     let description: String = detail
         .chars()
         .filter(|c| *c != '"' && *c != '\\' && (' '..='~').contains(c))
         .collect();
-    let challenge = format!(r#"Bearer error="invalid_token", error_description="{description}""#);
+    let challenge = if dpop || error != "invalid_token" {
+        format!(r#"DPoP error="{error}", error_description="{description}", algs="ES256""#)
+    } else {
+        format!(r#"Bearer error="invalid_token", error_description="{description}""#)
+    };
     match HeaderValue::from_str(&challenge) {
         Ok(value) => problem.with_challenge(value),
-        Err(_) => {
-            problem.with_challenge(HeaderValue::from_static(r#"Bearer error="invalid_token""#))
-        }
+        Err(_) => problem.with_challenge(HeaderValue::from_static(
+            r#"DPoP error="invalid_token", algs="ES256""#,
+        )),
     }
 }
 
 /// Runs the verifier and records the result and its latency.
 pub async fn verify(
     state: &AppState,
-    token: &str,
-    agent_id: &str,
-    cart: &Cart,
+    presentation: &Presentation<'_>,
     consume: Consume,
 ) -> Result<VerifiedMandate, Problem> {
     let started = Instant::now();
-    let result = state
-        .verifier
-        .verify(&Presentation::bearer(token, agent_id, cart), consume)
-        .await;
+    let result = state.verifier.verify(presentation, consume).await;
     let label = match &result {
         Ok(_) => "ok",
         Err(e) => e.code().as_str(),
@@ -111,9 +123,9 @@ pub async fn verify(
             VerifyError::KeyDirectoryUnavailable(why) | VerifyError::ReplayStoreUnavailable(why) => {
                 tracing::error!(code = e.code().as_str(), error = %why, "mandate refused: dependency down");
             }
-            _ => tracing::info!(code = e.code().as_str(), %agent_id, "mandate refused"),
+            _ => tracing::info!(code = e.code().as_str(), agent_id = %presentation.agent_id, "mandate refused"),
         }
-        refusal(&e)
+        refusal(&e, state.binding_required() || presentation.scheme == AuthScheme::Dpop)
     })
 }
 

@@ -3,16 +3,16 @@
 use std::collections::HashSet;
 
 use ap2_mandate::cart::{MAX_LINE_ITEMS, MAX_QUANTITY};
-use ap2_mandate::{Cart, Consume, LineItem};
-use ap2_service::auth::{BearerError, bearer_token};
+use ap2_mandate::{AuthScheme, Cart, Consume, LineItem, Presentation, ProofPresentation};
+use ap2_service::auth::{BearerError, Scheme, authorization};
 use ap2_service::problem::{ApiJson, ApiPath, Problem};
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{AppState, blocking, unprocessable, verify};
+use super::{AppState, blocking, dpop, unprocessable, verify};
 use crate::store::{OrderRow, SessionRow, SessionStatus, StoreError};
 
 /// The header naming the presenting agent.
@@ -65,11 +65,14 @@ fn random_id(prefix: &str) -> Result<String, Problem> {
     ))
 }
 
-/// Prices the requested items from the catalog and opens a session for the cart.
+/// Prices the requested items from the catalog and opens a session for the cart, owned by
+/// the key of the agent's proof.
 pub async fn create(
     State(state): State<AppState>,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<CreateSession>,
 ) -> Result<(StatusCode, ApiJson<SessionView>), Problem> {
+    let owner = dpop::agent_key(&state, &headers, "POST", "/v1/checkout-sessions").await?;
     if body.line_items.is_empty() {
         return Err(unprocessable(
             "line_items_empty",
@@ -130,6 +133,7 @@ pub async fn create(
         status: SessionStatus::ReadyForComplete,
         created_at: state.clock.now_unix(),
         order_id: None,
+        owner_jkt: owner.map(|jkt| jkt.to_string()),
     };
     let stored = row.clone();
     blocking(&state, move |store| store.create_session(&stored))
@@ -138,19 +142,33 @@ pub async fn create(
     Ok((StatusCode::CREATED, ApiJson(row.into())))
 }
 
-async fn load(state: &AppState, id: String) -> Result<SessionRow, Problem> {
-    blocking(state, move |store| store.session(&id))
+fn session_not_found() -> Problem {
+    Problem::not_found("session_not_found", "no such checkout session")
+}
+
+/// The session, if the caller (the key of its proof, if any) may see it: a session opened
+/// with a proof is another key's business, and looks exactly like one that does not exist.
+async fn load(state: &AppState, id: String, caller: Option<&str>) -> Result<SessionRow, Problem> {
+    let session = blocking(state, move |store| store.session(&id))
         .await?
         .map_err(Problem::internal)?
-        .ok_or_else(|| Problem::not_found("session_not_found", "no such checkout session"))
+        .ok_or_else(session_not_found)?;
+    match &session.owner_jkt {
+        Some(owner) if Some(owner.as_str()) != caller => Err(session_not_found()),
+        _ => Ok(session),
+    }
 }
 
 /// `GET /v1/checkout-sessions/{id}`.
 pub async fn get(
     State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
 ) -> Result<ApiJson<SessionView>, Problem> {
-    Ok(ApiJson(load(&state, id).await?.into()))
+    let caller = dpop::agent_key(&state, &headers, "GET", uri.path()).await?;
+    let session = load(&state, id, caller.as_ref().map(|jkt| jkt.as_str())).await?;
+    Ok(ApiJson(session.into()))
 }
 
 fn already_done(status: SessionStatus) -> Problem {
@@ -161,27 +179,26 @@ fn already_done(status: SessionStatus) -> Problem {
     )
 }
 
-/// `POST /v1/checkout-sessions/{id}/complete`: verify the mandate against this session's cart
-/// (SPEC §4), charge exactly the cart's total, complete the session, once.
+/// `POST /v1/checkout-sessions/{id}/complete`: verify the mandate and the agent's proof
+/// against this session's cart (SPEC §4, §8), charge exactly the cart's total, complete the
+/// session, once.
 pub async fn complete(
     State(state): State<AppState>,
+    uri: Uri,
     ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<ApiJson<Value>, Problem> {
-    let token = match bearer_token(&headers) {
-        Ok(token) => token,
-        Err(BearerError::Missing) => {
-            return Err(Problem::new(
-                StatusCode::UNAUTHORIZED,
-                "mandate_required",
-                "present the mandate as Authorization: Bearer <mandate>",
-            )
-            .with_challenge(HeaderValue::from_static("Bearer")));
-        }
+    let (scheme, token) = match authorization(&headers) {
+        Ok((Scheme::Bearer, token)) => (AuthScheme::Bearer, token),
+        Ok((Scheme::Dpop, token)) => (AuthScheme::Dpop, token),
+        Err(BearerError::Missing) => return Err(dpop::mandate_required(&state)),
         Err(BearerError::Malformed) => {
-            return Err(super::refusal(&ap2_mandate::VerifyError::Malformed(
-                "the Authorization header is not Bearer <mandate>",
-            )));
+            return Err(super::refusal(
+                &ap2_mandate::VerifyError::Malformed(
+                    "the Authorization header is not DPoP <mandate> or Bearer <mandate>",
+                ),
+                state.binding_required(),
+            ));
         }
     };
     let agent_id = headers
@@ -192,13 +209,28 @@ pub async fn complete(
             Problem::bad_request("agent_id_required", "the AP2-Agent-Id header is required")
         })?
         .to_owned();
-    let session = load(&state, id).await?;
+    // The proof's form and signature first: its key decides whose session this is, before
+    // the mandate is looked at (SPEC §8).
+    let proof = dpop::parse(&state, &headers)?;
+    let session = load(&state, id, proof.as_ref().map(|p| p.jkt().as_str())).await?;
     // A finished session is refused before the mandate is looked at, so it is not spent.
     if session.status != SessionStatus::ReadyForComplete {
         return Err(already_done(session.status));
     }
     let cart = Cart::from_json(session.cart.as_bytes()).map_err(Problem::internal)?;
-    let verified = verify(&state, token, &agent_id, &cart, Consume::Yes).await?;
+    let htu = dpop::htu(&state, uri.path())?;
+    let presentation = Presentation {
+        token,
+        scheme,
+        agent_id: &agent_id,
+        cart: &cart,
+        proof: proof.as_ref().map(|proof| ProofPresentation {
+            proof,
+            htm: "POST",
+            htu: &htu,
+        }),
+    };
+    let verified = verify(&state, &presentation, Consume::Yes).await?;
     let claims = &verified.claims;
     let amount = cart.total();
     let order = OrderRow {
@@ -215,20 +247,19 @@ pub async fn complete(
         agent_id: agent_id.clone(),
         charge_id: None,
         created_at: state.clock.now_unix(),
+        agent_jkt: verified.proof_jkt.as_ref().map(|jkt| jkt.to_string()),
     };
     let pending = order.clone();
     match blocking(&state, move |store| store.begin_order(&pending)).await? {
         Ok(()) => {}
         Err(StoreError::NotReady(status)) => return Err(already_done(status)),
         Err(StoreError::MandateUsed) => {
-            return Err(super::refusal(&ap2_mandate::VerifyError::Replayed));
-        }
-        Err(StoreError::NotFound) => {
-            return Err(Problem::not_found(
-                "session_not_found",
-                "no such checkout session",
+            return Err(super::refusal(
+                &ap2_mandate::VerifyError::Replayed,
+                scheme == AuthScheme::Dpop || state.binding_required(),
             ));
         }
+        Err(StoreError::NotFound) => return Err(session_not_found()),
         Err(StoreError::Backend(why)) => return Err(Problem::internal(why)),
     }
     let charge = match state.payments.charge(&order.id, amount).await {

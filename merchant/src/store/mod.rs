@@ -52,6 +52,9 @@ pub struct SessionRow {
     pub created_at: i64,
     /// The order that paid it.
     pub order_id: Option<String>,
+    /// The agent key that opened it (SPEC §8): only a proof by that key sees or completes
+    /// it. `None` for a session opened without a proof (binding not required).
+    pub owner_jkt: Option<String>,
 }
 
 /// An order: one paid session.
@@ -83,6 +86,8 @@ pub struct OrderRow {
     pub charge_id: Option<String>,
     /// Unix seconds.
     pub created_at: i64,
+    /// The key of the agent's DPoP proof, when the mandate was presented with one.
+    pub agent_jkt: Option<String>,
 }
 
 /// Why an order could not begin.

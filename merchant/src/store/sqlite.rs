@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     cart_hash  TEXT NOT NULL,
     status     TEXT NOT NULL,
     created_at INTEGER NOT NULL,
-    order_id   TEXT
+    order_id   TEXT,
+    owner_jkt  TEXT
 ) STRICT;
 CREATE TABLE IF NOT EXISTS orders (
     id         TEXT PRIMARY KEY NOT NULL,
@@ -46,12 +47,13 @@ CREATE TABLE IF NOT EXISTS orders (
     agent_id   TEXT NOT NULL,
     charge_id  TEXT,
     created_at INTEGER NOT NULL,
+    agent_jkt  TEXT,
     UNIQUE (iss, jti)
 ) STRICT;
 ";
 
-const SESSION_COLUMNS: &str = "id, cart, cart_hash, status, created_at, order_id";
-const ORDER_COLUMNS: &str = "id, session_id, amount, currency, mandate, claims, iss, jti, sub, kid, agent_id, charge_id, created_at";
+const SESSION_COLUMNS: &str = "id, cart, cart_hash, status, created_at, order_id, owner_jkt";
+const ORDER_COLUMNS: &str = "id, session_id, amount, currency, mandate, claims, iss, jti, sub, kid, agent_id, charge_id, created_at, agent_jkt";
 
 fn session_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRow> {
     let status: String = row.get(3)?;
@@ -68,6 +70,7 @@ fn session_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRow> {
         })?,
         created_at: row.get(4)?,
         order_id: row.get(5)?,
+        owner_jkt: row.get(6)?,
     })
 }
 
@@ -86,6 +89,7 @@ fn order_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<OrderRow> {
         agent_id: row.get(10)?,
         charge_id: row.get(11)?,
         created_at: row.get(12)?,
+        agent_jkt: row.get(13)?,
     })
 }
 
@@ -95,6 +99,9 @@ impl SqliteStore {
     /// order id) was never confirmed, and no order was marked paid.
     pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
         let db = SqliteDb::open(&data_dir.join("merchant.db"), SCHEMA)?;
+        // Databases made before SPEC §8 (agent binding).
+        db.add_column("sessions", "owner_jkt", "TEXT")?;
+        db.add_column("orders", "agent_jkt", "TEXT")?;
         db.with(|conn| -> anyhow::Result<()> {
             let stuck: Vec<(String, String)> = {
                 let mut stmt = conn.prepare(
@@ -123,7 +130,7 @@ impl MerchantStore for SqliteStore {
         self.db.with(|conn| {
             conn.execute(
                 &format!(
-                    "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+                    "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
                 ),
                 params![
                     s.id,
@@ -131,7 +138,8 @@ impl MerchantStore for SqliteStore {
                     s.cart_hash,
                     s.status.as_str(),
                     s.created_at,
-                    s.order_id
+                    s.order_id,
+                    s.owner_jkt
                 ],
             )
             .map(|_| ())
@@ -172,7 +180,7 @@ impl MerchantStore for SqliteStore {
             let inserted = tx.execute(
                 &format!(
                     "INSERT INTO orders ({ORDER_COLUMNS}) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL, ?12)"
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL, ?12, ?13)"
                 ),
                 params![
                     o.id,
@@ -186,7 +194,8 @@ impl MerchantStore for SqliteStore {
                     o.sub,
                     o.kid,
                     o.agent_id,
-                    o.created_at
+                    o.created_at,
+                    o.agent_jkt
                 ],
             );
             match inserted {
