@@ -51,6 +51,17 @@ pub struct Config {
     /// Largest request body, in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
+    /// The URL agents reach this wallet at: a DPoP proof's `htu` must be this joined with the
+    /// request's path (SPEC §8). Default: `http://<the address it listens on>`.
+    #[arg(long, env = "WALLET_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Mint unbound mandates for requests without a DPoP proof (merchants that require
+    /// binding refuse them). Off by default: a request without a proof is refused.
+    #[arg(long, env = "WALLET_ALLOW_UNBOUND_MANDATES")]
+    pub allow_unbound_mandates: bool,
+    /// How old a DPoP proof's `iat` may be, in seconds (it may be 5 s ahead).
+    #[arg(long, env = "DPOP_MAX_AGE_SECS", default_value_t = ap2_mandate::dpop::DEFAULT_DPOP_MAX_AGE_SECS)]
+    pub dpop_max_age_secs: i64,
     /// The master key, base64 of 32 bytes (environment only). Without it the wallet creates
     /// `master.key` in the data directory, readable only by its owner.
     #[arg(skip)]
@@ -78,6 +89,9 @@ impl Config {
             max_mandate_ttl_secs: 300,
             approval_ttl_secs: 300,
             max_body_bytes: 64 * 1024,
+            public_url: None,
+            allow_unbound_mandates: false,
+            dpop_max_age_secs: ap2_mandate::dpop::DEFAULT_DPOP_MAX_AGE_SECS,
             master_key: None,
         }
     }

@@ -13,7 +13,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ap2_directory_client::{DirectoryClient, DirectoryClientConfig};
-use ap2_mandate::{AgentId, Clock, EcPublicKey, Kid, LocalSigner, SystemClock};
+use ap2_mandate::{AgentId, Clock, EcPublicKey, Kid, LocalSigner, PublicUrl, SystemClock};
 use ap2_service::http::{Limits, with_standard_layers};
 pub use ap2_service::http::{Running, Server};
 use ap2_service::{NamedToken, TokenSet};
@@ -54,6 +54,17 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
     let mut everyone = config.agent_tokens.clone();
     everyone.push(admin.clone());
     TokenSet::new(&everyone).map_err(|e| anyhow::anyhow!("tokens: {e}"))?;
+    anyhow::ensure!(
+        (1..=3600).contains(&config.dpop_max_age_secs),
+        "--dpop-max-age-secs is 1..=3600"
+    );
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let public_url = match &config.public_url {
+        Some(url) => url.clone(),
+        None => format!("http://{}", listener.local_addr()?),
+    };
+    let public_url =
+        PublicUrl::parse(&public_url).map_err(|e| anyhow::anyhow!("--public-url: {e}"))?;
     let data_dir = config.data_dir.clone();
     std::fs::create_dir_all(&data_dir)?;
     let master = MasterKey::load(config.master_key.as_ref(), &data_dir)?;
@@ -71,6 +82,9 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
         clock,
         max_mandate_ttl_secs: config.max_mandate_ttl_secs,
         approval_ttl_secs: config.approval_ttl_secs,
+        public_url,
+        allow_unbound_mandates: config.allow_unbound_mandates,
+        dpop_max_age_secs: config.dpop_max_age_secs,
         key_directory_url: directory_url,
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
@@ -81,7 +95,7 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
         max_body_bytes: config.max_body_bytes,
         ..Limits::default()
     };
-    Ok(Server::bind(config.listen, router(state, limits)).await?)
+    Ok(Server::from_listener(listener, router(state, limits)))
 }
 
 /// A user whose row was stored but whose key registration was cut short (a crash between

@@ -49,8 +49,10 @@ struct World {
     _tmp: tempfile::TempDir,
 }
 
+/// These tests are about users, codes and minting, with unbound mandates; tests/dpop.rs has
+/// SPEC §8's binding.
 fn wallet_config(wallet_dir: PathBuf, directory_url: &str) -> wallet::Config {
-    wallet::Config::local(
+    let mut config = wallet::Config::local(
         ISSUER,
         wallet_dir,
         directory_url,
@@ -60,7 +62,9 @@ fn wallet_config(wallet_dir: PathBuf, directory_url: &str) -> wallet::Config {
             format!("{AGENT}={AGENT_TOKEN}").parse().unwrap(),
             format!("agent-8={OTHER_AGENT_TOKEN}").parse().unwrap(),
         ],
-    )
+    );
+    config.allow_unbound_mandates = true;
+    config
 }
 
 async fn start_directory(db: PathBuf) -> key_directory::Running {

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod dpop;
 pub mod http;
 pub mod problem;
 pub mod telemetry;

@@ -8,30 +8,12 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 
+use ap2_service::dpop::proof_header;
+
 use super::{AppState, refusal};
 
-/// The request header holding the proof.
-pub const DPOP_HEADER: &str = "dpop";
 /// The response header holding the merchant's current nonce (RFC 9449 §8).
 pub static DPOP_NONCE_HEADER: HeaderName = HeaderName::from_static("dpop-nonce");
-
-/// The one `DPoP` header's value, if there is one. Two headers (or one that is not
-/// visible ASCII) are a malformed proof: RFC 9449 §4.3 check 1.
-pub fn proof_header(headers: &HeaderMap) -> Result<Option<&str>, VerifyError> {
-    let mut all = headers.get_all(DPOP_HEADER).iter();
-    let Some(value) = all.next() else {
-        return Ok(None);
-    };
-    if all.next().is_some() {
-        return Err(VerifyError::ProofInvalid(
-            "a request carries exactly one DPoP header",
-        ));
-    }
-    value
-        .to_str()
-        .map(Some)
-        .map_err(|_| VerifyError::ProofInvalid("the DPoP header is not ASCII"))
-}
 
 /// The request's `htu`: the public URL joined with its path.
 pub fn htu(state: &AppState, path: &str) -> Result<Htu, Problem> {

@@ -45,6 +45,12 @@ pub struct AppState {
     pub max_mandate_ttl_secs: i64,
     /// Approval window.
     pub approval_ttl_secs: i64,
+    /// Where agents reach the wallet: the base of a proof's `htu`.
+    pub public_url: ap2_mandate::PublicUrl,
+    /// Whether a mandate request without a DPoP proof gets an unbound mandate.
+    pub allow_unbound_mandates: bool,
+    /// How old a proof's `iat` may be.
+    pub dpop_max_age_secs: i64,
     /// For `/readyz`.
     pub key_directory_url: String,
     /// For `/readyz`.
@@ -142,6 +148,9 @@ pub async fn blocking<T: Send + 'static>(
                 Problem::new(StatusCode::CONFLICT, "user_exists", "this user id is taken")
             }
             StoreError::Mint(why) => Problem::internal(format!("minting failed: {why}")),
+            StoreError::ProofReplayed => {
+                ap2_service::dpop::refusal(&ap2_mandate::VerifyError::ProofReplayed, true)
+            }
             StoreError::Backend(why) => {
                 tracing::error!(error = %why, "wallet store failed");
                 Problem::new(

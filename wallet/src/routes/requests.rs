@@ -1,9 +1,13 @@
 //! `/v1/mandate-requests`: an agent asks, the user approves with the code, the wallet mints.
 
-use ap2_mandate::{AgentId, Ap2Scope, Cart, CartHash, IntentMandate, Jti, MerchantId, Money};
+use ap2_mandate::{
+    AgentId, Ap2Scope, Cart, CartHash, DpopProof, IntentMandate, Jkt, Jti, MerchantId, Money,
+    VerifyError,
+};
+use ap2_service::dpop::{proof_header, refusal};
 use ap2_service::problem::{ApiJson, ApiPath, Problem};
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -40,16 +44,60 @@ pub struct Created {
     status: &'static str,
     cart_hash: String,
     expires_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cnf_jkt: Option<String>,
 }
 
-/// An agent asks for a mandate for itself; the user gets a code.
+/// The path agents ask at: the `htu` of their proofs.
+const PATH: &str = "/v1/mandate-requests";
+
+/// SPEC §8 at the wallet: the request's DPoP proof, checked as a merchant checks it (no
+/// `ath`: no token is presented), gives the key the mandate will be bound to, and the
+/// proof's replay key with its deadline. Without a proof: refused, unless unbound mandates
+/// are allowed.
+fn agent_key(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<(Jkt, ap2_mandate::ReplayKey, i64)>, Problem> {
+    let refuse = |e: VerifyError| refusal(&e, true);
+    let Some(proof) = proof_header(headers).map_err(refuse)? else {
+        if state.allow_unbound_mandates {
+            return Ok(None);
+        }
+        return Err(refuse(VerifyError::ProofRequired(
+            "a mandate request needs a DPoP proof of the agent's key",
+        )));
+    };
+    let proof = DpopProof::parse(proof).map_err(refuse)?;
+    let htu = state.public_url.htu(PATH).map_err(Problem::internal)?;
+    let check = ap2_mandate::ProofCheck {
+        htm: "POST",
+        htu: &htu,
+        ath: None,
+        max_age_secs: state.dpop_max_age_secs,
+        nonces: None,
+    };
+    proof
+        .check(&check, state.clock.now_unix())
+        .map_err(refuse)?;
+    Ok(Some((
+        proof.jkt().clone(),
+        proof.replay_key(),
+        proof.replay_until(state.dpop_max_age_secs),
+    )))
+}
+
+/// An agent asks for a mandate for itself, bound to the key of its proof; the user gets a
+/// code.
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<CreateRequest>,
 ) -> Result<(StatusCode, ApiJson<Created>), Problem> {
     let agent = caller.agent()?;
     let agent_id = AgentId::parse(&agent).map_err(Problem::internal)?;
+    let binding = agent_key(&state, &headers)?;
     let cart = Cart::from_json(body.cart.get().as_bytes())
         .map_err(|e| unprocessable("cart_invalid", e.to_string()))?;
     let merchant = MerchantId::parse(&body.merchant_id)
@@ -101,19 +149,28 @@ pub async fn create(
         expires_at: now.saturating_add(state.approval_ttl_secs),
         mandate: None,
         mandate_exp: None,
+        cnf_jkt: binding.as_ref().map(|(jkt, _, _)| jkt.to_string()),
     };
     let created = Created {
         id: row.id.clone(),
         status: Status::PendingApproval.as_str(),
         cart_hash: row.cart_hash.clone(),
         expires_at: ap2_service::rfc3339(row.expires_at),
+        cnf_jkt: row.cnf_jkt.clone(),
     };
     tracing::info!(
         request_id = %row.id, user_id = %row.user_id, agent_id = %row.agent_id,
         merchant_id = %row.merchant_id, total = %cart.total(), currency = %cart.currency(),
+        cnf_jkt = row.cnf_jkt.as_deref().unwrap_or("-"),
         "mandate requested; approval code sent to the user"
     );
-    blocking(&state, move |store| store.create_request(&row)).await?;
+    blocking(&state, move |store| {
+        let proof = binding
+            .as_ref()
+            .map(|(_, key, until)| (key.as_str(), *until));
+        store.create_request(&row, proof)
+    })
+    .await?;
     Ok((StatusCode::CREATED, ApiJson(created)))
 }
 
@@ -130,6 +187,8 @@ pub struct View {
     max_amount: String,
     currency: String,
     expires_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cnf_jkt: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     mandate: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -149,6 +208,7 @@ fn view(row: RequestRow, now: i64) -> View {
         cart_hash: row.cart_hash,
         max_amount: row.max_amount,
         currency: row.currency,
+        cnf_jkt: row.cnf_jkt,
         mandate: row.mandate,
     }
 }
@@ -259,7 +319,12 @@ fn claims_for(row: &RequestRow, issuer: &str, now: i64) -> Result<IntentMandate,
             cart_hash: CartHash::parse(&row.cart_hash).map_err(|e| e.to_string())?,
             allow_agent_id: AgentId::parse(&row.agent_id).map_err(|e| e.to_string())?,
         },
-        cnf: None,
+        cnf: row
+            .cnf_jkt
+            .as_deref()
+            .map(Jkt::parse)
+            .transpose()
+            .map_err(|e| e.to_string())?,
     })
 }
 

@@ -110,6 +110,10 @@ pub struct Notification {
     currency: String,
     otp: String,
     expires_at: String,
+    /// The agent key the mandate will be bound to, so the user can tell a request made with
+    /// an unfamiliar key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cnf_jkt: Option<String>,
 }
 
 /// The user's pending requests.
@@ -134,6 +138,7 @@ pub async fn notifications(
             currency: r.currency,
             otp: r.otp,
             expires_at: ap2_service::rfc3339(r.expires_at),
+            cnf_jkt: r.cnf_jkt,
         })
         .collect();
     Ok(ApiJson(

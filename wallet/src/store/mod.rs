@@ -93,6 +93,8 @@ pub struct RequestRow {
     pub created_at: i64,
     /// The approval deadline, Unix seconds.
     pub expires_at: i64,
+    /// The agent key the mandate is bound to (`cnf.jkt`), from the request's DPoP proof.
+    pub cnf_jkt: Option<String>,
     /// The minted mandate, once approved.
     pub mandate: Option<String>,
     /// The mandate's `exp`.
@@ -143,6 +145,9 @@ pub enum StoreError {
     /// The request belongs to another user.
     #[error("the request belongs to another user")]
     NotYours,
+    /// The request's DPoP proof was seen before.
+    #[error("the DPoP proof was already used")]
+    ProofReplayed,
     /// Minting failed; nothing changed.
     #[error("minting failed: {0}")]
     Mint(String),
@@ -165,8 +170,14 @@ pub trait WalletStore: Send + Sync + 'static {
     fn user(&self, user_id: &str) -> Result<Option<UserRow>, StoreError>;
     /// The user whose token hashes to `token_hash`.
     fn user_by_token_hash(&self, token_hash: &str) -> Result<Option<String>, StoreError>;
-    /// Adds a request.
-    fn create_request(&self, request: &RequestRow) -> Result<(), StoreError>;
+    /// Adds a request and, in the same transaction, records its DPoP proof's replay key until
+    /// its deadline (`ProofReplayed`, and no request, if the key is there already). Records
+    /// past their deadline are removed on the way.
+    fn create_request(
+        &self,
+        request: &RequestRow,
+        proof: Option<(&str, i64)>,
+    ) -> Result<(), StoreError>;
     /// A request.
     fn request(&self, id: &str) -> Result<Option<RequestRow>, StoreError>;
     /// A user's pending requests whose deadline has not passed, oldest first.

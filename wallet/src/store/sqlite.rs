@@ -51,11 +51,17 @@ CREATE TABLE IF NOT EXISTS requests (
     mandate_exp INTEGER
 ) STRICT;
 CREATE INDEX IF NOT EXISTS requests_by_user ON requests(user_id, status);
+CREATE TABLE IF NOT EXISTS dpop_proofs (
+    key   TEXT PRIMARY KEY NOT NULL,
+    until INTEGER NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS dpop_proofs_by_until ON dpop_proofs(until);
 ";
 
 const USER_COLUMNS: &str = "user_id, kid, token_hash, sealed_key, registered, created_at";
 const REQUEST_COLUMNS: &str = "id, user_id, agent_id, merchant_id, cart, cart_hash, max_amount, \
-     currency, ttl_secs, otp, attempts, status, created_at, expires_at, mandate, mandate_exp";
+     currency, ttl_secs, otp, attempts, status, created_at, expires_at, mandate, mandate_exp, \
+     cnf_jkt";
 
 fn user_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> {
     Ok(UserRow {
@@ -93,6 +99,7 @@ fn request_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RequestRow> {
         expires_at: row.get(13)?,
         mandate: row.get(14)?,
         mandate_exp: row.get(15)?,
+        cnf_jkt: row.get(16)?,
     })
 }
 
@@ -119,6 +126,8 @@ impl SqliteStore {
     /// Opens (or creates) `wallet.db` in `data_dir`.
     pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
         let db = SqliteDb::open(&data_dir.join("wallet.db"), SCHEMA)?;
+        // Databases made before SPEC §8 (agent binding).
+        db.add_column("requests", "cnf_jkt", "TEXT")?;
         Ok(Self { db })
     }
 }
@@ -207,12 +216,29 @@ impl WalletStore for SqliteStore {
         })
     }
 
-    fn create_request(&self, r: &RequestRow) -> Result<(), StoreError> {
+    fn create_request(&self, r: &RequestRow, proof: Option<(&str, i64)>) -> Result<(), StoreError> {
         self.db.with(|conn| {
-            conn.execute(
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            if let Some((key, until)) = proof {
+                tx.execute(
+                    "DELETE FROM dpop_proofs WHERE until <= ?1",
+                    params![r.created_at],
+                )
+                .map_err(backend)?;
+                let inserted = tx.execute(
+                    "INSERT INTO dpop_proofs (key, until) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                    params![key, until],
+                );
+                if inserted.map_err(backend)? == 0 {
+                    return Err(StoreError::ProofReplayed);
+                }
+            }
+            tx.execute(
                 &format!(
                     "INSERT INTO requests ({REQUEST_COLUMNS}) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
                 ),
                 params![
                     r.id,
@@ -230,11 +256,12 @@ impl WalletStore for SqliteStore {
                     r.created_at,
                     r.expires_at,
                     r.mandate,
-                    r.mandate_exp
+                    r.mandate_exp,
+                    r.cnf_jkt
                 ],
             )
-            .map(|_| ())
-            .map_err(backend)
+            .map_err(backend)?;
+            tx.commit().map_err(backend)
         })
     }
 
