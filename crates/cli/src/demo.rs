@@ -1,7 +1,8 @@
 //! `ap2 demo`: the key directory, the wallet and two merchants started in this process on free
 //! loopback ports, and the whole story told over HTTP: a user, a checkout, a mandate request,
 //! the approval with the one-time code, the paid order, then the attacks, each refused with the
-//! merchant's code. Exits 0 only if every step behaved as expected.
+//! merchant's code. The agent holds its own key and proves it on every call (SPEC §8), so the
+//! mandate is bound to it. Exits 0 only if every step behaved as expected.
 
 // Only `serde_json::Value` is indexed here, and its `Index` answers `Null` for a missing member
 // instead of panicking.
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ap2_directory_client::{DirectoryClient, DirectoryClientConfig};
-use ap2_mandate::Kid;
+use ap2_mandate::{Clock, Jkt, Kid, LocalSigner, ProofRequest, SystemClock, make_proof};
 use reqwest::StatusCode;
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -148,6 +149,17 @@ impl Services {
     }
 }
 
+/// How a request authenticates.
+#[derive(Clone, Copy)]
+enum Auth<'a> {
+    /// Nothing.
+    None,
+    /// `Authorization: Bearer <token>` (the wallet's tokens).
+    Bearer(&'a str),
+    /// `Authorization: DPoP <mandate>`.
+    Dpop(&'a str),
+}
+
 /// An HTTP caller: the agent, the user or the administrator.
 struct Http(reqwest::Client);
 
@@ -156,13 +168,15 @@ impl Http {
         &self,
         method: reqwest::Method,
         url: String,
-        token: Option<&str>,
+        auth: Auth<'_>,
         headers: &[(&str, &str)],
         body: Option<Value>,
     ) -> Result<(StatusCode, Value)> {
         let mut request = self.0.request(method, &url);
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
+        match auth {
+            Auth::None => {}
+            Auth::Bearer(token) => request = request.bearer_auth(token),
+            Auth::Dpop(token) => request = request.header("Authorization", format!("DPoP {token}")),
         }
         for (name, value) in headers {
             request = request.header(*name, *value);
@@ -183,11 +197,12 @@ impl Http {
         &self,
         method: reqwest::Method,
         url: String,
-        token: Option<&str>,
+        auth: Auth<'_>,
+        headers: &[(&str, &str)],
         body: Option<Value>,
         want: StatusCode,
     ) -> Result<Value> {
-        let (status, body) = self.send(method, url.clone(), token, &[], body).await?;
+        let (status, body) = self.send(method, url.clone(), auth, headers, body).await?;
         if status != want {
             bail!("{url} answered {status}, expected {want}: {body}");
         }
@@ -207,41 +222,80 @@ fn money(minor: &Value, currency: &str) -> String {
     format!("{currency} {}.{:02}", minor / 100, minor % 100)
 }
 
+/// A DPoP proof by `key` for `method url`, presenting `mandate` if given (SPEC §8).
+fn proof(key: &LocalSigner, method: &str, url: &str, mandate: Option<&str>) -> Result<String> {
+    Ok(make_proof(
+        key,
+        &ProofRequest {
+            htm: method,
+            htu: url,
+            iat: SystemClock.now_unix(),
+            jti: None,
+            token: mandate,
+            nonce: None,
+        },
+    )?)
+}
+
+/// The agents of the story and the thief, each with its own key.
+struct Keys {
+    agent: LocalSigner,
+    other_agent: LocalSigner,
+    thief: LocalSigner,
+}
+
 /// The story's state between steps.
 struct Story {
     urls: Urls,
     http: Http,
     secrets: Endpoints,
+    keys: Keys,
     user_id: String,
     user_token: String,
     kid: String,
 }
 
 impl Story {
-    /// The agent opens a checkout at `merchant_url`; returns the session.
-    async fn checkout(&self, merchant_url: &str, items: &Value) -> Result<Value> {
+    /// `key`'s agent opens a checkout at `merchant_url`, with a proof; returns the session.
+    async fn checkout_as(
+        &self,
+        key: &LocalSigner,
+        merchant_url: &str,
+        items: &Value,
+    ) -> Result<Value> {
+        let url = format!("{merchant_url}/v1/checkout-sessions");
+        let proof = proof(key, "POST", &url, None)?;
         self.http
             .expect(
                 reqwest::Method::POST,
-                format!("{merchant_url}/v1/checkout-sessions"),
-                None,
+                url,
+                Auth::None,
+                &[("DPoP", &proof)],
                 Some(json!({ "line_items": items })),
                 StatusCode::CREATED,
             )
             .await
     }
 
-    /// The agent asks for a mandate, the user reads the code and approves; returns the request
-    /// id, the code and the mandate.
-    async fn approved_mandate(&self, cart: &Value, ttl: u32) -> Result<(String, String, String)> {
+    async fn checkout(&self, merchant_url: &str, items: &Value) -> Result<Value> {
+        self.checkout_as(&self.keys.agent, merchant_url, items)
+            .await
+    }
+
+    /// The agent asks for a mandate (with a proof of its key), the user reads the code and
+    /// approves; returns the request, the code and the mandate.
+    async fn approved_mandate(&self, cart: &Value, ttl: u32) -> Result<(Value, String, String)> {
         let wallet = &self.urls.wallet;
         let agent = self.secrets.agent_token.as_str();
+        let url = format!("{wallet}/v1/mandate-requests");
+        let request_proof = proof(&self.keys.agent, "POST", &url, None)?;
         let request = self
             .http
             .expect(
                 reqwest::Method::POST,
-                format!("{wallet}/v1/mandate-requests"),
-                Some(agent),
+                url,
+                Auth::Bearer(agent),
+                &[("DPoP", &request_proof)],
                 Some(json!({"user_id": self.user_id, "merchant_id": cart["merchant_id"], "cart": cart, "ttl_seconds": ttl})),
                 StatusCode::CREATED,
             )
@@ -252,7 +306,8 @@ impl Story {
             .expect(
                 reqwest::Method::GET,
                 format!("{wallet}/v1/users/{}/notifications", self.user_id),
-                Some(&self.user_token),
+                Auth::Bearer(&self.user_token),
+                &[],
                 None,
                 StatusCode::OK,
             )
@@ -267,7 +322,8 @@ impl Story {
             .expect(
                 reqwest::Method::POST,
                 format!("{wallet}/v1/mandate-requests/{id}/approve"),
-                Some(&self.user_token),
+                Auth::Bearer(&self.user_token),
+                &[],
                 Some(json!({ "otp": otp })),
                 StatusCode::OK,
             )
@@ -277,31 +333,63 @@ impl Story {
             .expect(
                 reqwest::Method::GET,
                 format!("{wallet}/v1/mandate-requests/{id}"),
-                Some(agent),
+                Auth::Bearer(agent),
+                &[],
                 None,
                 StatusCode::OK,
             )
             .await?;
-        Ok((id, otp, text(&done, "mandate")?.to_owned()))
+        Ok((request, otp, text(&done, "mandate")?.to_owned()))
     }
 
-    /// The agent presents `mandate` to complete `session` at `merchant_url`.
+    fn complete_url(merchant_url: &str, session: &str) -> String {
+        format!("{merchant_url}/v1/checkout-sessions/{session}/complete")
+    }
+
+    /// `key`'s holder presents `mandate` as `DPoP` with a proof made for `proof_url`,
+    /// naming `agent`, to complete `session` at `merchant_url`.
+    async fn present(
+        &self,
+        merchant_url: &str,
+        session: &str,
+        mandate: &str,
+        agent: &str,
+        key: &LocalSigner,
+        proof_url: &str,
+        auth: Auth<'_>,
+    ) -> Result<(StatusCode, Value)> {
+        let dpop = proof(key, "POST", proof_url, Some(mandate))?;
+        self.http
+            .send(
+                reqwest::Method::POST,
+                Self::complete_url(merchant_url, session),
+                auth,
+                &[("AP2-Agent-Id", agent), ("DPoP", &dpop)],
+                None,
+            )
+            .await
+    }
+
+    /// The honest completion: `key`'s agent presents `mandate` for `session`.
     async fn complete(
         &self,
         merchant_url: &str,
         session: &str,
         mandate: &str,
         agent: &str,
+        key: &LocalSigner,
     ) -> Result<(StatusCode, Value)> {
-        self.http
-            .send(
-                reqwest::Method::POST,
-                format!("{merchant_url}/v1/checkout-sessions/{session}/complete"),
-                Some(mandate),
-                &[("AP2-Agent-Id", agent)],
-                None,
-            )
-            .await
+        let url = Self::complete_url(merchant_url, session);
+        self.present(
+            merchant_url,
+            session,
+            mandate,
+            agent,
+            key,
+            &url,
+            Auth::Dpop(mandate),
+        )
+        .await
     }
 
     /// Asks the merchant, without spending the mandate, until it answers `code` (a mandate
@@ -320,7 +408,7 @@ impl Story {
                 .send(
                     reqwest::Method::POST,
                     format!("{}/v1/mandates/verify", self.urls.merchant),
-                    None,
+                    Auth::None,
                     &[],
                     Some(json!({"mandate": mandate, "agent_id": AGENT, "cart": cart, "consume": false})),
                 )
@@ -333,21 +421,26 @@ impl Story {
     }
 }
 
-/// Checks and prints one attack; returns whether it was refused with `code`.
-fn refused(what: &str, got: &(StatusCode, Value), code: &str) -> bool {
+/// Checks and prints one attack; returns whether it was refused with `status` and `code`.
+fn refused_with(what: &str, got: &(StatusCode, Value), status: StatusCode, code: &str) -> bool {
     let got_code = got.1.get("code").and_then(Value::as_str).unwrap_or("-");
-    let ok = got.0 == StatusCode::UNAUTHORIZED && got_code == code;
+    let ok = got.0 == status && got_code == code;
     println!(
-        "  {} {what:<46} → {} {got_code}{}",
+        "  {} {what:<52} → {} {got_code}{}",
         if ok { "✓" } else { "✗" },
         got.0.as_u16(),
         if ok {
             String::new()
         } else {
-            format!("   (expected 401 {code})")
+            format!("   (expected {} {code})", status.as_u16())
         }
     );
     ok
+}
+
+/// As [`refused_with`], for the 401 refusals of SPEC §4 and §8.
+fn refused(what: &str, got: &(StatusCode, Value), code: &str) -> bool {
+    refused_with(what, got, StatusCode::UNAUTHORIZED, code)
 }
 
 /// Runs the demo, against services started here or, with every URL given, running ones.
@@ -409,7 +502,8 @@ async fn story(urls: Urls, secrets: Endpoints, user_id: String) -> Result<bool> 
         .expect(
             reqwest::Method::POST,
             format!("{}/v1/users", urls.wallet),
-            Some(&secrets.admin_token),
+            Auth::Bearer(&secrets.admin_token),
+            &[],
             Some(json!({ "user_id": user_id })),
             StatusCode::CREATED,
         )
@@ -420,8 +514,14 @@ async fn story(urls: Urls, secrets: Endpoints, user_id: String) -> Result<bool> 
         urls,
         http,
         secrets,
+        keys: Keys {
+            agent: LocalSigner::generate()?,
+            other_agent: LocalSigner::generate()?,
+            thief: LocalSigner::generate()?,
+        },
         user_id,
     };
+    let keys = &story.keys;
     let user_id = story.user_id.as_str();
     println!(
         "1. The wallet creates user {user_id}: a P-256 key, kid {}",
@@ -432,7 +532,8 @@ async fn story(urls: Urls, secrets: Endpoints, user_id: String) -> Result<bool> 
         .expect(
             reqwest::Method::GET,
             format!("{}/v1/keys/{}", story.urls.directory, story.kid),
-            None,
+            Auth::None,
+            &[],
             None,
             StatusCode::OK,
         )
@@ -443,6 +544,10 @@ async fn story(urls: Urls, secrets: Endpoints, user_id: String) -> Result<bool> 
         text(&key, "subject")?,
         text(&key, "status")?
     );
+    println!(
+        "   {AGENT} holds its own P-256 key, jkt {}",
+        Jkt::of(keys.agent.public_key())
+    );
 
     let merchant = story.urls.merchant.clone();
     let items = json!([{"id": "shoe-001", "quantity": 1}, {"id": "sock-10", "quantity": 3}]);
@@ -451,24 +556,33 @@ async fn story(urls: Urls, secrets: Endpoints, user_id: String) -> Result<bool> 
     let currency = text(&cart, "currency")?.to_owned();
     let total = money(&cart["total"], &currency);
     println!(
-        "2. {AGENT} opens a checkout at acme-corp: 1 × Trail Runner, 3 × Wool socks = {total}"
+        "2. {AGENT} opens a checkout at acme-corp with a DPoP proof of its key (the session is\n   \
+         its key's): 1 × Trail Runner, 3 × Wool socks = {total}"
     );
     println!("   cart_hash {}", text(&session, "cart_hash")?);
 
-    let (request_id, otp, mandate) = story.approved_mandate(&cart, 120).await?;
-    println!("3. {AGENT} asks the wallet for a mandate for that cart: request {request_id}");
+    let (request, otp, mandate) = story.approved_mandate(&cart, 120).await?;
+    println!(
+        "3. {AGENT} asks the wallet for a mandate for that cart, with a proof: request {}",
+        text(&request, "id")?
+    );
     println!("4. {user_id} reads the notification (acme-corp, {AGENT}, {total}) with code {otp}");
-    println!("   and approves with it: the wallet mints an ES256 mandate valid 120 s");
+    println!(
+        "   and approves with it: the wallet mints an ES256 mandate valid 120 s, bound to\n   \
+         cnf.jkt {}",
+        text(&request, "cnf_jkt")?
+    );
     let session_id = text(&session, "id")?.to_owned();
     let paid = story
-        .complete(&merchant, &session_id, &mandate, AGENT)
+        .complete(&merchant, &session_id, &mandate, AGENT, &keys.agent)
         .await?;
     if paid.0 != StatusCode::OK {
         println!("✗ the checkout was refused: {} {}", paid.0, paid.1);
         return Ok(false);
     }
     println!(
-        "5. {AGENT} completes the checkout with the mandate: order {}, {} charged\n",
+        "5. {AGENT} completes the checkout with Authorization: DPoP <mandate> and a fresh\n   \
+         proof: order {}, {} charged\n",
         text(&paid.1, "order_id")?,
         money(&paid.1["amount"], &currency)
     );
@@ -479,7 +593,7 @@ async fn story(urls: Urls, secrets: Endpoints, user_id: String) -> Result<bool> 
     let second = story.checkout(&merchant, &items).await?;
     let second_id = text(&second, "id")?.to_owned();
     let got = story
-        .complete(&merchant, &second_id, &mandate, AGENT)
+        .complete(&merchant, &second_id, &mandate, AGENT, &keys.agent)
         .await?;
     all &= refused("the same mandate presented again", &got, "mandate_replayed");
 
@@ -489,7 +603,7 @@ async fn story(urls: Urls, secrets: Endpoints, user_id: String) -> Result<bool> 
         .checkout(&merchant, &json!([{"id": "shoe-001", "quantity": 2}]))
         .await?;
     let got = story
-        .complete(&merchant, text(&dearer, "id")?, &fresh, AGENT)
+        .complete(&merchant, text(&dearer, "id")?, &fresh, AGENT, &keys.agent)
         .await?;
     all &= refused(
         "the cart swapped after approval",
@@ -497,8 +611,18 @@ async fn story(urls: Urls, secrets: Endpoints, user_id: String) -> Result<bool> 
         "mandate_cart_mismatch",
     );
 
+    // Another agent, with its own key and its own session for the same cart.
+    let theirs = story
+        .checkout_as(&keys.other_agent, &merchant, &items)
+        .await?;
     let got = story
-        .complete(&merchant, &second_id, &fresh, OTHER_AGENT)
+        .complete(
+            &merchant,
+            text(&theirs, "id")?,
+            &fresh,
+            OTHER_AGENT,
+            &keys.other_agent,
+        )
         .await?;
     all &= refused(
         &format!("another agent ({OTHER_AGENT}) presenting it"),
@@ -509,7 +633,7 @@ async fn story(urls: Urls, secrets: Endpoints, user_id: String) -> Result<bool> 
     let other = story.urls.other_merchant.clone();
     let elsewhere = story.checkout(&other, &items).await?;
     let got = story
-        .complete(&other, text(&elsewhere, "id")?, &fresh, AGENT)
+        .complete(&other, text(&elsewhere, "id")?, &fresh, AGENT, &keys.agent)
         .await?;
     all &= refused(
         "another merchant receiving it",
@@ -517,12 +641,101 @@ async fn story(urls: Urls, secrets: Endpoints, user_id: String) -> Result<bool> 
         "mandate_audience_mismatch",
     );
 
+    // The mandate copied out of the agent's logs: the thief opens its own session for the same
+    // cart and presents it in the agent's name, with a proof of its own key.
+    let thiefs = story.checkout_as(&keys.thief, &merchant, &items).await?;
+    let got = story
+        .complete(&merchant, text(&thiefs, "id")?, &fresh, AGENT, &keys.thief)
+        .await?;
+    all &= refused(
+        "a thief presenting it with its own key",
+        &got,
+        "dpop_key_mismatch",
+    );
+
+    // An eavesdropper replays the agent's captured proof, to open sessions in its name.
+    let url = format!("{merchant}/v1/checkout-sessions");
+    let captured = proof(&keys.agent, "POST", &url, None)?;
+    let body = json!({ "line_items": items });
+    story
+        .http
+        .expect(
+            reqwest::Method::POST,
+            url.clone(),
+            Auth::None,
+            &[("DPoP", &captured)],
+            Some(body.clone()),
+            StatusCode::CREATED,
+        )
+        .await?;
+    let got = story
+        .http
+        .send(
+            reqwest::Method::POST,
+            url,
+            Auth::None,
+            &[("DPoP", &captured)],
+            Some(body),
+        )
+        .await?;
+    all &= refused("a captured proof sent again", &got, "dpop_proof_replayed");
+
+    let other_url = Story::complete_url(&merchant, &session_id);
+    let got = story
+        .present(
+            &merchant,
+            &second_id,
+            &fresh,
+            AGENT,
+            &keys.agent,
+            &other_url,
+            Auth::Dpop(&fresh),
+        )
+        .await?;
+    all &= refused("a proof made for another URL", &got, "dpop_proof_mismatch");
+
+    let second_url = Story::complete_url(&merchant, &second_id);
+    let got = story
+        .present(
+            &merchant,
+            &second_id,
+            &fresh,
+            AGENT,
+            &keys.agent,
+            &second_url,
+            Auth::Bearer(&fresh),
+        )
+        .await?;
+    all &= refused(
+        "the bound mandate presented as Bearer",
+        &got,
+        "dpop_proof_required",
+    );
+
+    let got = story
+        .complete(
+            &merchant,
+            &second_id,
+            &fresh,
+            OTHER_AGENT,
+            &keys.other_agent,
+        )
+        .await?;
+    all &= refused_with(
+        &format!("{OTHER_AGENT} completing {AGENT}'s session"),
+        &got,
+        StatusCode::NOT_FOUND,
+        "session_not_found",
+    );
+
     // A mandate approved for one second, presented once the merchant counts it expired.
     let (_, _, short) = story.approved_mandate(&cart, 1).await?;
     story
         .wait_for_code(&short, &cart, "mandate_expired", Duration::from_secs(60))
         .await?;
-    let got = story.complete(&merchant, &second_id, &short, AGENT).await?;
+    let got = story
+        .complete(&merchant, &second_id, &short, AGENT, &keys.agent)
+        .await?;
     all &= refused("presented after it expired", &got, "mandate_expired");
 
     // The wallet's issuer revokes the user's key; the merchant sees it when its cache expires.
@@ -543,19 +756,24 @@ async fn story(urls: Urls, secrets: Endpoints, user_id: String) -> Result<bool> 
             Duration::from_secs(70),
         )
         .await?;
-    let got = story.complete(&merchant, &second_id, &fresh, AGENT).await?;
+    let got = story
+        .complete(&merchant, &second_id, &fresh, AGENT, &keys.agent)
+        .await?;
     all &= refused(
         "signed with a key revoked since",
         &got,
         "mandate_key_revoked",
     );
 
+    let session_url = format!("{merchant}/v1/checkout-sessions/{second_id}");
+    let look = proof(&keys.agent, "GET", &session_url, None)?;
     let unpaid = story
         .http
         .expect(
             reqwest::Method::GET,
-            format!("{merchant}/v1/checkout-sessions/{second_id}"),
-            None,
+            session_url,
+            Auth::None,
+            &[("DPoP", &look)],
             None,
             StatusCode::OK,
         )

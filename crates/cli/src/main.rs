@@ -10,9 +10,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use ap2_mandate::memory::{MemoryKeys, MemoryReplayGuard};
 use ap2_mandate::{
-    AgentId, Cart, Clock, Consume, EcPublicKey, FixedClock, IntentMandate, Jti, KeyRecord,
-    KeyStatus, LocalSigner, MerchantId, Money, Presentation, Signer, SystemClock, Verifier,
-    VerifierConfig,
+    AgentId, Cart, Clock, Consume, DpopProof, EcPublicKey, FixedClock, Htu, IntentMandate, Jkt,
+    Jti, KeyRecord, KeyStatus, LocalSigner, MerchantId, Money, Presentation, ProofPresentation,
+    ProofRequest, Signer, SystemClock, Verifier, VerifierConfig, make_proof,
 };
 use clap::{Parser, Subcommand};
 
@@ -47,6 +47,38 @@ enum Command {
         /// Overwrite an existing file.
         #[arg(long)]
         force: bool,
+    },
+    /// Generate an agent's P-256 key (SPEC §8): write the private key as PKCS#8 PEM (mode
+    /// 0600), print the public JWK and its `jkt`, the thumbprint mandates are bound to.
+    AgentKeygen {
+        /// Where to write the private key.
+        #[arg(long)]
+        out: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print a DPoP proof (RFC 9449) for one request, signed with the agent's key, for
+    /// `DPoP:` headers made by hand (curl).
+    Dpop {
+        /// The agent's private key (PKCS#8 PEM).
+        #[arg(long)]
+        key: PathBuf,
+        /// The request's method (`POST`, `GET`).
+        #[arg(long)]
+        method: String,
+        /// The request's URL (a query is left out of the proof).
+        #[arg(long)]
+        url: String,
+        /// The mandate presented with the request, whose hash the proof carries (`ath`).
+        #[arg(long)]
+        mandate: Option<String>,
+        /// The server's nonce (from its `DPoP-Nonce` header).
+        #[arg(long)]
+        nonce: Option<String>,
+        /// Issue as of this Unix time (default: now).
+        #[arg(long)]
+        now: Option<i64>,
     },
     /// Mint an intent mandate for a cart, signed with a PKCS#8 PEM key.
     Mint {
@@ -83,6 +115,9 @@ enum Command {
         /// Mint this many mandates, one per line, each with its own random jti (load tests).
         #[arg(long, default_value_t = 1, conflicts_with = "jti")]
         count: u64,
+        /// Bind the mandate to this agent key thumbprint (`cnf.jkt`, SPEC §8).
+        #[arg(long)]
+        cnf_jkt: Option<String>,
     },
     /// Verify a mandate (SPEC §4) against a public JWK, a cart and an agent. Prints the
     /// claims; on refusal prints the problem code and exits with status 1.
@@ -116,6 +151,19 @@ enum Command {
         /// Longest accepted lifetime in seconds.
         #[arg(long, default_value_t = ap2_mandate::verify::DEFAULT_MAX_LIFETIME_SECS)]
         max_lifetime: i64,
+        /// The agent's DPoP proof that came with the mandate (SPEC §8); a bound mandate needs
+        /// it, with `--htm` and `--htu`.
+        #[arg(long, requires_all = ["htm", "htu"])]
+        dpop: Option<String>,
+        /// The method of the request the proof came with.
+        #[arg(long)]
+        htm: Option<String>,
+        /// The URL of the request the proof came with.
+        #[arg(long)]
+        htu: Option<String>,
+        /// Refuse an unbound mandate, as a merchant does by default.
+        #[arg(long)]
+        require_binding: bool,
     },
 }
 
@@ -160,7 +208,51 @@ fn run(command: Command) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Keygen { out, force } => keygen(&out, force),
+        Command::Keygen { out, force } => {
+            let signer = write_new_key(&out, force)?;
+            let jwk = signer.public_key().to_jwk(signer.kid());
+            println!("{}", serde_json::to_string_pretty(&jwk)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::AgentKeygen { out, force } => {
+            let signer = write_new_key(&out, force)?;
+            let jwk: serde_json::Value =
+                serde_json::from_str(&signer.public_key().thumbprint_input())?;
+            let jkt = Jkt::of(signer.public_key());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({"jwk": jwk, "jkt": jkt}))?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dpop {
+            key,
+            method,
+            url,
+            mandate,
+            nonce,
+            now,
+        } => {
+            let signer = load_key(&key, None)?;
+            let mandate = match mandate.as_deref() {
+                Some("-") => Some(read_input(None)?.trim().to_owned()),
+                other => other.map(str::to_owned),
+            };
+            let proof = make_proof(
+                &signer,
+                &ProofRequest {
+                    htm: &method,
+                    htu: &url,
+                    iat: now.unwrap_or_else(|| SystemClock.now_unix()),
+                    jti: None,
+                    token: mandate.as_deref(),
+                    nonce: nonce.as_deref(),
+                },
+            )
+            .context("--method is an upper-case HTTP method")?;
+            println!("{proof}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Mint {
             key,
             kid,
@@ -173,12 +265,14 @@ fn run(command: Command) -> Result<ExitCode> {
             jti,
             now,
             count,
+            cnf_jkt,
         } => {
-            let pem = std::fs::read_to_string(&key)
-                .with_context(|| format!("reading {}", key.display()))?;
             let kid = kid.map(|k| ap2_mandate::Kid::parse(&k)).transpose()?;
-            let signer = LocalSigner::from_pkcs8_pem(&pem, kid)
-                .with_context(|| format!("loading {}", key.display()))?;
+            let signer = load_key(&key, kid)?;
+            let cnf = cnf_jkt
+                .map(|jkt| Jkt::parse(&jkt))
+                .transpose()
+                .context("--cnf-jkt")?;
             let cart = read_cart(Some(&cart))?;
             let max_amount = match max_amount {
                 Some(text) => Money::parse(&text, cart.currency())
@@ -202,6 +296,7 @@ fn run(command: Command) -> Result<ExitCode> {
                     cart_hash: cart.hash().clone(),
                     allow_agent_id: AgentId::parse(&agent).context("--agent")?,
                 },
+                cnf,
             };
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             for i in 0..count {
@@ -224,6 +319,10 @@ fn run(command: Command) -> Result<ExitCode> {
             now,
             leeway,
             max_lifetime,
+            dpop,
+            htm,
+            htu,
+            require_binding,
         } => {
             let token = match token.as_deref() {
                 None | Some("-") => read_input(None)?,
@@ -251,10 +350,27 @@ fn run(command: Command) -> Result<ExitCode> {
             let mut config = VerifierConfig::without_binding(audience);
             config.leeway_secs = leeway;
             config.max_lifetime_secs = max_lifetime;
+            config.require_binding = require_binding;
             let clock = FixedClock(now.unwrap_or_else(|| SystemClock.now_unix()));
             let verifier = Verifier::new(config, keys, MemoryReplayGuard::new(), clock);
             let runtime = tokio::runtime::Builder::new_current_thread().build()?;
-            let presentation = Presentation::bearer(token.trim(), &agent, &cart);
+            let token = token.trim();
+            let proof = dpop.as_deref().map(DpopProof::parse).transpose();
+            let htu = htu
+                .as_deref()
+                .map(Htu::parse)
+                .transpose()
+                .context("--htu")?;
+            let presentation = match (&proof, &htm, &htu) {
+                (Err(refusal), _, _) => {
+                    eprintln!("refused: {}: {refusal}", refusal.code());
+                    return Ok(ExitCode::from(REFUSED));
+                }
+                (Ok(Some(proof)), Some(htm), Some(htu)) => {
+                    Presentation::dpop(token, &agent, &cart, ProofPresentation { proof, htm, htu })
+                }
+                _ => Presentation::bearer(token, &agent, &cart),
+            };
             match runtime.block_on(verifier.verify(&presentation, Consume::No)) {
                 Ok(verified) => {
                     println!("{}", serde_json::to_string_pretty(&verified.claims)?);
@@ -269,7 +385,15 @@ fn run(command: Command) -> Result<ExitCode> {
     }
 }
 
-fn keygen(out: &Path, force: bool) -> Result<ExitCode> {
+fn load_key(path: &Path, kid: Option<ap2_mandate::Kid>) -> Result<LocalSigner> {
+    let pem =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    LocalSigner::from_pkcs8_pem(&pem, kid).with_context(|| format!("loading {}", path.display()))
+}
+
+/// A fresh key, its private half written to `out` (mode 0600; refused if `out` exists,
+/// unless `force`).
+fn write_new_key(out: &Path, force: bool) -> Result<LocalSigner> {
     let signer = LocalSigner::generate()?;
     let pem = signer.to_pkcs8_pem()?;
     let mut options = std::fs::OpenOptions::new();
@@ -286,9 +410,7 @@ fn keygen(out: &Path, force: bool) -> Result<ExitCode> {
         .with_context(|| format!("creating {} (use --force to overwrite)", out.display()))?;
     file.write_all(pem.as_bytes())?;
     file.sync_all()?;
-    let jwk = signer.public_key().to_jwk(signer.kid());
-    println!("{}", serde_json::to_string_pretty(&jwk)?);
-    Ok(ExitCode::SUCCESS)
+    Ok(signer)
 }
 
 fn read_input(file: Option<&Path>) -> Result<String> {
