@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use ap2_e2e::{RedisServer, Service};
+use ap2_mandate::{Clock, LocalSigner, ProofRequest, SystemClock, make_proof};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -30,7 +31,33 @@ struct World {
     merchant: Service,
     globex: Service,
     http: reqwest::Client,
+    /// agent-7's key: every call it makes carries a DPoP proof of it (SPEC §8).
+    agent: LocalSigner,
     _tmp: tempfile::TempDir,
+}
+
+/// How a call authenticates.
+#[derive(Clone, Copy)]
+enum Auth<'a> {
+    None,
+    Bearer(&'a str),
+    Dpop(&'a str),
+}
+
+/// A proof by `key` for `method url`, presenting `token` if given.
+fn proof(key: &LocalSigner, method: &str, url: &str, token: Option<&str>) -> String {
+    make_proof(
+        key,
+        &ProofRequest {
+            htm: method,
+            htu: url,
+            iat: SystemClock.now_unix(),
+            jti: None,
+            token,
+            nonce: None,
+        },
+    )
+    .unwrap()
 }
 
 impl World {
@@ -111,21 +138,33 @@ impl World {
             merchant,
             globex,
             http: reqwest::Client::new(),
+            agent: LocalSigner::generate().unwrap(),
             _tmp: tmp,
         }
     }
 
+    /// A call; with `signer`, it carries that key's proof for it (and the token's `ath`).
     async fn call(
         &self,
         method: reqwest::Method,
         url: String,
-        token: Option<&str>,
+        auth: Auth<'_>,
         agent: Option<&str>,
+        signer: Option<&LocalSigner>,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let mut req = self.http.request(method, url);
-        if let Some(token) = token {
-            req = req.bearer_auth(token);
+        let mut req = self.http.request(method.clone(), &url);
+        match auth {
+            Auth::None => {}
+            Auth::Bearer(token) => req = req.bearer_auth(token),
+            Auth::Dpop(token) => req = req.header("Authorization", format!("DPoP {token}")),
+        }
+        if let Some(key) = signer {
+            let presented = match auth {
+                Auth::Dpop(token) => Some(token),
+                _ => None,
+            };
+            req = req.header("DPoP", proof(key, method.as_str(), &url, presented));
         }
         if let Some(agent) = agent {
             req = req.header("AP2-Agent-Id", agent);
@@ -143,7 +182,8 @@ impl World {
             .call(
                 reqwest::Method::POST,
                 format!("{}/v1/users", self.wallet.url()),
-                Some(ADMIN_TOKEN),
+                Auth::Bearer(ADMIN_TOKEN),
+                None,
                 None,
                 Some(json!({"user_id": user})),
             )
@@ -156,12 +196,22 @@ impl World {
     }
 
     async fn checkout(&self, merchant: &Service, items: Value) -> (String, Value) {
+        self.checkout_as(&self.agent, merchant, items).await
+    }
+
+    async fn checkout_as(
+        &self,
+        key: &LocalSigner,
+        merchant: &Service,
+        items: Value,
+    ) -> (String, Value) {
         let (status, body) = self
             .call(
                 reqwest::Method::POST,
                 format!("{}/v1/checkout-sessions", merchant.url()),
+                Auth::None,
                 None,
-                None,
+                Some(key),
                 Some(json!({"line_items": items})),
             )
             .await;
@@ -177,8 +227,9 @@ impl World {
             .call(
                 reqwest::Method::POST,
                 format!("{}/v1/mandate-requests", self.wallet.url()),
-                Some(AGENT_TOKEN),
+                Auth::Bearer(AGENT_TOKEN),
                 None,
+                Some(&self.agent),
                 Some(json!({"user_id": user, "merchant_id": cart["merchant_id"], "cart": cart, "ttl_seconds": ttl})),
             )
             .await;
@@ -191,7 +242,8 @@ impl World {
             .call(
                 reqwest::Method::GET,
                 format!("{}/v1/users/{user}/notifications", self.wallet.url()),
-                Some(user_token),
+                Auth::Bearer(user_token),
+                None,
                 None,
                 None,
             )
@@ -215,7 +267,8 @@ impl World {
                     "{}/v1/mandate-requests/{request}/approve",
                     self.wallet.url()
                 ),
-                Some(user_token),
+                Auth::Bearer(user_token),
+                None,
                 None,
                 Some(json!({"otp": otp})),
             )
@@ -225,7 +278,8 @@ impl World {
             .call(
                 reqwest::Method::GET,
                 format!("{}/v1/mandate-requests/{request}", self.wallet.url()),
-                Some(AGENT_TOKEN),
+                Auth::Bearer(AGENT_TOKEN),
+                None,
                 None,
                 None,
             )
@@ -246,14 +300,44 @@ impl World {
         mandate: &str,
         agent: &str,
     ) -> (StatusCode, Value) {
+        self.complete_as(&self.agent, merchant, session, mandate, agent)
+            .await
+    }
+
+    /// `key`'s holder presents `mandate` in `agent`'s name.
+    async fn complete_as(
+        &self,
+        key: &LocalSigner,
+        merchant: &Service,
+        session: &str,
+        mandate: &str,
+        agent: &str,
+    ) -> (StatusCode, Value) {
         self.call(
             reqwest::Method::POST,
             format!("{}/v1/checkout-sessions/{session}/complete", merchant.url()),
-            Some(mandate),
+            Auth::Dpop(mandate),
             Some(agent),
+            Some(key),
             None,
         )
         .await
+    }
+
+    /// The agent reads its session.
+    async fn session(&self, merchant: &Service, session: &str) -> Value {
+        let (status, body) = self
+            .call(
+                reqwest::Method::GET,
+                format!("{}/v1/checkout-sessions/{session}", merchant.url()),
+                Auth::None,
+                None,
+                Some(&self.agent),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
     }
 
     async fn refused(
@@ -308,15 +392,66 @@ async fn the_whole_story_and_every_attack_across_processes() {
         .await;
     w.refused(&w.merchant, &dearer, &fresh, AGENT, "mandate_cart_mismatch")
         .await;
-    // Another agent presenting it.
-    w.refused(
-        &w.merchant,
-        &second,
-        &fresh,
-        "agent-8",
-        "mandate_agent_mismatch",
-    )
-    .await;
+    // Another agent, with its own key and session, presenting it.
+    let other_agent = LocalSigner::generate().unwrap();
+    let (theirs, _) = w.checkout_as(&other_agent, &w.merchant, shoes()).await;
+    let (status, body) = w
+        .complete_as(&other_agent, &w.merchant, &theirs, &fresh, "agent-8")
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("mandate_agent_mismatch"))
+    );
+    // ... or completing agent-7's session: it does not exist for that key.
+    let (status, body) = w
+        .complete_as(&other_agent, &w.merchant, &second, &fresh, "agent-8")
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("session_not_found"))
+    );
+    // A thief with the copied mandate and a key of its own, at its own session.
+    let thief = LocalSigner::generate().unwrap();
+    let (thiefs, _) = w.checkout_as(&thief, &w.merchant, shoes()).await;
+    let (status, body) = w
+        .complete_as(&thief, &w.merchant, &thiefs, &fresh, AGENT)
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("dpop_key_mismatch"))
+    );
+    // The bound mandate presented as a bearer token, with the agent's proof.
+    let (status, body) = w
+        .call(
+            reqwest::Method::POST,
+            format!(
+                "{}/v1/checkout-sessions/{second}/complete",
+                w.merchant.url()
+            ),
+            Auth::Bearer(&fresh),
+            Some(AGENT),
+            Some(&w.agent),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("dpop_proof_required"))
+    );
+    // A captured proof sent again.
+    let url = format!("{}/v1/checkout-sessions", w.merchant.url());
+    let captured = proof(&w.agent, "POST", &url, None);
+    for expected in [StatusCode::CREATED, StatusCode::UNAUTHORIZED] {
+        let r = w
+            .http
+            .post(&url)
+            .header("DPoP", &captured)
+            .json(&json!({"line_items": shoes()}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), expected);
+    }
     // Another merchant receiving it.
     let (elsewhere, _) = w.checkout(&w.globex, shoes()).await;
     w.refused(
@@ -337,7 +472,8 @@ async fn the_whole_story_and_every_attack_across_processes() {
         .call(
             reqwest::Method::POST,
             format!("{}/v1/keys/{kid}/revoke", w.directory.url()),
-            Some(DIRECTORY_TOKEN),
+            Auth::Bearer(DIRECTORY_TOKEN),
+            None,
             None,
             None,
         )
@@ -348,15 +484,7 @@ async fn the_whole_story_and_every_attack_across_processes() {
         .await;
 
     // Nothing was charged by the attacks.
-    let (_, s) = w
-        .call(
-            reqwest::Method::GET,
-            format!("{}/v1/checkout-sessions/{second}", w.merchant.url()),
-            None,
-            None,
-            None,
-        )
-        .await;
+    let s = w.session(&w.merchant, &second).await;
     assert_eq!(s["status"], "ready_for_complete");
     // No secret reached a log.
     let logs = w.all_logs();
@@ -395,6 +523,7 @@ async fn nothing_is_lost_when_each_service_restarts_in_the_middle() {
         .call(
             reqwest::Method::GET,
             format!("{}/v1/keys/{kid}", w.directory.url()),
+            Auth::None,
             None,
             None,
             None,
@@ -418,15 +547,7 @@ async fn nothing_is_lost_when_each_service_restarts_in_the_middle() {
     w.merchant.restart().await;
     w.redis.restart();
     w.merchant.wait_ready().await;
-    let (_, s) = w
-        .call(
-            reqwest::Method::GET,
-            format!("{}/v1/checkout-sessions/{session}", w.merchant.url()),
-            None,
-            None,
-            None,
-        )
-        .await;
+    let s = w.session(&w.merchant, &session).await;
     assert_eq!(
         (s["status"].as_str(), s["order_id"].as_str()),
         (Some("completed"), Some(order.as_str()))
