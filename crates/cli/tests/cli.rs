@@ -285,3 +285,113 @@ fn mint_count_prints_that_many_distinct_mandates() {
         stdout(&out).lines().map(str::to_owned).collect();
     assert_eq!(tokens.len(), 50);
 }
+
+#[test]
+fn spec8_agent_keygen_dpop_and_a_bound_mandate_verified_with_its_proof() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let (user, agent) = (path("user.pem"), path("agent.pem"));
+    let out = ap2(&["keygen", "--out", &user]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::write(path("user.jwk"), stdout(&out)).unwrap();
+    let out = ap2(&["agent-keygen", "--out", &agent]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let jkt = printed["jkt"].as_str().unwrap().to_owned();
+    assert_eq!(jkt.len(), 43);
+    assert!(printed["jwk"].get("d").is_none());
+    std::fs::write(path("cart.json"), vectors()[0]["cart"].to_string()).unwrap();
+    let now = "1798761600";
+    let out = ap2(&[
+        "mint",
+        "--key",
+        &user,
+        "--iss",
+        "https://wallet.example",
+        "--sub",
+        "user-123",
+        "--agent",
+        "agent-7",
+        "--cart",
+        &path("cart.json"),
+        "--now",
+        now,
+        "--cnf-jkt",
+        &jkt,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mandate = stdout(&out).trim().to_owned();
+    let url = "https://merchant.example/v1/checkout-sessions/cs_1/complete";
+    let dpop = |key: &str, url: &str| {
+        let out = ap2(&[
+            "dpop",
+            "--key",
+            key,
+            "--method",
+            "POST",
+            "--url",
+            url,
+            "--mandate",
+            &mandate,
+            "--now",
+            now,
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out).trim().to_owned()
+    };
+    let verify = |proof: Option<&str>| {
+        let mut args = vec![
+            "verify",
+            &mandate,
+            "--jwk",
+            &path("user.jwk"),
+            "--iss",
+            "https://wallet.example",
+            "--sub",
+            "user-123",
+            "--agent",
+            "agent-7",
+            "--cart",
+            &path("cart.json"),
+            "--now",
+            "1798761601",
+            "--require-binding",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+        if let Some(proof) = proof {
+            args.extend(["--dpop", proof, "--htm", "POST", "--htu", url].map(str::to_owned));
+        }
+        ap2(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let proof = dpop(&agent, url);
+    let out = verify(Some(&proof));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let claims: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(claims["cnf"]["jkt"], jkt.as_str());
+    for (proof, code) in [
+        (None, "dpop_proof_required"),
+        (
+            Some(dpop(&agent, "https://merchant.example/other")),
+            "dpop_proof_mismatch",
+        ),
+        (Some("not.a.proof".to_owned()), "dpop_proof_invalid"),
+    ] {
+        let out = verify(proof.as_deref());
+        assert_eq!(out.status.code(), Some(1), "{code}");
+        assert!(stderr(&out).contains(code), "{code}: {}", stderr(&out));
+    }
+    // Another key's proof.
+    let thief = path("thief.pem");
+    assert!(ap2(&["agent-keygen", "--out", &thief]).status.success());
+    let out = verify(Some(&dpop(&thief, url)));
+    assert!(
+        stderr(&out).contains("dpop_key_mismatch"),
+        "{}",
+        stderr(&out)
+    );
+    // A method that is not one.
+    let out = ap2(&["dpop", "--key", &agent, "--method", "post", "--url", url]);
+    assert_eq!(out.status.code(), Some(2));
+}
