@@ -346,15 +346,13 @@ impl Story {
         format!("{merchant_url}/v1/checkout-sessions/{session}/complete")
     }
 
-    /// `key`'s holder presents `mandate` as `DPoP` with a proof made for `proof_url`,
+    /// `key`'s holder presents `mandate` (as `auth` says) with a proof made for `proof_url`,
     /// naming `agent`, to complete `session` at `merchant_url`.
     async fn present(
         &self,
-        merchant_url: &str,
-        session: &str,
+        (merchant_url, session): (&str, &str),
         mandate: &str,
-        agent: &str,
-        key: &LocalSigner,
+        (agent, key): (&str, &LocalSigner),
         proof_url: &str,
         auth: Auth<'_>,
     ) -> Result<(StatusCode, Value)> {
@@ -381,11 +379,9 @@ impl Story {
     ) -> Result<(StatusCode, Value)> {
         let url = Self::complete_url(merchant_url, session);
         self.present(
-            merchant_url,
-            session,
+            (merchant_url, session),
             mandate,
-            agent,
-            key,
+            (agent, key),
             &url,
             Auth::Dpop(mandate),
         )
@@ -683,11 +679,9 @@ async fn story(urls: Urls, secrets: Endpoints, user_id: String) -> Result<bool> 
     let other_url = Story::complete_url(&merchant, &session_id);
     let got = story
         .present(
-            &merchant,
-            &second_id,
+            (&merchant, &second_id),
             &fresh,
-            AGENT,
-            &keys.agent,
+            (AGENT, &keys.agent),
             &other_url,
             Auth::Dpop(&fresh),
         )
@@ -697,11 +691,9 @@ async fn story(urls: Urls, secrets: Endpoints, user_id: String) -> Result<bool> 
     let second_url = Story::complete_url(&merchant, &second_id);
     let got = story
         .present(
-            &merchant,
-            &second_id,
+            (&merchant, &second_id),
             &fresh,
-            AGENT,
-            &keys.agent,
+            (AGENT, &keys.agent),
             &second_url,
             Auth::Bearer(&fresh),
         )
