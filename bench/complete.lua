@@ -1,6 +1,8 @@
 -- wrk script: POST /v1/checkout-sessions/{id}/complete, each request a fresh session paired
 -- with a fresh mandate. Thread i of n takes the lines i, i+n, ... of both files; a thread that
--- runs out wraps around (those requests show up as non-2xx: 409 or 401 replays).
+-- runs out wraps around (those requests show up as non-2xx: 409 or 401 replays). With a
+-- fourth argument, a file of DPoP proofs (line i for session i and mandate i), the mandate is
+-- presented as "Authorization: DPoP" with its proof (SPEC §8).
 local counter = 0
 local threads = {}
 
@@ -34,6 +36,7 @@ function init(args)
   local nthreads = tonumber(args[3])
   tokens = partition(args[1], nthreads)
   sessions = partition(args[2], nthreads)
+  proofs = args[4] and partition(args[4], nthreads) or nil
   next_index = 1
   wrk.method = "POST"
 end
@@ -43,6 +46,10 @@ function request()
   next_index = next_index + 1
   if next_index > #sessions or next_index > #tokens then next_index = 1 end
   local headers = { ["Authorization"] = "Bearer " .. tokens[i], ["AP2-Agent-Id"] = "agent-7" }
+  if proofs then
+    headers["Authorization"] = "DPoP " .. tokens[i]
+    headers["DPoP"] = proofs[i]
+  end
   return wrk.format(nil, "/v1/checkout-sessions/" .. sessions[i] .. "/complete", headers)
 end
 

@@ -5,7 +5,9 @@
 # Baseline: `openssl speed -multi 2 ecdsap256`, in the same invocation.
 # Scenario 0: wrk drives POST /v1/mandates/verify at concurrency 64 for 15 s against the floor,
 # merchant/examples/bare_verify.rs (jsonwebtoken decode + one SET NX PX, nothing else).
-# Scenario 1: the same against the merchant, with consume=true, then consume=false.
+# Scenario 1: the same against the merchant, with consume=true, then consume=false, then
+# scenario 1b: bound mandates (cnf.jkt) with the agent's DPoP proof, consume=true: two ECDSA
+# checks per request (SPEC §8), the proofs made just before the run.
 # Prints req/s, the ratio to openssl's verify/s (and the merchant's to the floor), p50/p99
 # latency, errors, the CPU of the server, the load generator and Redis, and the key directory
 # fetches during the run.
@@ -13,8 +15,9 @@
 # Needs: redis-server, redis-cli, wrk, openssl, curl
 #        (apt-get install -y redis-server wrk openssl curl).
 # Usage: bench/load.sh [duration_secs] [connections]
-#        SCENARIOS=all bench/load.sh ... also runs scenario 2 (checkout completion) and
-#                                      scenario 3 (wallet minting)
+#        SCENARIOS=all bench/load.sh ... also runs scenario 2 (checkout completion, unbound),
+#                                      2b (bound completion: sessions opened and completed
+#                                      with proofs) and scenario 3 (wallet minting, bound)
 #        ROUNDS=3 bench/load.sh ...    alternates scenarios 0 and 1 three times, prints medians
 #        PROFILE=1 bench/load.sh ...   also samples each server with `perf record` (cpu-clock)
 #                                      (PROFILE_DIR=dir keeps each full profile there)
@@ -28,7 +31,7 @@ THREADS=2
 source bench/common.sh
 need redis-server redis-cli wrk openssl curl
 
-cargo build --release -q -p key-directory -p wallet -p merchant -p ap2-cli --bins --example wallet_load
+cargo build --release -q -p key-directory -p wallet -p merchant -p ap2-cli --bins --example wallet_load --example bench_proofs
 cargo build --release -q -p merchant --example bare_verify
 start_redis
 start_key_directory
@@ -46,6 +49,18 @@ register_user_key
 COUNT=$(( DURATION * 25000 ))
 "$BIN/ap2" mint --key "$WORK/user.pem" --iss https://wallet.example --sub bench-user \
   --agent agent-7 --cart "$WORK/cart.json" --ttl 300 --count "$COUNT" > "$WORK/tokens.txt"
+# The agent's key, for the bound scenarios.
+JKT=$("$BIN/ap2" agent-keygen --out "$WORK/agent.pem" | python3 -c 'import json, sys; print(json.load(sys.stdin)["jkt"])')
+# Bound mandates and their proofs for scenario 1b: "<mandate> <proof>" per line. Made right
+# before each run, since a proof is accepted for 60 s after its iat.
+make_bound_tokens() {
+  "$BIN/ap2" mint --key "$WORK/user.pem" --iss https://wallet.example --sub bench-user \
+    --agent agent-7 --cart "$WORK/cart.json" --ttl 300 --count "$(( DURATION * 14000 ))" \
+    --cnf-jkt "$JKT" > "$WORK/bound_mandates.txt"
+  "$BIN/examples/bench_proofs" "$WORK/agent.pem" POST https://backend.example/pay - \
+    "$WORK/bound_mandates.txt" > "$WORK/bound_proofs.txt"
+  paste -d' ' "$WORK/bound_mandates.txt" "$WORK/bound_proofs.txt" > "$WORK/bound.txt"
+}
 
 show_profile() {
   echo "== merchant profile (cpu-clock samples, self time)"
@@ -106,10 +121,10 @@ print(f"{label}: {rps:.0f} req/s, non-2xx {non2xx}, p50 {int(p50)/1000:.2f} ms, 
 print(f"ratio {label} req/s / openssl verify/s = {rps / float(ossl):.3f}")
 PY
 }
-# Scenario 0 and 1; $1 is consume (true or false), $2 the label, $3 the port.
+# Scenario 0 and 1; $1 is consume (true or false), $2 the label, $3 the port, $4 the tokens.
 run_verify() {
-  local consume=$1 label=$2 port=$3
-  echo "== $label: POST /v1/mandates/verify, consume=$consume, c=$CONNECTIONS, ${DURATION}s ($COUNT distinct mandates)"
+  local consume=$1 label=$2 port=$3 tokens=${4:-$WORK/tokens.txt}
+  echo "== $label: POST /v1/mandates/verify, consume=$consume, c=$CONNECTIONS, ${DURATION}s ($(wc -l < "$tokens") distinct mandates)"
   local served_before fetches_before redis_before redis_after wrk_cpu
   served_before=$(metric http_requests_total 'route="/v1/mandates/verify"')
   fetches_before=$(metric ap2_key_directory_fetches_total)
@@ -121,7 +136,7 @@ run_verify() {
   fi
   wrk_cpu=$( { TIMEFORMAT='%U %S'; time wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency \
     -s bench/verify.lua "http://127.0.0.1:$port" \
-    -- "$WORK/tokens.txt" "$THREADS" "$CART" "$consume" > "$WORK/wrk.txt"; } 2>&1 )
+    -- "$tokens" "$THREADS" "$CART" "$consume" > "$WORK/wrk.txt"; } 2>&1 )
   after=$(cpu_ticks "$SERVER_PID")
   redis_after=$(cpu_ticks "$REDIS_PID")
   if [ "${PROFILE:-0}" = 1 ]; then
@@ -151,7 +166,7 @@ curl -fs -o /dev/null -X POST "http://127.0.0.1:$MERCHANT_PORT/v1/mandates/verif
 
 # ROUNDS alternations of scenario 0 and scenario 1 (the merchant, consume=true then false);
 # the replay set is emptied before each consuming run, so every mandate is fresh to it.
-BARE_ALL=(); TRUE_ALL=(); FALSE_ALL=()
+BARE_ALL=(); TRUE_ALL=(); FALSE_ALL=(); BOUND_ALL=()
 run_bare() {
   redis-cli -p "$REDIS_PORT" flushall >/dev/null
   SERVER_PID=$BARE_PID
@@ -165,6 +180,9 @@ run_merchant() {
   TRUE_ALL+=("$LAST_RPS")
   run_verify false "merchant verify consume=false" "$MERCHANT_PORT"
   FALSE_ALL+=("$LAST_RPS")
+  make_bound_tokens
+  run_verify true "merchant bound verify consume=true" "$MERCHANT_PORT" "$WORK/bound.txt"
+  BOUND_ALL+=("$LAST_RPS")
 }
 # Odd rounds run the floor first, even rounds the merchant first, so neither always gets the
 # quieter minute.
@@ -172,18 +190,22 @@ for round in $(seq 1 "${ROUNDS:-1}"); do
   [ "${ROUNDS:-1}" = 1 ] || echo "==== round $round of $ROUNDS"
   if [ $(( round % 2 )) = 1 ]; then run_bare; run_merchant; else run_merchant; run_bare; fi
   python3 -c "import sys; print(f'ratio merchant (consume=true) / bare handler = {float(sys.argv[1]) / float(sys.argv[2]):.3f}')" "${TRUE_ALL[-1]}" "${BARE_ALL[-1]}"
+  python3 -c "import sys; print(f'ratio bound verify / unbound verify (both consume=true) = {float(sys.argv[1]) / float(sys.argv[2]):.3f}')" "${BOUND_ALL[-1]}" "${TRUE_ALL[-1]}"
 done
 if [ "${ROUNDS:-1}" != 1 ]; then
   echo "== medians over $ROUNDS rounds (ratios to openssl verify/s $OPENSSL_VERIFY)"
-  python3 - "$OPENSSL_VERIFY" "${BARE_ALL[*]}" "${TRUE_ALL[*]}" "${FALSE_ALL[*]}" <<'PY'
+  python3 - "$OPENSSL_VERIFY" "${BARE_ALL[*]}" "${TRUE_ALL[*]}" "${FALSE_ALL[*]}" "${BOUND_ALL[*]}" <<'PY'
 import statistics, sys
 ossl = float(sys.argv[1])
-bare, true, false = ([float(x) for x in a.split()] for a in sys.argv[2:5])
-for label, runs in (("bare handler", bare), ("merchant consume=true", true), ("merchant consume=false", false)):
+bare, true, false, bound = ([float(x) for x in a.split()] for a in sys.argv[2:6])
+for label, runs in (("bare handler", bare), ("merchant consume=true", true), ("merchant consume=false", false), ("merchant bound consume=true", bound)):
     print(f"{label}: median {statistics.median(runs):.0f} req/s, ratio {statistics.median(runs) / ossl:.3f} "
           f"(runs: {', '.join(f'{r / ossl:.3f}' for r in runs)})")
 per_round = [t / b for t, b in zip(true, bare)]
 print(f"merchant consume=true / bare handler, per round: {', '.join(f'{r:.3f}' for r in per_round)}; "
+      f"median {statistics.median(per_round):.3f}")
+per_round = [b / t for b, t in zip(bound, true)]
+print(f"bound / unbound verify, per round: {', '.join(f'{r:.3f}' for r in per_round)}; "
       f"median {statistics.median(per_round):.3f}")
 PY
 fi
@@ -206,6 +228,31 @@ if [ "${SCENARIOS:-1}" = all ]; then
   echo "$RESULT"
   eval "$(echo "$RESULT" | sed 's/^RESULT //')"
   report "merchant complete" "$requests" "$duration_us" "$non2xx" "$p50_us" "$p99_us" "$before" "$after"
+
+  echo "== scenario 2b: bound completion (sessions opened with proofs, DPoP mandates), c=$CONNECTIONS, ${DURATION}s"
+  "$BIN/examples/bench_proofs" "$WORK/agent.pem" POST "http://127.0.0.1:$MERCHANT_PORT/v1/checkout-sessions" \
+    "$(( DURATION * 4000 ))" > "$WORK/session_proofs.txt"
+  rm -f "$WORK"/bound_sessions.txt*
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$(( DURATION * 2 ))s" -s bench/sessions.lua \
+    "http://127.0.0.1:$MERCHANT_PORT" -- "$WORK/bound_sessions.txt" "$WORK/session_proofs.txt" "$THREADS" >/dev/null
+  cat "$WORK"/bound_sessions.txt.* > "$WORK/bound_sessions.txt"
+  echo "sessions created: $(wc -l < "$WORK/bound_sessions.txt")"
+  "$BIN/ap2" mint --key "$WORK/user.pem" --iss https://wallet.example --sub bench-user \
+    --agent agent-7 --cart "$WORK/cart.json" --ttl 300 --count "$(wc -l < "$WORK/bound_sessions.txt")" \
+    --cnf-jkt "$JKT" > "$WORK/tokens3.txt"
+  "$BIN/examples/bench_proofs" "$WORK/agent.pem" POST \
+    "http://127.0.0.1:$MERCHANT_PORT/v1/checkout-sessions/{id}/complete" \
+    "$WORK/bound_sessions.txt" "$WORK/tokens3.txt" > "$WORK/complete_proofs.txt"
+  before=$(cpu_ticks "$MERCHANT_PID")
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -s bench/complete.lua \
+    "http://127.0.0.1:$MERCHANT_PORT" -- "$WORK/tokens3.txt" "$WORK/bound_sessions.txt" "$THREADS" \
+    "$WORK/complete_proofs.txt" > "$WORK/wrk3.txt"
+  after=$(cpu_ticks "$MERCHANT_PID")
+  grep "^NON2XX" "$WORK/wrk3.txt" || true
+  RESULT=$(grep "^RESULT" "$WORK/wrk3.txt")
+  echo "$RESULT"
+  eval "$(echo "$RESULT" | sed 's/^RESULT //')"
+  report "merchant bound complete" "$requests" "$duration_us" "$non2xx" "$p50_us" "$p99_us" "$before" "$after"
 
   echo "== scenario 3: wallet minting (request + notifications + approve), c=16, ${DURATION}s"
   WALLET_LINE=$("$BIN/examples/wallet_load" "http://127.0.0.1:$WALLET_PORT" bench-admin bench-agent "$DURATION" 16)

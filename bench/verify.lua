@@ -1,5 +1,7 @@
 -- wrk script: POST /v1/mandates/verify, each request a distinct pre-minted mandate.
 -- Arguments: tokens file, number of wrk threads, cart JSON, consume ("true" or "false").
+-- A line "<mandate> <proof>" is a bound mandate with the agent's DPoP proof (SPEC §8), sent
+-- as "dpop" with htm POST and htu https://backend.example/pay.
 -- Thread i of n takes the lines i, i+n, i+2n, ... of the tokens file, so no mandate is
 -- presented twice; when a thread runs out it wraps around (with consume=true those show up
 -- as 401 replays). Every request is formatted once, before the run: wrk shares the cores
@@ -24,8 +26,15 @@ function init(args)
   local i = 0
   for line in io.lines(file) do
     if i % nthreads == id then
-      local body = '{"mandate":"' .. line .. '","agent_id":"agent-7","cart":' .. cart ..
-        ',"consume":' .. consume .. '}'
+      local mandate, proof = line:match("^(%S+) (%S+)$")
+      local dpop = ""
+      if proof then
+        dpop = ',"dpop":"' .. proof .. '","htm":"POST","htu":"https://backend.example/pay"'
+      else
+        mandate = line
+      end
+      local body = '{"mandate":"' .. mandate .. '","agent_id":"agent-7","cart":' .. cart ..
+        ',"consume":' .. consume .. dpop .. '}'
       requests[#requests + 1] = wrk.format(nil, "/v1/mandates/verify", nil, body)
     end
     i = i + 1

@@ -1,5 +1,6 @@
 //! Load on the wallet's minting path, for `bench/load.sh`: each of `concurrency` tasks repeats
-//! "agent asks for a mandate → user reads the code → user approves" against a running wallet
+//! "agent asks for a mandate (with a DPoP proof of its key, made here) → user reads the code →
+//! user approves" against a running wallet
 //! for `duration` seconds, then prints the minted mandates per second and latency percentiles
 //! of the whole three-call sequence.
 //!
@@ -13,6 +14,7 @@
 
 use std::time::{Duration, Instant};
 
+use ap2_mandate::{Clock, LocalSigner, ProofRequest, SystemClock, make_proof};
 use serde_json::{Value, json};
 
 #[tokio::main]
@@ -26,16 +28,18 @@ async fn main() {
     let http = reqwest::Client::new();
     let cart = json!({"merchant_id": "acme-corp", "currency": "USD", "total": 8999,
         "line_items": [{"id": "shoe-001", "title": "Trail Runner", "quantity": 1, "unit_price": 8999}]});
+    let agent_key = std::sync::Arc::new(LocalSigner::generate().unwrap());
     let deadline = Instant::now() + Duration::from_secs(secs);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for task in 0..concurrency {
-        let (http, wallet, admin, agent, cart) = (
+        let (http, wallet, admin, agent, cart, agent_key) = (
             http.clone(),
             wallet.clone(),
             admin.clone(),
             agent.clone(),
             cart.clone(),
+            agent_key.clone(),
         );
         tasks.push(tokio::spawn(async move {
             // One user per task: a user's requests are approved one at a time, like a person.
@@ -54,9 +58,23 @@ async fn main() {
             let (mut latencies, mut errors) = (Vec::new(), 0u64);
             while Instant::now() < deadline {
                 let t0 = Instant::now();
+                let url = format!("{wallet}/v1/mandate-requests");
+                let proof = make_proof(
+                    &agent_key,
+                    &ProofRequest {
+                        htm: "POST",
+                        htu: &url,
+                        iat: SystemClock.now_unix(),
+                        jti: None,
+                        token: None,
+                        nonce: None,
+                    },
+                )
+                .unwrap();
                 let created: Value = http
-                    .post(format!("{wallet}/v1/mandate-requests"))
+                    .post(url)
                     .bearer_auth(&agent)
+                    .header("DPoP", proof)
                     .json(&json!({"user_id": user_id, "merchant_id": "acme-corp", "cart": cart}))
                     .send()
                     .await
