@@ -52,3 +52,46 @@ proptest! {
         prop_assert_ne!(code, "ok", "{}", changed);
     }
 }
+
+/// The SPEC §8 vector's proof and its request.
+fn check_proof(proof: &str) -> Result<(), ap2_mandate::VerifyError> {
+    let v: serde_json::Value =
+        serde_json::from_str(include_str!("vectors/dpop_vector.json")).unwrap();
+    let htu = ap2_mandate::Htu::parse(v["htu"].as_str().unwrap()).unwrap();
+    let config =
+        ap2_mandate::VerifierConfig::new(ap2_mandate::MerchantId::parse("acme-corp").unwrap());
+    let parsed = ap2_mandate::DpopProof::parse(proof)?;
+    parsed.check(
+        &config.proof_check("POST", &htu, Some(v["ath"].as_str().unwrap())),
+        v["verify_at"].as_i64().unwrap(),
+    )?;
+    if parsed.jkt().as_str() != v["jkt"].as_str().unwrap() {
+        return Err(ap2_mandate::VerifyError::DpopKeyMismatch);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn spec8_checking_an_arbitrary_proof_never_panics(proof in "\\PC{0,300}") {
+        prop_assert!(check_proof(&proof).is_err());
+    }
+
+    #[test]
+    fn spec8_no_single_character_change_of_the_vector_proof_is_accepted(
+        index in any::<prop::sample::Index>(),
+        replacement in "[A-Za-z0-9_.=+/ -]",
+    ) {
+        let v: serde_json::Value =
+            serde_json::from_str(include_str!("vectors/dpop_vector.json")).unwrap();
+        let proof = v["proof"].as_str().unwrap().to_owned();
+        check_proof(&proof).unwrap();
+        let i = index.index(proof.len());
+        let mut changed = proof.clone();
+        changed.replace_range(i..=i, &replacement);
+        prop_assume!(changed != proof);
+        prop_assert!(check_proof(&changed).is_err(), "{}", changed);
+    }
+}
