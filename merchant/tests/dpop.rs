@@ -610,6 +610,22 @@ async fn spec8_with_nonces_a_proof_without_the_current_one_gets_use_dpop_nonce()
         },
     )
     .unwrap();
+    // The right nonce in a proof whose signature is forged: the signature decides, and
+    // nothing about the proof is remembered.
+    let (input, _) = proof.rsplit_once('.').unwrap();
+    let forged = format!("{input}.{}", forge::b64([7u8; 64]));
+    let got = w
+        .send(
+            reqwest::Method::POST,
+            SESSIONS,
+            &[("DPoP", &forged)],
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(
+        (got.status, got.code()),
+        (StatusCode::UNAUTHORIZED, "dpop_proof_invalid")
+    );
     let got = w
         .send(
             reqwest::Method::POST,

@@ -110,6 +110,72 @@ fn verify(c: &mut Criterion) {
     });
 }
 
+/// SPEC §8: what a bound presentation adds to the verification above.
+fn dpop(c: &mut Criterion) {
+    let agent = LocalSigner::generate().unwrap();
+    let htu = "https://merchant.example/v1/checkout-sessions/cs_1/complete";
+    let mandate = "eyJhbGciOiJFUzI1NiJ9.eyJqdGkiOiJ4In0.sig";
+    let proof = ap2_mandate::make_proof(
+        &agent,
+        &ap2_mandate::ProofRequest {
+            htm: "POST",
+            htu,
+            iat: NOW,
+            jti: None,
+            token: Some(mandate),
+            nonce: None,
+        },
+    )
+    .unwrap();
+    let expected = ap2_mandate::Htu::parse(htu).unwrap();
+    let config = VerifierConfig::new(MerchantId::parse("acme-corp").unwrap());
+    let ath = ap2_mandate::dpop::ath(mandate);
+    c.bench_function("dpop proof: form and signature (parse)", |b| {
+        b.iter(|| ap2_mandate::DpopProof::parse(black_box(&proof)).unwrap())
+    });
+    let parsed = ap2_mandate::DpopProof::parse(&proof).unwrap();
+    c.bench_function("dpop proof: claims (check, with ath)", |b| {
+        b.iter(|| {
+            let ath = ap2_mandate::dpop::ath(black_box(mandate));
+            parsed
+                .check(&config.proof_check("POST", &expected, Some(&ath)), NOW)
+                .unwrap()
+        })
+    });
+    let _ = ath;
+    let public = agent.public_key().clone();
+    c.bench_function("dpop proof: the jwk's key parsed for verification", |b| {
+        b.iter(|| black_box(&public).verification_key().unwrap())
+    });
+    let jwk = public.to_jwk(&public.thumbprint());
+    c.bench_function(
+        "dpop proof: the jwk's point checked on the curve (p256)",
+        |b| b.iter(|| ap2_mandate::EcPublicKey::from_jwk(black_box(&jwk)).unwrap()),
+    );
+    c.bench_function("dpop proof: jkt", |b| {
+        b.iter(|| ap2_mandate::Jkt::of(black_box(&public)))
+    });
+    c.bench_function("dpop proof: htu normalised", |b| {
+        b.iter(|| ap2_mandate::Htu::parse(black_box(htu)).unwrap())
+    });
+    c.bench_function("dpop proof: make (sign)", |b| {
+        b.iter(|| {
+            ap2_mandate::make_proof(
+                &agent,
+                &ap2_mandate::ProofRequest {
+                    htm: "POST",
+                    htu,
+                    iat: NOW,
+                    jti: None,
+                    token: Some(mandate),
+                    nonce: None,
+                },
+            )
+            .unwrap()
+        })
+    });
+}
+
 fn cart_hash(c: &mut Criterion) {
     let mut group = c.benchmark_group("cart hash");
     for items in [1, 10, 100] {
@@ -133,5 +199,5 @@ fn money(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, mint, verify, cart_hash, money);
+criterion_group!(benches, mint, verify, dpop, cart_hash, money);
 criterion_main!(benches);

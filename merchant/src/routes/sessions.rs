@@ -218,17 +218,23 @@ pub async fn complete(
         return Err(already_done(session.status));
     }
     let cart = Cart::from_json(session.cart.as_bytes()).map_err(Problem::internal)?;
-    let htu = dpop::htu(&state, uri.path())?;
+    let htu = match &proof {
+        Some(_) => Some(dpop::htu(&state, uri.path())?),
+        None => None,
+    };
     let presentation = Presentation {
         token,
         scheme,
         agent_id: &agent_id,
         cart: &cart,
-        proof: proof.as_ref().map(|proof| ProofPresentation {
-            proof,
-            htm: "POST",
-            htu: &htu,
-        }),
+        proof: proof
+            .as_ref()
+            .zip(htu.as_ref())
+            .map(|(proof, htu)| ProofPresentation {
+                proof,
+                htm: "POST",
+                htu,
+            }),
     };
     let verified = verify(&state, &presentation, Consume::Yes).await?;
     let claims = &verified.claims;
