@@ -31,7 +31,9 @@ function request()
   if #proofs == 0 then return wrk.format(nil, "/v1/checkout-sessions") end
   local proof = proofs[next_proof]
   next_proof = next_proof % #proofs + 1
-  return wrk.format(nil, "/v1/checkout-sessions", { ["DPoP"] = proof })
+  -- Headers given to wrk.format replace wrk.headers, so the content type is repeated here.
+  return wrk.format(nil, "/v1/checkout-sessions",
+    { ["Content-Type"] = "application/json", ["DPoP"] = proof })
 end
 
 function response(status, headers, body)
