@@ -14,9 +14,7 @@ use std::time::Duration;
 
 use ap2_directory_client::{DirectoryClient, DirectoryClientConfig};
 use ap2_mandate::memory::MemoryReplayGuard;
-use ap2_mandate::{
-    Clock, DpopNonces, MerchantId, PublicUrl, SystemClock, Verifier, VerifierConfig,
-};
+use ap2_mandate::{Clock, DpopNonces, MerchantId, SystemClock, Verifier, VerifierConfig};
 use ap2_service::http::{Limits, with_standard_layers};
 pub use ap2_service::http::{Running, Server};
 use axum::Router;
@@ -88,13 +86,8 @@ pub async fn build_with(config: Config, parts: Parts) -> anyhow::Result<Server> 
         (1..=3600).contains(&config.dpop_max_age_secs),
         "--dpop-max-age-secs is 1..=3600"
     );
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    let public_url = match &config.public_url {
-        Some(url) => url.clone(),
-        None => format!("http://{}", listener.local_addr()?),
-    };
-    let public_url =
-        PublicUrl::parse(&public_url).map_err(|e| anyhow::anyhow!("--public-url: {e}"))?;
+    let (listener, public_url) =
+        ap2_service::http::bind_public(config.listen, config.public_url.as_deref()).await?;
     let mut verifier_config = VerifierConfig::new(merchant_id.clone());
     verifier_config.leeway_secs = config.leeway_secs;
     verifier_config.max_lifetime_secs = config.max_lifetime_secs;

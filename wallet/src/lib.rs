@@ -13,7 +13,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ap2_directory_client::{DirectoryClient, DirectoryClientConfig};
-use ap2_mandate::{AgentId, Clock, EcPublicKey, Kid, LocalSigner, PublicUrl, SystemClock};
+use ap2_mandate::{AgentId, Clock, EcPublicKey, Kid, LocalSigner, SystemClock};
 use ap2_service::http::{Limits, with_standard_layers};
 pub use ap2_service::http::{Running, Server};
 use ap2_service::{NamedToken, TokenSet};
@@ -58,13 +58,8 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
         (1..=3600).contains(&config.dpop_max_age_secs),
         "--dpop-max-age-secs is 1..=3600"
     );
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    let public_url = match &config.public_url {
-        Some(url) => url.clone(),
-        None => format!("http://{}", listener.local_addr()?),
-    };
-    let public_url =
-        PublicUrl::parse(&public_url).map_err(|e| anyhow::anyhow!("--public-url: {e}"))?;
+    let (listener, public_url) =
+        ap2_service::http::bind_public(config.listen, config.public_url.as_deref()).await?;
     let data_dir = config.data_dir.clone();
     std::fs::create_dir_all(&data_dir)?;
     let master = MasterKey::load(config.master_key.as_ref(), &data_dir)?;

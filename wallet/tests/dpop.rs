@@ -150,8 +150,8 @@ impl World {
         }
     }
 
-    /// The user reads the code and approves; the mandate.
-    async fn approve(&self, id: &str) -> String {
+    /// Alice's notifications.
+    async fn inbox(&self) -> Vec<Value> {
         let inbox: Value = self
             .http
             .get(self.url("/v1/users/alice/notifications"))
@@ -162,13 +162,17 @@ impl World {
             .json()
             .await
             .unwrap();
-        let note = inbox["notifications"]
-            .as_array()
-            .unwrap()
-            .iter()
+        inbox["notifications"].as_array().unwrap().clone()
+    }
+
+    /// The user reads the code and approves; the mandate.
+    async fn approve(&self, id: &str) -> String {
+        let note = self
+            .inbox()
+            .await
+            .into_iter()
             .find(|n| n["request_id"] == id)
-            .unwrap()
-            .clone();
+            .unwrap();
         assert_eq!(note["cnf_jkt"], Jkt::of(self.agent.public_key()).as_str());
         let approved: Value = self
             .http
@@ -185,17 +189,7 @@ impl World {
     }
 
     async fn requests_of_alice(&self) -> usize {
-        let inbox: Value = self
-            .http
-            .get(self.url("/v1/users/alice/notifications"))
-            .bearer_auth(&self.user_token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        inbox["notifications"].as_array().unwrap().len()
+        self.inbox().await.len()
     }
 }
 

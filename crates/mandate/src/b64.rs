@@ -11,6 +11,20 @@ pub(crate) fn decode(text: &str) -> Option<Vec<u8>> {
     URL_SAFE_NO_PAD.decode(text).ok()
 }
 
+/// The three segments of a JWS compact token, or `None` for any other count.
+pub(crate) fn three_segments(token: &str) -> Option<(&str, &str, &str)> {
+    let mut segments = token.split('.');
+    match (
+        segments.next(),
+        segments.next(),
+        segments.next(),
+        segments.next(),
+    ) {
+        (Some(header), Some(payload), Some(signature), None) => Some((header, payload, signature)),
+        _ => None,
+    }
+}
+
 /// Decodes into a fixed-size array, refusing any other length.
 pub(crate) fn decode_array<const N: usize>(text: &str) -> Option<[u8; N]> {
     let mut out = [0u8; N];

@@ -327,13 +327,8 @@ impl DpopProof {
         if proof.len() > MAX_PROOF_BYTES {
             return Err(invalid("the proof is longer than 4 KiB"));
         }
-        let mut segments = proof.split('.');
-        let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) = (
-            segments.next(),
-            segments.next(),
-            segments.next(),
-            segments.next(),
-        ) else {
+        let Some((header_b64, payload_b64, signature_b64)) = crate::b64::three_segments(proof)
+        else {
             return Err(invalid("a proof has exactly three segments"));
         };
         let not_b64 = || invalid("a segment is not unpadded base64url");

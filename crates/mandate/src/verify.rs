@@ -803,13 +803,8 @@ impl<'a> ParsedToken<'a> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(VerifyError::Malformed("the token is longer than 8 KiB"));
         }
-        let mut segments = token.split('.');
-        let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) = (
-            segments.next(),
-            segments.next(),
-            segments.next(),
-            segments.next(),
-        ) else {
+        let Some((header_b64, payload_b64, signature_b64)) = crate::b64::three_segments(token)
+        else {
             return Err(VerifyError::Malformed(
                 "a mandate has exactly three segments",
             ));

@@ -334,6 +334,23 @@ pub async fn serve(
         .await
 }
 
+/// Binds `listen` and works out the service's public URL: `public_url` when given (behind a
+/// proxy it must be), else `http://<the bound address>` (right on loopback and in tests, where
+/// the port is picked at bind time). It is the base of the `htu` of DPoP proofs (SPEC §8).
+pub async fn bind_public(
+    listen: std::net::SocketAddr,
+    public_url: Option<&str>,
+) -> anyhow::Result<(TcpListener, ap2_mandate::PublicUrl)> {
+    let listener = TcpListener::bind(listen).await?;
+    let url = match public_url {
+        Some(url) => url.to_owned(),
+        None => format!("http://{}", listener.local_addr()?),
+    };
+    let url = ap2_mandate::PublicUrl::parse(&url)
+        .map_err(|e| anyhow::anyhow!("--public-url {url:?}: {e}"))?;
+    Ok((listener, url))
+}
+
 /// A service bound to its port, ready to serve: what each service's `build` returns.
 pub struct Server {
     listener: TcpListener,
