@@ -105,8 +105,9 @@ where
 
     fn call(&mut self, mut req: Request) -> Self::Future {
         let request_id = match req.headers().get(X_REQUEST_ID) {
-            Some(id) => id.clone(),
-            None => {
+            Some(id) if acceptable_request_id(id.as_bytes()) => id.clone(),
+            _ => {
+                // Absent, or not one we would write into a log line verbatim: replaced.
                 let id = self.layer.0.ids.next();
                 req.headers_mut().insert(X_REQUEST_ID, id.clone());
                 id
@@ -351,6 +352,15 @@ pub async fn bind_public(
     Ok((listener, url))
 }
 
+/// A caller's `x-request-id` is kept only when it is 1..=64 of `[A-Za-z0-9._-]` (SPEC §9), so
+/// what is logged and echoed is short and plain.
+fn acceptable_request_id(id: &[u8]) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 /// A service bound to its port, ready to serve: what each service's `build` returns.
 pub struct Server {
     listener: TcpListener,
@@ -484,6 +494,21 @@ mod tests {
         assert_ne!(a, b);
         let given = send("/ok/3", Some("trace-me")).await;
         assert_eq!(given.headers()[X_REQUEST_ID], "trace-me");
+    }
+
+    #[tokio::test]
+    async fn spec9_a_request_id_is_kept_only_if_short_and_plain() {
+        let longest = "a".repeat(64);
+        for kept in ["trace-me", "A.b_c-9", longest.as_str()] {
+            assert_eq!(send("/ok/1", Some(kept)).await.headers()[X_REQUEST_ID], kept);
+        }
+        let too_long = "a".repeat(65);
+        for replaced in [too_long.as_str(), "a b", "a\"b", "a/b", "é", "a\tb", "x%0a"] {
+            let r = send("/ok/1", Some(replaced)).await;
+            let id = r.headers()[X_REQUEST_ID].to_str().unwrap();
+            assert_ne!(id, replaced);
+            assert!(acceptable_request_id(id.as_bytes()), "{id}");
+        }
     }
 
     #[tokio::test]
