@@ -434,6 +434,23 @@ async fn spec4_every_refusal_is_reachable_over_http() {
         r.json::<Value>().await.unwrap()["code"],
         "agent_id_required"
     );
+    // Present but not an agent id: said so, not "missing".
+    for bad in ["", "agent 7", "agent/7", "agënt-7"] {
+        let r = w
+            .http
+            .post(w.url(&format!("/v1/checkout-sessions/{session}/complete")))
+            .bearer_auth(&fresh)
+            .header("AP2-Agent-Id", bad.as_bytes())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad:?}");
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["code"],
+            "agent_id_invalid",
+            "{bad:?}"
+        );
+    }
     assert_eq!(
         w.code_for(&session, &fresh, AGENT).await.1,
         "ok",

@@ -500,7 +500,10 @@ mod tests {
     async fn spec9_a_request_id_is_kept_only_if_short_and_plain() {
         let longest = "a".repeat(64);
         for kept in ["trace-me", "A.b_c-9", longest.as_str()] {
-            assert_eq!(send("/ok/1", Some(kept)).await.headers()[X_REQUEST_ID], kept);
+            assert_eq!(
+                send("/ok/1", Some(kept)).await.headers()[X_REQUEST_ID],
+                kept
+            );
         }
         let too_long = "a".repeat(65);
         for replaced in [too_long.as_str(), "a b", "a\"b", "a/b", "é", "a\tb", "x%0a"] {

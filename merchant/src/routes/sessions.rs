@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use ap2_mandate::cart::{MAX_LINE_ITEMS, MAX_QUANTITY};
-use ap2_mandate::{AuthScheme, Cart, Consume, LineItem, Presentation, ProofPresentation};
+use ap2_mandate::{AgentId, AuthScheme, Cart, Consume, LineItem, Presentation, ProofPresentation};
 use ap2_service::auth::{BearerError, Scheme, authorization};
 use ap2_service::problem::{ApiJson, ApiPath, Problem};
 use axum::extract::State;
@@ -201,14 +201,25 @@ pub async fn complete(
             ));
         }
     };
-    let agent_id = headers
-        .get(AGENT_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| {
-            Problem::bad_request("agent_id_required", "the AP2-Agent-Id header is required")
-        })?
-        .to_owned();
+    let agent_id = match headers.get(AGENT_HEADER) {
+        None => {
+            return Err(Problem::bad_request(
+                "agent_id_required",
+                "the AP2-Agent-Id header is required",
+            ));
+        }
+        Some(value) => match value.to_str().ok().filter(|v| AgentId::check(v).is_ok()) {
+            Some(id) => id.to_owned(),
+            // Present but not an agent id (empty, non-ASCII, another alphabet): no mandate
+            // can name it, and it is not logged.
+            None => {
+                return Err(Problem::bad_request(
+                    "agent_id_invalid",
+                    "AP2-Agent-Id is 1..=128 characters of [A-Za-z0-9._:-]",
+                ));
+            }
+        },
+    };
     // The proof's form and signature first: its key decides whose session this is, before
     // the mandate is looked at (SPEC §8).
     let proof = dpop::parse(&state, &headers)?;
