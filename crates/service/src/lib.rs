@@ -24,11 +24,14 @@ impl SqliteDb {
     /// Opens (or creates) the database the way every service keeps its state: WAL, so readers
     /// do not wait for the writer; `synchronous=FULL`, so an acknowledged write survives a
     /// power cut; foreign keys enforced; a 5 s busy timeout. Creates the file's directory, then
-    /// runs `schema` (idempotent `CREATE … IF NOT EXISTS` statements).
+    /// runs `schema` (idempotent `CREATE … IF NOT EXISTS` statements). The file is readable by
+    /// its owner only (0600, SPEC §9), and so are SQLite's `-wal` and `-shm` files, which it
+    /// creates with the database file's mode.
     pub fn open(path: &std::path::Path, schema: &str) -> anyhow::Result<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
+        owner_only(path)?;
         let conn = rusqlite::Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -66,6 +69,32 @@ impl SqliteDb {
     }
 }
 
+/// Creates `path` with mode 0600 if it is missing, and narrows it (and SQLite's side files,
+/// if there) to 0600 if it was made wider before.
+fn owner_only(path: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)?;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = path.as_os_str().to_owned();
+            file.push(suffix);
+            match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                other => other?,
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
 /// Formats a Unix time as RFC 3339 UTC (`2026-11-23T11:26:19Z`).
 pub fn rfc3339(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
@@ -75,4 +104,32 @@ pub fn rfc3339(unix: i64) -> String {
                 .ok()
         })
         .unwrap_or_else(|| unix.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn spec9_database_files_are_readable_by_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let db = SqliteDb::open(&path, "CREATE TABLE IF NOT EXISTS t (x INTEGER) STRICT;").unwrap();
+        db.with(|c| {
+            c.execute("INSERT INTO t VALUES (1)", [])
+                .map_err(|_| DbPoisoned)
+        })
+        .unwrap();
+        for file in ["state.db", "state.db-wal", "state.db-shm"] {
+            assert_eq!(mode(&dir.path().join(file)), 0o600, "{file}");
+        }
+        // A file made wider before is narrowed at the next open.
+        drop(db);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        SqliteDb::open(&path, "").unwrap();
+        assert_eq!(mode(&path), 0o600);
+    }
 }
