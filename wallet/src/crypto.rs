@@ -101,6 +101,29 @@ impl MasterKey {
     }
 }
 
+/// The associated data a request's code is sealed under: a sealed code opens for its own
+/// request only.
+fn code_aad(request_id: &str) -> String {
+    format!("otp:{request_id}")
+}
+
+/// Seals a one-time code for storage (SPEC §9: never in plain text), base64url.
+pub fn seal_code(master: &MasterKey, request_id: &str, code: &str) -> anyhow::Result<String> {
+    use base64::Engine;
+    let sealed = master.seal(&code_aad(request_id), code.as_bytes())?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sealed))
+}
+
+/// Opens a stored code; `None` when there is none (the request ended) or it does not open.
+pub fn open_code(master: &MasterKey, request_id: &str, stored: &str) -> Option<Zeroizing<String>> {
+    use base64::Engine;
+    let sealed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(stored)
+        .ok()?;
+    let plain = master.open(&code_aad(request_id), &sealed).ok()?;
+    String::from_utf8(plain.to_vec()).ok().map(Zeroizing::new)
+}
+
 /// `n` random bytes, base64url.
 pub fn random_token(n: usize) -> anyhow::Result<String> {
     let mut bytes = Zeroizing::new(vec![0u8; n]);

@@ -774,3 +774,58 @@ async fn with_the_directory_down_no_user_is_created_and_a_retry_succeeds() {
     assert_eq!(status, StatusCode::OK);
     w.create_user("carol").await;
 }
+
+#[tokio::test]
+async fn spec9_codes_are_sealed_at_rest_and_erased_when_the_request_ends() {
+    let w = World::new().await;
+    let (_, token) = w.create_user("alice").await;
+    let stored = |id: &str| -> String {
+        let db = rusqlite::Connection::open_with_flags(
+            w.wallet_dir.join("wallet.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        db.query_row("SELECT otp FROM requests WHERE id = ?1", [id], |r| r.get(0))
+            .unwrap()
+    };
+    let ask = || async {
+        let (status, body) = w.request_mandate("alice", json!({})).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["id"].as_str().unwrap().to_owned()
+    };
+    // Pending: only the sealed form is stored, and the user's notification shows the code.
+    let approved = ask().await;
+    let code = w.code_for("alice", &token, &approved).await;
+    let sealed = stored(&approved);
+    assert!(!sealed.is_empty() && !sealed.contains(&code), "{sealed}");
+    assert!(sealed.len() > 40, "a sealed code, not the code");
+    // Approved, denied or locked: the code is gone.
+    assert_eq!(w.approve(&token, &approved, &code).await.0, StatusCode::OK);
+    assert_eq!(stored(&approved), "");
+    let denied = ask().await;
+    let (status, _) = w
+        .call(
+            "POST",
+            &format!("/v1/mandate-requests/{denied}/deny"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(stored(&denied), "");
+    let locked = ask().await;
+    for _ in 0..3 {
+        w.approve(&token, &locked, "000000x").await;
+    }
+    assert_eq!(stored(&locked), "");
+    // And the database file is its owner's only.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(w.wallet_dir.join("wallet.db"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}

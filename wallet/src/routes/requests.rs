@@ -132,8 +132,11 @@ pub async fn create(
         return Err(Problem::not_found("user_not_found", "no such user"));
     }
     let now = state.clock.now_unix();
+    let id = crypto::random_token(16).map_err(Problem::internal)?;
+    let code = crypto::otp().map_err(Problem::internal)?;
+    let sealed_code = crypto::seal_code(&state.master, &id, &code).map_err(Problem::internal)?;
     let row = RequestRow {
-        id: crypto::random_token(16).map_err(Problem::internal)?,
+        id,
         user_id: body.user_id,
         agent_id: agent_id.to_string(),
         merchant_id: merchant.to_string(),
@@ -142,7 +145,7 @@ pub async fn create(
         max_amount: max_amount.to_string(),
         currency: cart.currency().code().to_owned(),
         ttl_secs: ttl,
-        otp: crypto::otp().map_err(Problem::internal)?,
+        otp: sealed_code,
         attempts: 0,
         status: Status::PendingApproval,
         created_at: now,
@@ -260,11 +263,17 @@ pub async fn approve(
     let signer = signer_for(&state, &user_id).await?;
     let issuer = state.issuer.clone();
     let now = state.clock.now_unix();
+    let master = state.master.clone();
     let outcome = blocking(&state, move |store| {
+        let request_id = id.clone();
+        let code_matches = move |stored: &str| {
+            crypto::open_code(&master, &request_id, stored)
+                .is_some_and(|code| crypto::ct_eq(&body.otp, &code))
+        };
         store.approve(
             &id,
             &user_id,
-            &body.otp,
+            &code_matches,
             now,
             MAX_OTP_ATTEMPTS,
             &mut |row| {

@@ -130,13 +130,15 @@ pub async fn notifications(
     let notifications: Vec<Notification> = pending
         .into_iter()
         .map(|r| Notification {
+            otp: crate::crypto::open_code(&state.master, &r.id, &r.otp)
+                .map(|code| code.to_string())
+                .unwrap_or_default(),
             cart: serde_json::from_str(&r.cart).unwrap_or(Value::Null),
             request_id: r.id,
             merchant_id: r.merchant_id,
             agent_id: r.agent_id,
             max_amount: r.max_amount,
             currency: r.currency,
-            otp: r.otp,
             expires_at: ap2_service::rfc3339(r.expires_at),
             cnf_jkt: r.cnf_jkt,
         })

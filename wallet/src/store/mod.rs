@@ -83,7 +83,8 @@ pub struct RequestRow {
     pub currency: String,
     /// The mandate's lifetime once approved.
     pub ttl_secs: i64,
-    /// The one-time code.
+    /// The one-time code, sealed under the master key (`crypto::seal_code`); empty once the
+    /// request has ended.
     pub otp: String,
     /// Wrong codes so far.
     pub attempts: i64,
@@ -182,14 +183,15 @@ pub trait WalletStore: Send + Sync + 'static {
     fn request(&self, id: &str) -> Result<Option<RequestRow>, StoreError>;
     /// A user's pending requests whose deadline has not passed, oldest first.
     fn pending_for_user(&self, user_id: &str, now: i64) -> Result<Vec<RequestRow>, StoreError>;
-    /// Checks `otp` for `user_id`'s request and, when right, mints with `mint` (which returns
-    /// the token and its `exp`) and stores the mandate, all in one transaction: concurrent
-    /// approvals mint once.
+    /// Checks the code for `user_id`'s request with `code_matches` (given the stored, sealed
+    /// code) and, when right, mints with `mint` (which returns the token and its `exp`) and
+    /// stores the mandate, all in one transaction: concurrent approvals mint once. A request
+    /// that ends (approved, locked, expired) loses its code.
     fn approve(
         &self,
         id: &str,
         user_id: &str,
-        otp: &str,
+        code_matches: &dyn Fn(&str) -> bool,
         now: i64,
         max_attempts: i64,
         mint: Minter<'_>,

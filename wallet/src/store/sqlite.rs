@@ -113,9 +113,10 @@ fn select_request(conn: &Connection, id: &str) -> Result<Option<RequestRow>, Sto
     .map_err(backend)
 }
 
+/// Sets an ended status; the request's code goes with it.
 fn set_status(conn: &Connection, id: &str, status: Status) -> Result<(), StoreError> {
     conn.execute(
-        "UPDATE requests SET status = ?2 WHERE id = ?1",
+        "UPDATE requests SET status = ?2, otp = '' WHERE id = ?1",
         params![id, status.as_str()],
     )
     .map(|_| ())
@@ -288,7 +289,7 @@ impl WalletStore for SqliteStore {
         &self,
         id: &str,
         user_id: &str,
-        otp: &str,
+        code_matches: &dyn Fn(&str) -> bool,
         now: i64,
         max_attempts: i64,
         mint: Minter<'_>,
@@ -307,11 +308,11 @@ impl WalletStore for SqliteStore {
                     Approval::Expired
                 }
                 Status::Locked => Approval::Locked,
-                Status::PendingApproval if crate::crypto::ct_eq(otp, &request.otp) => {
+                Status::PendingApproval if code_matches(&request.otp) => {
                     let (mandate, exp) = mint(&request).map_err(StoreError::Mint)?;
                     tx.execute(
-                        "UPDATE requests SET status = 'approved', mandate = ?2, mandate_exp = ?3 \
-                         WHERE id = ?1 AND status = 'pending_approval'",
+                        "UPDATE requests SET status = 'approved', mandate = ?2, mandate_exp = ?3, \
+                         otp = '' WHERE id = ?1 AND status = 'pending_approval'",
                         params![id, mandate, exp],
                     )
                     .map_err(backend)?;
@@ -324,19 +325,13 @@ impl WalletStore for SqliteStore {
                     let attempts = request.attempts.saturating_add(1);
                     let locked = attempts >= max_attempts;
                     tx.execute(
-                        "UPDATE requests SET attempts = ?2, status = ?3 WHERE id = ?1",
-                        params![
-                            id,
-                            attempts,
-                            if locked {
-                                Status::Locked
-                            } else {
-                                Status::PendingApproval
-                            }
-                            .as_str()
-                        ],
+                        "UPDATE requests SET attempts = ?2 WHERE id = ?1",
+                        params![id, attempts],
                     )
                     .map_err(backend)?;
+                    if locked {
+                        set_status(&tx, id, Status::Locked)?;
+                    }
                     if locked {
                         Approval::Locked
                     } else {
