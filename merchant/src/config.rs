@@ -45,6 +45,14 @@ pub struct Config {
     /// Longest a key is cached before the directory is asked again, in seconds.
     #[arg(long, env = "KEY_CACHE_SECS", default_value_t = 60)]
     pub key_cache_secs: u64,
+    /// Most key directory requests per second for kids not in the key cache (SPEC §9); past
+    /// it an uncached kid is 503 `key_directory_unavailable` with `Retry-After`, while cached
+    /// kids are served as before. 0 turns the limit off.
+    #[arg(long, env = "KEY_FETCH_RATE", default_value_t = 50.0)]
+    pub key_fetch_rate: f64,
+    /// How many such requests may come at once before the rate applies.
+    #[arg(long, env = "KEY_FETCH_BURST", default_value_t = 100.0)]
+    pub key_fetch_burst: f64,
     /// Largest request body, in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
@@ -97,6 +105,8 @@ impl Config {
             leeway_secs: ap2_mandate::verify::DEFAULT_LEEWAY_SECS,
             max_lifetime_secs: ap2_mandate::verify::DEFAULT_MAX_LIFETIME_SECS,
             key_cache_secs: 60,
+            key_fetch_rate: 50.0,
+            key_fetch_burst: 100.0,
             max_body_bytes: 64 * 1024,
             public_url: None,
             require_agent_binding: true,

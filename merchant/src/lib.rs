@@ -79,6 +79,8 @@ pub async fn build_with(config: Config, parts: Parts) -> anyhow::Result<Server> 
         &directory_url,
         DirectoryClientConfig {
             fresh_for: Duration::from_secs(config.key_cache_secs),
+            fetch_rate: (config.key_fetch_rate > 0.0).then_some(config.key_fetch_rate),
+            fetch_burst: config.key_fetch_burst,
             ..DirectoryClientConfig::default()
         },
     )?;

@@ -173,19 +173,8 @@ impl World {
 
     fn mandate(&self, cart: &Cart, cnf: Option<&LocalSigner>) -> String {
         let claims = IntentMandate {
-            iss: ISSUER.into(),
-            sub: "alice".into(),
-            aud: MerchantId::parse("acme-corp").unwrap(),
-            iat: self.now,
-            nbf: None,
-            exp: self.now + 120,
-            jti: Jti::random().unwrap(),
-            scope: Ap2Scope {
-                max_amount: cart.total(),
-                cart_hash: cart.hash().clone(),
-                allow_agent_id: AgentId::parse(AGENT).unwrap(),
-            },
             cnf: cnf.map(|key| Jkt::of(key.public_key())),
+            ..claims_of(self, cart)
         };
         ap2_mandate::mint(&self.user, &claims).unwrap()
     }
@@ -764,4 +753,93 @@ async fn spec8_without_required_binding_unowned_sessions_and_bearer_mandates_sti
         .complete(&owned, "Bearer", &w.mandate(&cart, None), None)
         .await;
     assert_eq!(got.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn spec9_a_flood_of_unknown_kids_is_rate_limited_and_cached_kids_still_verify() {
+    let w = World::with(|c| {
+        c.require_agent_binding = false;
+        c.key_fetch_rate = 20.0;
+        c.key_fetch_burst = 20.0;
+    })
+    .await;
+    let (_, cart) = w.session(&w.agent).await;
+    let cart_json = serde_json::to_value(&cart).unwrap();
+    let verify = |mandate: String| {
+        w.send(
+            reqwest::Method::POST,
+            "/v1/mandates/verify",
+            &[],
+            Some(
+                json!({"mandate": mandate, "agent_id": AGENT, "cart": cart_json, "consume": false}),
+            ),
+        )
+    };
+    let fetches = || async {
+        let text = w
+            .http
+            .get(w.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with("ap2_key_directory_fetches_total"))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let good = w.mandate(&cart, None);
+    assert_eq!(verify(good.clone()).await.status, StatusCode::OK);
+    let before = fetches().await;
+    let started = std::time::Instant::now();
+    let mut throttled = 0;
+    for i in 0..300 {
+        // A mandate signed by a key nobody registered: a kid the merchant has never seen.
+        let stranger = LocalSigner::generate().unwrap();
+        let mut claims = ap2_mandate::IntentMandate {
+            jti: Jti::random().unwrap(),
+            ..claims_of(&w, &cart)
+        };
+        claims.sub = "mallory".into();
+        let got = verify(ap2_mandate::mint(&stranger, &claims).unwrap()).await;
+        match (got.status, got.code()) {
+            (StatusCode::UNAUTHORIZED, "mandate_key_unknown") => {}
+            (StatusCode::SERVICE_UNAVAILABLE, "key_directory_unavailable") => {
+                assert_eq!(got.headers.get("retry-after").unwrap(), "1");
+                throttled += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+        if i % 10 == 0 {
+            let cached = verify(good.clone()).await;
+            assert_eq!(cached.status, StatusCode::OK, "{}", cached.body);
+        }
+    }
+    let allowed = 20.0 + 20.0 * started.elapsed().as_secs_f64() + 1.0;
+    let fetched = fetches().await - before;
+    assert!(
+        fetched <= allowed,
+        "{fetched} fetches, {allowed:.0} allowed"
+    );
+    assert!(throttled > 0, "the limit never applied");
+}
+
+fn claims_of(w: &World, cart: &Cart) -> IntentMandate {
+    IntentMandate {
+        iss: ISSUER.into(),
+        sub: "alice".into(),
+        aud: MerchantId::parse("acme-corp").unwrap(),
+        iat: w.now,
+        nbf: None,
+        exp: w.now + 120,
+        jti: Jti::random().unwrap(),
+        scope: Ap2Scope {
+            max_amount: cart.total(),
+            cart_hash: cart.hash().clone(),
+            allow_agent_id: AgentId::parse(AGENT).unwrap(),
+        },
+        cnf: None,
+    }
 }

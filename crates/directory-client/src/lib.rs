@@ -29,6 +29,12 @@ pub struct DirectoryClientConfig {
     pub timeout: Duration,
     /// Most entries kept.
     pub max_entries: u64,
+    /// At most this many directory requests per second for kids not in the cache, with
+    /// bursts of `fetch_burst` (SPEC §9); `None`: no limit. Past it an uncached kid is
+    /// `Unavailable` (nothing is cached for it), while cached kids are served as before.
+    pub fetch_rate: Option<f64>,
+    /// The bucket's size.
+    pub fetch_burst: f64,
 }
 
 impl Default for DirectoryClientConfig {
@@ -38,6 +44,43 @@ impl Default for DirectoryClientConfig {
             unknown_for: Duration::from_secs(5),
             timeout: Duration::from_secs(2),
             max_entries: 100_000,
+            fetch_rate: None,
+            fetch_burst: 100.0,
+        }
+    }
+}
+
+/// A token bucket: `rate` tokens a second, at most `burst` saved up.
+struct Bucket {
+    rate: f64,
+    burst: f64,
+    state: std::sync::Mutex<(f64, Instant)>,
+}
+
+impl Bucket {
+    fn new(rate: f64, burst: f64) -> Self {
+        let burst = burst.max(1.0);
+        Self {
+            rate: rate.max(0.0),
+            burst,
+            state: std::sync::Mutex::new((burst, Instant::now())),
+        }
+    }
+
+    /// Takes a token if there is one.
+    fn take(&self) -> bool {
+        let Ok(mut state) = self.state.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        let (tokens, last) = *state;
+        let tokens = (tokens + now.duration_since(last).as_secs_f64() * self.rate).min(self.burst);
+        if tokens >= 1.0 {
+            *state = (tokens - 1.0, now);
+            true
+        } else {
+            *state = (tokens, now);
+            false
         }
     }
 }
@@ -113,6 +156,7 @@ struct Inner {
     cache: Cache<Kid, Entry>,
     config: DirectoryClientConfig,
     upstream_fetches: AtomicU64,
+    fetch_limit: Option<Bucket>,
 }
 
 impl DirectoryClient {
@@ -133,6 +177,9 @@ impl DirectoryClient {
                 http,
                 base: base_url.trim_end_matches('/').to_owned(),
                 cache,
+                fetch_limit: config
+                    .fetch_rate
+                    .map(|rate| Bucket::new(rate, config.fetch_burst)),
                 config,
                 upstream_fetches: AtomicU64::new(0),
             }),
@@ -185,6 +232,15 @@ impl DirectoryClient {
     }
 
     async fn fetch(&self, kid: &Kid) -> Result<Entry, ResolveError> {
+        if let Some(limit) = &self.inner.fetch_limit
+            && !limit.take()
+        {
+            // Not logged per kid: a flood of made-up kids would flood the log too.
+            metrics::counter!("ap2_key_fetches_throttled_total").increment(1);
+            return Err(ResolveError::Unavailable(
+                "too many lookups of uncached kids; try again shortly".into(),
+            ));
+        }
         self.inner.upstream_fetches.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("ap2_key_directory_fetches_total").increment(1);
         let unavailable = |why: String| {

@@ -215,3 +215,40 @@ async fn refusals_carry_the_directory_problem_code() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn spec9_lookups_of_uncached_kids_are_rate_limited_and_cached_kids_are_not() {
+    let s = setup().await;
+    let c = DirectoryClient::new(
+        &s.directory.url(),
+        DirectoryClientConfig {
+            fetch_rate: Some(10.0),
+            fetch_burst: 20.0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let key = registered(&s, &c, "alice").await;
+    c.resolve(key.kid()).await.unwrap();
+    let started = std::time::Instant::now();
+    let (mut unknown, mut throttled) = (0, 0);
+    for _ in 0..300 {
+        let stranger = LocalSigner::generate().unwrap();
+        match c.resolve(stranger.kid()).await {
+            Err(ResolveError::Unknown) => unknown += 1,
+            Err(ResolveError::Unavailable(_)) => throttled += 1,
+            Ok(_) => panic!("an unregistered kid resolved"),
+        }
+        // The cached kid is served every time, flood or not.
+        assert!(c.resolve(key.kid()).await.is_ok());
+    }
+    let allowed = 20.0 + 10.0 * started.elapsed().as_secs_f64() + 1.0;
+    let fetched = c.upstream_fetches() - 1;
+    assert!(
+        (fetched as f64) <= allowed,
+        "{fetched} fetches, at most {allowed:.0} allowed"
+    );
+    assert_eq!(unknown + throttled, 300);
+    assert_eq!(unknown, fetched);
+    assert!(throttled > 0);
+}

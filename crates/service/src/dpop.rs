@@ -39,7 +39,8 @@ pub fn refusal(err: &VerifyError, dpop: bool) -> Problem {
     let detail = err.to_string();
     let problem = Problem::new(status, code.as_str(), detail.clone());
     let Some(error) = code.dpop_error() else {
-        return problem;
+        // A dependency that is down or throttled: worth asking again in a moment.
+        return problem.with_retry_after(1);
     };
     // A quoted-string may not hold `"` or `\`; our messages have none, but make sure.
     let description: String = detail

@@ -15,6 +15,7 @@ pub struct Problem {
     code: &'static str,
     detail: String,
     www_authenticate: Option<HeaderValue>,
+    retry_after_secs: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -35,6 +36,7 @@ impl Problem {
             code,
             detail: detail.into(),
             www_authenticate: None,
+            retry_after_secs: None,
         }
     }
 
@@ -80,6 +82,12 @@ impl Problem {
         self
     }
 
+    /// Sets `Retry-After` (RFC 9110 §10.2.3), for a 503 that will pass.
+    pub fn with_retry_after(mut self, secs: u32) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
+    }
+
     /// The status.
     pub fn status(&self) -> StatusCode {
         self.status
@@ -109,6 +117,9 @@ impl IntoResponse for Problem {
         );
         if let Some(challenge) = self.www_authenticate {
             headers.insert(header::WWW_AUTHENTICATE, challenge);
+        }
+        if let Some(secs) = self.retry_after_secs {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }
