@@ -53,6 +53,13 @@ pub struct Config {
     /// How many such requests may come at once before the rate applies.
     #[arg(long, env = "KEY_FETCH_BURST", default_value_t = 100.0)]
     pub key_fetch_burst: f64,
+    /// How long a checkout session stays open after it is created, in seconds (SPEC §9):
+    /// later it is 410 `session_expired`, and open sessions past it are deleted.
+    #[arg(long, env = "SESSION_TTL_SECS", default_value_t = 1800)]
+    pub session_ttl_secs: i64,
+    /// Most open sessions one agent key may have (SPEC §9): more is 429 `too_many_sessions`.
+    #[arg(long, env = "MAX_OPEN_SESSIONS_PER_AGENT", default_value_t = 1000)]
+    pub max_open_sessions_per_agent: u32,
     /// Largest request body, in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
@@ -107,6 +114,8 @@ impl Config {
             key_cache_secs: 60,
             key_fetch_rate: 50.0,
             key_fetch_burst: 100.0,
+            session_ttl_secs: 1800,
+            max_open_sessions_per_agent: 1000,
             max_body_bytes: 64 * 1024,
             public_url: None,
             require_agent_binding: true,

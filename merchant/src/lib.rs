@@ -26,7 +26,7 @@ pub use config::Config;
 use payment::{MockProcessor, PaymentProcessor};
 use replay::{RedisReplayGuard, ReplayStore};
 use routes::{App, AppState};
-use store::SqliteStore;
+use store::{MerchantStore, SqliteStore};
 
 /// What a build may inject instead of the defaults.
 pub struct Parts {
@@ -128,16 +128,23 @@ pub async fn build_with(config: Config, parts: Parts) -> anyhow::Result<Server> 
              a stolen one can be spent by whoever holds it"
         );
     }
+    anyhow::ensure!(
+        config.session_ttl_secs > 0,
+        "--session-ttl-secs must be positive"
+    );
     let data_dir = config.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&data_dir)).await??;
+    let store = Arc::new(tokio::task::spawn_blocking(move || SqliteStore::open(&data_dir)).await??);
+    sweep_expired_sessions(store.clone(), parts.clock.clone(), config.session_ttl_secs);
     let state = AppState::new(App {
         verifier: Verifier::new(verifier_config, keys, replay, parts.clock.clone()),
-        store: Arc::new(store),
+        store,
         catalog: Arc::new(catalog),
         payments: parts.payments,
         merchant_id,
         public_url,
-        clock: parts.clock,
+        session_ttl_secs: config.session_ttl_secs,
+        max_open_sessions: config.max_open_sessions_per_agent,
+        clock: parts.clock.clone(),
         key_directory_url: directory_url,
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
@@ -148,6 +155,25 @@ pub async fn build_with(config: Config, parts: Parts) -> anyhow::Result<Server> 
         ..Limits::default()
     };
     Ok(Server::from_listener(listener, router(state, limits)))
+}
+
+/// Deletes the open sessions past their lifetime, every minute (or every lifetime, if
+/// shorter), so sessions nobody completes do not pile up (SPEC §9).
+fn sweep_expired_sessions(store: Arc<SqliteStore>, clock: Arc<dyn Clock>, ttl_secs: i64) {
+    let every = Duration::from_secs(u64::try_from(ttl_secs.clamp(1, 60)).unwrap_or(60));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let (store, before) = (store.clone(), clock.now_unix().saturating_sub(ttl_secs));
+            match tokio::task::spawn_blocking(move || store.delete_expired_sessions(before)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::info!(deleted = n, "expired checkout sessions deleted"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "expired sessions not deleted"),
+                Err(e) => tracing::warn!(error = %e, "expired sessions not deleted"),
+            }
+        }
+    });
 }
 
 /// Builds and starts the merchant on a background task.

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use ap2_directory_client::{DirectoryClient, DirectoryClientConfig};
 use ap2_mandate::{
-    AgentId, Ap2Scope, Cart, DpopProof, FixedClock, IntentMandate, Jkt, Jti, LocalSigner,
-    MerchantId, ProofRequest, Signer, make_proof,
+    AgentId, Ap2Scope, Cart, DpopProof, IntentMandate, Jkt, Jti, LocalSigner, MerchantId,
+    ProofRequest, Signer, make_proof,
 };
 use ap2_testkit::{RedisServer, forge};
 use reqwest::StatusCode;
@@ -36,9 +36,21 @@ struct World {
     user: LocalSigner,
     agent: LocalSigner,
     http: reqwest::Client,
-    /// The merchant's clock, stopped, so the proofs' time windows are exact.
+    /// The merchant's clock, stopped (moved only by `advance`), so the proofs' time windows
+    /// are exact; proofs and mandates are made at `now`.
     now: i64,
+    clock: Arc<std::sync::atomic::AtomicI64>,
+    data_dir: std::path::PathBuf,
     _tmp: tempfile::TempDir,
+}
+
+/// A clock the test moves.
+struct TestClock(Arc<std::sync::atomic::AtomicI64>);
+
+impl ap2_mandate::Clock for TestClock {
+    fn now_unix(&self) -> i64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 struct Answer {
@@ -93,10 +105,12 @@ impl World {
         );
         edit(&mut config);
         let now = system_now();
+        let clock = Arc::new(std::sync::atomic::AtomicI64::new(now));
+        let data_dir = config.data_dir.clone();
         let merchant = merchant::spawn(
             config,
             merchant::Parts {
-                clock: Arc::new(FixedClock(now)),
+                clock: Arc::new(TestClock(clock.clone())),
                 ..merchant::Parts::default()
             },
         )
@@ -110,8 +124,16 @@ impl World {
             agent: LocalSigner::generate().unwrap(),
             http: reqwest::Client::new(),
             now,
+            clock,
+            data_dir,
             _tmp: tmp,
         }
+    }
+
+    /// Moves the merchant's clock on.
+    fn advance(&self, secs: i64) {
+        self.clock
+            .fetch_add(secs, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn url(&self, path: &str) -> String {
@@ -841,5 +863,95 @@ fn claims_of(w: &World, cart: &Cart) -> IntentMandate {
             allow_agent_id: AgentId::parse(AGENT).unwrap(),
         },
         cnf: None,
+    }
+}
+
+#[tokio::test]
+async fn spec9_sessions_expire_and_each_agent_key_has_a_cap() {
+    let w = World::with(|c| {
+        c.session_ttl_secs = 2;
+        c.max_open_sessions_per_agent = 3;
+    })
+    .await;
+    let w = &w;
+    let (paid, cart) = w.session(&w.agent).await;
+    let (open, _) = w.session(&w.agent).await;
+    let (third, _) = w.session(&w.agent).await;
+    let open_one = || {
+        let proof = w.proof(&w.agent, "POST", SESSIONS, None);
+        async move {
+            w.send(
+                reqwest::Method::POST,
+                SESSIONS,
+                &[("DPoP", &proof)],
+                Some(json!({"line_items": [{"id": "shoe-001", "quantity": 1}]})),
+            )
+            .await
+        }
+    };
+    let got = open_one().await;
+    assert_eq!(
+        (got.status, got.code()),
+        (StatusCode::TOO_MANY_REQUESTS, "too_many_sessions")
+    );
+    // Another key has its own count.
+    w.session(&LocalSigner::generate().unwrap()).await;
+    // A completed session is no longer open: room for one more.
+    let mandate = w.mandate(&cart, Some(&w.agent));
+    assert_eq!(
+        w.complete_as(&w.agent, &paid, &mandate).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(open_one().await.status, StatusCode::CREATED);
+    // Past the lifetime: an open session is gone (410), before any mandate is looked at.
+    w.advance(3);
+    let path = format!("{SESSIONS}/{open}");
+    let proof = w.proof(&w.agent, "GET", &path, None);
+    let got = w
+        .send(reqwest::Method::GET, &path, &[("DPoP", &proof)], None)
+        .await;
+    assert_eq!(
+        (got.status, got.code()),
+        (StatusCode::GONE, "session_expired")
+    );
+    let fresh = w.mandate(&cart, Some(&w.agent));
+    let got = w.complete_as(&w.agent, &third, &fresh).await;
+    assert_eq!(
+        (got.status, got.code()),
+        (StatusCode::GONE, "session_expired")
+    );
+    // The completed one stays readable, and expired ones no longer count.
+    let path = format!("{SESSIONS}/{paid}");
+    let proof = w.proof(&w.agent, "GET", &path, None);
+    let got = w
+        .send(reqwest::Method::GET, &path, &[("DPoP", &proof)], None)
+        .await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.body["status"], "completed");
+    for _ in 0..3 {
+        assert_eq!(open_one().await.status, StatusCode::CREATED);
+    }
+    // The sweep deletes the expired open sessions (it runs every lifetime, here 2 s).
+    let db = w.data_dir.join("merchant.db");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let conn =
+            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .unwrap();
+        let left: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sessions WHERE id IN (?1, ?2)",
+                [&open, &third],
+                |r| r.get(0),
+            )
+            .unwrap();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expired sessions were not deleted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }

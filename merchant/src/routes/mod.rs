@@ -64,6 +64,10 @@ pub struct App {
     pub merchant_id: MerchantId,
     /// Where agents reach it: the base of every proof's `htu`.
     pub public_url: PublicUrl,
+    /// How long a session stays open.
+    pub session_ttl_secs: i64,
+    /// Most open sessions per agent key.
+    pub max_open_sessions: u32,
     /// Time.
     pub clock: Arc<dyn Clock>,
     /// For `/readyz`.

@@ -136,9 +136,25 @@ pub async fn create(
         owner_jkt: owner.map(|jkt| jkt.to_string()),
     };
     let stored = row.clone();
-    blocking(&state, move |store| store.create_session(&stored))
-        .await?
-        .map_err(Problem::internal)?;
+    let cap = Some((
+        state.max_open_sessions,
+        row.created_at.saturating_sub(state.session_ttl_secs),
+    ));
+    match blocking(&state, move |store| store.create_session(&stored, cap)).await? {
+        Ok(()) => {}
+        Err(StoreError::TooManySessions) => {
+            return Err(Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_sessions",
+                format!(
+                    "this agent key has {} open checkout sessions, the most allowed; complete \
+                     one or let it expire",
+                    state.max_open_sessions
+                ),
+            ));
+        }
+        Err(e) => return Err(Problem::internal(e)),
+    }
     Ok((StatusCode::CREATED, ApiJson(row.into())))
 }
 
@@ -154,9 +170,20 @@ async fn load(state: &AppState, id: String, caller: Option<&str>) -> Result<Sess
         .map_err(Problem::internal)?
         .ok_or_else(session_not_found)?;
     match &session.owner_jkt {
-        Some(owner) if Some(owner.as_str()) != caller => Err(session_not_found()),
-        _ => Ok(session),
+        Some(owner) if Some(owner.as_str()) != caller => return Err(session_not_found()),
+        _ => {}
     }
+    // SPEC §9: an open session lives `--session-ttl-secs`; a completed one stays readable.
+    if session.status == SessionStatus::ReadyForComplete
+        && state.clock.now_unix() >= session.created_at.saturating_add(state.session_ttl_secs)
+    {
+        return Err(Problem::new(
+            StatusCode::GONE,
+            "session_expired",
+            "the checkout session has expired; open a new one",
+        ));
+    }
+    Ok(session)
 }
 
 /// `GET /v1/checkout-sessions/{id}`.
@@ -277,7 +304,9 @@ pub async fn complete(
             ));
         }
         Err(StoreError::NotFound) => return Err(session_not_found()),
-        Err(StoreError::Backend(why)) => return Err(Problem::internal(why)),
+        Err(e @ (StoreError::Backend(_) | StoreError::TooManySessions)) => {
+            return Err(Problem::internal(e));
+        }
     }
     let charge = match state.payments.charge(&order.id, amount).await {
         Ok(charge) => charge,

@@ -102,6 +102,9 @@ pub enum StoreError {
     /// An order already used this `(iss, jti)`.
     #[error("this mandate already paid an order")]
     MandateUsed,
+    /// The session's owner has as many open sessions as allowed.
+    #[error("too many open sessions")]
+    TooManySessions,
     /// The database failed.
     #[error("store failure: {0}")]
     Backend(String),
@@ -109,8 +112,16 @@ pub enum StoreError {
 
 /// Sessions and orders.
 pub trait MerchantStore: Send + Sync + 'static {
-    /// Adds a session.
-    fn create_session(&self, session: &SessionRow) -> Result<(), StoreError>;
+    /// Adds a session. With `cap` = `(max, opened_after)`, an owned session is refused
+    /// (`TooManySessions`) when its owner already has `max` open sessions created after
+    /// `opened_after`; the count and the insert are one transaction.
+    fn create_session(
+        &self,
+        session: &SessionRow,
+        cap: Option<(u32, i64)>,
+    ) -> Result<(), StoreError>;
+    /// Deletes the open sessions created at or before `opened_before` (expired); how many.
+    fn delete_expired_sessions(&self, opened_before: i64) -> Result<usize, StoreError>;
     /// A session.
     fn session(&self, id: &str) -> Result<Option<SessionRow>, StoreError>;
     /// Moves a ready session to charging and records its pending order, atomically: of two

@@ -102,6 +102,16 @@ impl SqliteStore {
         // Databases made before SPEC §8 (agent binding).
         db.add_column("sessions", "owner_jkt", "TEXT")?;
         db.add_column("orders", "agent_jkt", "TEXT")?;
+        // SPEC §9: counting an owner's open sessions, and sweeping expired ones.
+        db.with(|conn| {
+            conn.execute_batch(
+                "CREATE INDEX IF NOT EXISTS sessions_open_by_owner \
+                     ON sessions(owner_jkt, status, created_at); \
+                 CREATE INDEX IF NOT EXISTS sessions_by_status_created \
+                     ON sessions(status, created_at);",
+            )
+            .map_err(anyhow::Error::from)
+        })?;
         db.with(|conn| -> anyhow::Result<()> {
             let stuck: Vec<(String, String)> = {
                 let mut stmt = conn.prepare(
@@ -126,9 +136,25 @@ impl SqliteStore {
 }
 
 impl MerchantStore for SqliteStore {
-    fn create_session(&self, s: &SessionRow) -> Result<(), StoreError> {
+    fn create_session(&self, s: &SessionRow, cap: Option<(u32, i64)>) -> Result<(), StoreError> {
         self.db.with(|conn| {
-            conn.execute(
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            if let (Some(owner), Some((max, opened_after))) = (&s.owner_jkt, cap) {
+                let open: i64 = tx
+                    .query_row(
+                        "SELECT COUNT(*) FROM sessions WHERE owner_jkt = ?1 \
+                         AND status = 'ready_for_complete' AND created_at > ?2",
+                        params![owner, opened_after],
+                        |r| r.get(0),
+                    )
+                    .map_err(backend)?;
+                if open >= i64::from(max) {
+                    return Err(StoreError::TooManySessions);
+                }
+            }
+            tx.execute(
                 &format!(
                     "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
                 ),
@@ -142,7 +168,17 @@ impl MerchantStore for SqliteStore {
                     s.owner_jkt
                 ],
             )
-            .map(|_| ())
+            .map_err(backend)?;
+            tx.commit().map_err(backend)
+        })
+    }
+
+    fn delete_expired_sessions(&self, opened_before: i64) -> Result<usize, StoreError> {
+        self.db.with(|conn| {
+            conn.execute(
+                "DELETE FROM sessions WHERE status = 'ready_for_complete' AND created_at <= ?1",
+                params![opened_before],
+            )
             .map_err(backend)
         })
     }
