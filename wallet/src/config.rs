@@ -48,6 +48,10 @@ pub struct Config {
     /// How long a request waits for the user's approval, in seconds.
     #[arg(long, env = "WALLET_APPROVAL_TTL_SECS", default_value_t = 300)]
     pub approval_ttl_secs: i64,
+    /// Most requests one user may have waiting for approval (SPEC §9): more is 429
+    /// `too_many_pending_requests`.
+    #[arg(long, env = "WALLET_MAX_PENDING_PER_USER", default_value_t = 20)]
+    pub max_pending_per_user: u32,
     /// Largest request body, in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
@@ -89,6 +93,7 @@ impl Config {
             max_mandate_ttl_secs: 300,
             approval_ttl_secs: 300,
             max_body_bytes: 64 * 1024,
+            max_pending_per_user: 20,
             public_url: None,
             allow_unbound_mandates: false,
             dpop_max_age_secs: ap2_mandate::dpop::DEFAULT_DPOP_MAX_AGE_SECS,

@@ -80,6 +80,7 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
         public_url,
         allow_unbound_mandates: config.allow_unbound_mandates,
         dpop_max_age_secs: config.dpop_max_age_secs,
+        max_pending_per_user: config.max_pending_per_user,
         key_directory_url: directory_url,
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(2))

@@ -829,3 +829,81 @@ async fn spec9_codes_are_sealed_at_rest_and_erased_when_the_request_ends() {
         assert_eq!(mode & 0o777, 0o600);
     }
 }
+
+#[tokio::test]
+async fn spec9_a_user_has_at_most_20_pending_requests_and_notifications_come_in_pages() {
+    let w = World::new().await;
+    let (_, token) = w.create_user("alice").await;
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let (status, body) = w.request_mandate("alice", json!({})).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    let (status, body) = w.request_mandate("alice", json!({})).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["code"], "too_many_pending_requests");
+    // The default page holds them all; pages of 7 walk them in order, each once.
+    let page = |query: String| {
+        let token = token.clone();
+        let w = &w;
+        async move {
+            w.call(
+                "GET",
+                &format!("/v1/users/alice/notifications{query}"),
+                Some(&token),
+                None,
+            )
+            .await
+        }
+    };
+    let (status, all) = page(String::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(all["notifications"].as_array().unwrap().len(), 20);
+    assert!(all.get("next_cursor").is_none());
+    let mut seen = Vec::new();
+    let mut query = "?limit=7".to_owned();
+    loop {
+        let (status, body) = page(query.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let notes = body["notifications"].as_array().unwrap();
+        assert!(notes.len() <= 7);
+        seen.extend(
+            notes
+                .iter()
+                .map(|n| n["request_id"].as_str().unwrap().to_owned()),
+        );
+        match body["next_cursor"].as_str() {
+            Some(cursor) => query = format!("?limit=7&cursor={cursor}"),
+            None => break,
+        }
+    }
+    let mut expected = all["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["request_id"].as_str().unwrap().to_owned())
+        .collect::<Vec<_>>();
+    assert_eq!(seen, expected);
+    expected.sort();
+    ids.sort();
+    assert_eq!(expected, ids);
+    for bad in [
+        "?limit=0",
+        "?limit=201",
+        "?limit=x",
+        "?cursor=%21%21",
+        "?other=1",
+    ] {
+        let (status, body) = page(bad.to_owned()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert_eq!(body["code"], "invalid_query", "{bad}");
+    }
+    // Approving one frees a place.
+    let otp = w.code_for("alice", &token, &ids[0]).await;
+    assert_eq!(w.approve(&token, &ids[0], &otp).await.0, StatusCode::OK);
+    assert_eq!(
+        w.request_mandate("alice", json!({})).await.0,
+        StatusCode::CREATED
+    );
+}

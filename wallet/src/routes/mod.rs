@@ -51,6 +51,8 @@ pub struct AppState {
     pub allow_unbound_mandates: bool,
     /// How old a proof's `iat` may be.
     pub dpop_max_age_secs: i64,
+    /// Most pending requests per user.
+    pub max_pending_per_user: u32,
     /// For `/readyz`.
     pub key_directory_url: String,
     /// For `/readyz`.
@@ -148,6 +150,11 @@ pub async fn blocking<T: Send + 'static>(
                 Problem::new(StatusCode::CONFLICT, "user_exists", "this user id is taken")
             }
             StoreError::Mint(why) => Problem::internal(format!("minting failed: {why}")),
+            StoreError::TooManyPending => Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_pending_requests",
+                "the user has as many requests waiting for approval as allowed",
+            ),
             StoreError::ProofReplayed => {
                 ap2_service::dpop::refusal(&ap2_mandate::VerifyError::ProofReplayed, true)
             }

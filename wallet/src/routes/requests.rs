@@ -167,11 +167,12 @@ pub async fn create(
         cnf_jkt = row.cnf_jkt.as_deref().unwrap_or("-"),
         "mandate requested; approval code sent to the user"
     );
+    let max_pending = state.max_pending_per_user;
     blocking(&state, move |store| {
         let proof = binding
             .as_ref()
             .map(|(_, key, until)| (key.as_str(), *until));
-        store.create_request(&row, proof)
+        store.create_request(&row, proof, max_pending)
     })
     .await?;
     Ok((StatusCode::CREATED, ApiJson(created)))

@@ -3,7 +3,8 @@
 use ap2_directory_client::ClientError;
 use ap2_mandate::{AgentId, Signer};
 use ap2_service::problem::{ApiJson, ApiPath, Problem};
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -116,17 +117,69 @@ pub struct Notification {
     cnf_jkt: Option<String>,
 }
 
-/// The user's pending requests.
+/// `?limit=&cursor=` of the notifications (SPEC §9).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Page {
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+/// Notifications per page by default, and at most.
+const PAGE_DEFAULT: u32 = 50;
+const PAGE_MAX: u32 = 200;
+
+/// A cursor is the last notification's `(created_at, request id)`, base64url, opaque to the
+/// client.
+fn cursor_of(row: &crate::store::RequestRow) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!("{}.{}", row.created_at, row.id))
+}
+
+fn parse_cursor(cursor: &str) -> Option<(i64, String)> {
+    use base64::Engine;
+    let text = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()?;
+    let text = String::from_utf8(text).ok()?;
+    let (time, id) = text.split_once('.')?;
+    Some((time.parse().ok()?, id.to_owned()))
+}
+
+/// The user's pending requests, oldest first, a page at a time.
 pub async fn notifications(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(user_id): ApiPath<String>,
+    page: Result<Query<Page>, QueryRejection>,
 ) -> Result<ApiJson<Value>, Problem> {
     if caller.user()? != user_id {
         return Err(Problem::forbidden("these are another user's notifications"));
     }
+    let Query(page) = page.map_err(|e| Problem::bad_request("invalid_query", e.body_text()))?;
+    let limit = page.limit.unwrap_or(PAGE_DEFAULT);
+    if !(1..=PAGE_MAX).contains(&limit) {
+        return Err(Problem::bad_request(
+            "invalid_query",
+            format!("limit is 1..={PAGE_MAX}"),
+        ));
+    }
+    let after = match &page.cursor {
+        None => None,
+        Some(cursor) => Some(parse_cursor(cursor).ok_or_else(|| {
+            Problem::bad_request("invalid_query", "the cursor is not one of ours")
+        })?),
+    };
     let now = state.clock.now_unix();
-    let pending = blocking(&state, move |store| store.pending_for_user(&user_id, now)).await?;
+    let mut pending = blocking(&state, move |store| {
+        let after = after.as_ref().map(|(time, id)| (*time, id.as_str()));
+        store.pending_for_user(&user_id, now, after, limit + 1)
+    })
+    .await?;
+    let more = pending.len() > limit as usize;
+    pending.truncate(limit as usize);
+    let next_cursor = pending.last().filter(|_| more).map(cursor_of);
     let notifications: Vec<Notification> = pending
         .into_iter()
         .map(|r| Notification {
@@ -143,7 +196,9 @@ pub async fn notifications(
             cnf_jkt: r.cnf_jkt,
         })
         .collect();
-    Ok(ApiJson(
-        serde_json::json!({ "notifications": notifications }),
-    ))
+    let mut body = serde_json::json!({ "notifications": notifications });
+    if let Some(cursor) = next_cursor {
+        body["next_cursor"] = Value::String(cursor);
+    }
+    Ok(ApiJson(body))
 }

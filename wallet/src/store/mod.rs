@@ -146,6 +146,9 @@ pub enum StoreError {
     /// The request belongs to another user.
     #[error("the request belongs to another user")]
     NotYours,
+    /// The user has as many pending requests as allowed.
+    #[error("too many pending requests")]
+    TooManyPending,
     /// The request's DPoP proof was seen before.
     #[error("the DPoP proof was already used")]
     ProofReplayed,
@@ -172,17 +175,26 @@ pub trait WalletStore: Send + Sync + 'static {
     /// The user whose token hashes to `token_hash`.
     fn user_by_token_hash(&self, token_hash: &str) -> Result<Option<String>, StoreError>;
     /// Adds a request and, in the same transaction, records its DPoP proof's replay key until
-    /// its deadline (`ProofReplayed`, and no request, if the key is there already). Records
-    /// past their deadline are removed on the way.
+    /// its deadline (`ProofReplayed`, and no request, if the key is there already) and checks
+    /// that the user has fewer than `max_pending` pending requests (`TooManyPending`).
+    /// Records past their deadline are removed on the way.
     fn create_request(
         &self,
         request: &RequestRow,
         proof: Option<(&str, i64)>,
+        max_pending: u32,
     ) -> Result<(), StoreError>;
     /// A request.
     fn request(&self, id: &str) -> Result<Option<RequestRow>, StoreError>;
-    /// A user's pending requests whose deadline has not passed, oldest first.
-    fn pending_for_user(&self, user_id: &str, now: i64) -> Result<Vec<RequestRow>, StoreError>;
+    /// A user's pending requests whose deadline has not passed, oldest first: at most `limit`,
+    /// after the `(created_at, id)` of `after` when given.
+    fn pending_for_user(
+        &self,
+        user_id: &str,
+        now: i64,
+        after: Option<(i64, &str)>,
+        limit: u32,
+    ) -> Result<Vec<RequestRow>, StoreError>;
     /// Checks the code for `user_id`'s request with `code_matches` (given the stored, sealed
     /// code) and, when right, mints with `mint` (which returns the token and its `exp`) and
     /// stores the mandate, all in one transaction: concurrent approvals mint once. A request

@@ -217,11 +217,27 @@ impl WalletStore for SqliteStore {
         })
     }
 
-    fn create_request(&self, r: &RequestRow, proof: Option<(&str, i64)>) -> Result<(), StoreError> {
+    fn create_request(
+        &self,
+        r: &RequestRow,
+        proof: Option<(&str, i64)>,
+        max_pending: u32,
+    ) -> Result<(), StoreError> {
         self.db.with(|conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(backend)?;
+            let pending: i64 = tx
+                .query_row(
+                    "SELECT COUNT(*) FROM requests WHERE user_id = ?1 \
+                     AND status = 'pending_approval' AND expires_at > ?2",
+                    params![r.user_id, r.created_at],
+                    |row| row.get(0),
+                )
+                .map_err(backend)?;
+            if pending >= i64::from(max_pending) {
+                return Err(StoreError::TooManyPending);
+            }
             if let Some((key, until)) = proof {
                 tx.execute(
                     "DELETE FROM dpop_proofs WHERE until <= ?1",
@@ -270,16 +286,27 @@ impl WalletStore for SqliteStore {
         self.db.with(|conn| select_request(conn, id))
     }
 
-    fn pending_for_user(&self, user_id: &str, now: i64) -> Result<Vec<RequestRow>, StoreError> {
+    fn pending_for_user(
+        &self,
+        user_id: &str,
+        now: i64,
+        after: Option<(i64, &str)>,
+        limit: u32,
+    ) -> Result<Vec<RequestRow>, StoreError> {
+        let (after_time, after_id) = after.unwrap_or((i64::MIN, ""));
         self.db.with(|conn| {
             let mut stmt = conn
                 .prepare(&format!(
                     "SELECT {REQUEST_COLUMNS} FROM requests WHERE user_id = ?1 \
-                     AND status = 'pending_approval' AND expires_at > ?2 ORDER BY created_at, id"
+                     AND status = 'pending_approval' AND expires_at > ?2 \
+                     AND (created_at, id) > (?3, ?4) ORDER BY created_at, id LIMIT ?5"
                 ))
                 .map_err(backend)?;
             let rows = stmt
-                .query_map(params![user_id, now], request_row)
+                .query_map(
+                    params![user_id, now, after_time, after_id, limit],
+                    request_row,
+                )
                 .map_err(backend)?;
             rows.collect::<Result<_, _>>().map_err(backend)
         })
