@@ -196,9 +196,10 @@ pub async fn notifications(
             cnf_jkt: r.cnf_jkt,
         })
         .collect();
-    let mut body = serde_json::json!({ "notifications": notifications });
-    if let Some(cursor) = next_cursor {
-        body["next_cursor"] = Value::String(cursor);
-    }
-    Ok(ApiJson(body))
+    Ok(ApiJson(match next_cursor {
+        Some(cursor) => {
+            serde_json::json!({ "notifications": notifications, "next_cursor": cursor })
+        }
+        None => serde_json::json!({ "notifications": notifications }),
+    }))
 }
