@@ -60,6 +60,9 @@ pub struct Config {
     /// Most open sessions one agent key may have (SPEC §9): more is 429 `too_many_sessions`.
     #[arg(long, env = "MAX_OPEN_SESSIONS_PER_AGENT", default_value_t = 1000)]
     pub max_open_sessions_per_agent: u32,
+    /// Most refused mandates logged per second (each is counted in the metrics anyway).
+    #[arg(long, env = "REFUSAL_LOG_RATE", default_value_t = 20.0)]
+    pub refusal_log_rate: f64,
     /// Largest request body, in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
@@ -116,6 +119,7 @@ impl Config {
             key_fetch_burst: 100.0,
             session_ttl_secs: 1800,
             max_open_sessions_per_agent: 1000,
+            refusal_log_rate: 20.0,
             max_body_bytes: 64 * 1024,
             public_url: None,
             require_agent_binding: true,

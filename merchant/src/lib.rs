@@ -144,6 +144,10 @@ pub async fn build_with(config: Config, parts: Parts) -> anyhow::Result<Server> 
         public_url,
         session_ttl_secs: config.session_ttl_secs,
         max_open_sessions: config.max_open_sessions_per_agent,
+        refusal_log: ap2_service::rate::Bucket::new(
+            config.refusal_log_rate,
+            config.refusal_log_rate,
+        ),
         clock: parts.clock.clone(),
         key_directory_url: directory_url,
         http: reqwest::Client::builder()

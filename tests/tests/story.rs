@@ -586,3 +586,46 @@ async fn the_demo_agent_plays_the_story_against_running_services() {
     assert!(text.contains("Every step behaved as expected."), "{text}");
     assert!(!text.contains('✗'), "{text}");
 }
+
+#[tokio::test]
+async fn spec9_refusals_are_counted_every_time_but_logged_at_a_bounded_rate() {
+    let w = World::start().await;
+    let (_, cart) = w.checkout(&w.merchant, shoes()).await;
+    let url = format!("{}/v1/mandates/verify", w.merchant.url());
+    let started = std::time::Instant::now();
+    for i in 0..300 {
+        let r = w
+            .http
+            .post(&url)
+            .json(&json!({"mandate": format!("not.a.mandate{i}"), "agent_id": AGENT, "cart": cart}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let metrics = w
+        .http
+        .get(format!("{}/metrics", w.merchant.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counted: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("ap2_mandate_verifications_total") && l.contains("mandate_malformed")
+        })
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(counted, 300.0);
+    let logged = w.merchant.logs().matches("mandate refused").count() as f64;
+    // The default: 20 lines a second, 20 at once.
+    assert!(
+        logged <= 20.0 + 20.0 * elapsed + 1.0,
+        "{logged} refusal lines in {elapsed:.1} s"
+    );
+    assert!(logged >= 1.0);
+}

@@ -50,41 +50,6 @@ impl Default for DirectoryClientConfig {
     }
 }
 
-/// A token bucket: `rate` tokens a second, at most `burst` saved up.
-struct Bucket {
-    rate: f64,
-    burst: f64,
-    state: std::sync::Mutex<(f64, Instant)>,
-}
-
-impl Bucket {
-    fn new(rate: f64, burst: f64) -> Self {
-        let burst = burst.max(1.0);
-        Self {
-            rate: rate.max(0.0),
-            burst,
-            state: std::sync::Mutex::new((burst, Instant::now())),
-        }
-    }
-
-    /// Takes a token if there is one.
-    fn take(&self) -> bool {
-        let Ok(mut state) = self.state.lock() else {
-            return false;
-        };
-        let now = Instant::now();
-        let (tokens, last) = *state;
-        let tokens = (tokens + now.duration_since(last).as_secs_f64() * self.rate).min(self.burst);
-        if tokens >= 1.0 {
-            *state = (tokens - 1.0, now);
-            true
-        } else {
-            *state = (tokens, now);
-            false
-        }
-    }
-}
-
 #[derive(Clone)]
 enum Entry {
     Found {
@@ -156,7 +121,7 @@ struct Inner {
     cache: Cache<Kid, Entry>,
     config: DirectoryClientConfig,
     upstream_fetches: AtomicU64,
-    fetch_limit: Option<Bucket>,
+    fetch_limit: Option<ap2_service::rate::Bucket>,
 }
 
 impl DirectoryClient {
@@ -179,7 +144,7 @@ impl DirectoryClient {
                 cache,
                 fetch_limit: config
                     .fetch_rate
-                    .map(|rate| Bucket::new(rate, config.fetch_burst)),
+                    .map(|rate| ap2_service::rate::Bucket::new(rate, config.fetch_burst)),
                 config,
                 upstream_fetches: AtomicU64::new(0),
             }),

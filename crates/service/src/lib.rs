@@ -6,6 +6,7 @@ pub mod auth;
 pub mod dpop;
 pub mod http;
 pub mod problem;
+pub mod rate;
 pub mod telemetry;
 
 pub use auth::{NamedToken, TokenSet, bearer_token};

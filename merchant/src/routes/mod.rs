@@ -68,6 +68,8 @@ pub struct App {
     pub session_ttl_secs: i64,
     /// Most open sessions per agent key.
     pub max_open_sessions: u32,
+    /// Refusal log lines left this second.
+    pub refusal_log: ap2_service::rate::Bucket,
     /// Time.
     pub clock: Arc<dyn Clock>,
     /// For `/readyz`.
@@ -93,11 +95,16 @@ pub async fn verify(
     metrics::counter!("ap2_mandate_verifications_total", "result" => label).increment(1);
     metrics::histogram!("ap2_mandate_verification_seconds").record(started.elapsed().as_secs_f64());
     result.map_err(|e| {
-        match &e {
-            VerifyError::KeyDirectoryUnavailable(why) | VerifyError::ReplayStoreUnavailable(why) => {
-                tracing::error!(code = e.code().as_str(), error = %why, "mandate refused: dependency down");
+        // Counted above every time; logged at most `--refusal-log-rate` lines a second, so a
+        // flood of bad mandates cannot flood the log (SPEC §9).
+        if state.refusal_log.take() {
+            match &e {
+                VerifyError::KeyDirectoryUnavailable(why)
+                | VerifyError::ReplayStoreUnavailable(why) => {
+                    tracing::error!(code = e.code().as_str(), error = %why, "mandate refused: dependency down");
+                }
+                _ => tracing::info!(code = e.code().as_str(), agent_id = %presentation.agent_id, "mandate refused"),
             }
-            _ => tracing::info!(code = e.code().as_str(), agent_id = %presentation.agent_id, "mandate refused"),
         }
         refusal(&e, state.binding_required() || presentation.scheme == AuthScheme::Dpop)
     })
