@@ -33,14 +33,26 @@ pub fn parse(state: &AppState, headers: &HeaderMap) -> Result<Option<DpopProof>,
     }
 }
 
+/// Whether a call's proof is recorded in the replay set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Record {
+    /// A call that changes something (opening a session): a captured proof must not open
+    /// another one.
+    Yes,
+    /// A safe call (reading a session): a replay within the proof's 60 s reads what the
+    /// captured answer already showed, so the proof is checked but not written to Redis.
+    No,
+}
+
 /// The agent key of a call without a mandate (opening or reading a session): the proof is
-/// checked against the request (no `ath`) and its `(jkt, jti)` recorded, so a captured proof
-/// cannot be sent again.
+/// checked against the request (no `ath`) and, for a call that changes something, its
+/// `(jkt, jti)` recorded, so a captured proof cannot be sent again.
 pub async fn agent_key(
     state: &AppState,
     headers: &HeaderMap,
     htm: &str,
     path: &str,
+    record: Record,
 ) -> Result<Option<Jkt>, Problem> {
     let Some(proof) = parse(state, headers)? else {
         return Ok(None);
@@ -52,6 +64,9 @@ pub async fn agent_key(
     proof
         .check(&config.proof_check(htm, &htu, None), now)
         .map_err(refuse)?;
+    if record == Record::No {
+        return Ok(Some(proof.jkt().clone()));
+    }
     let key = proof.replay_key();
     let entry = ReplayEntry {
         key: &key,

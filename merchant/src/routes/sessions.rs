@@ -72,7 +72,14 @@ pub async fn create(
     headers: HeaderMap,
     ApiJson(body): ApiJson<CreateSession>,
 ) -> Result<(StatusCode, ApiJson<SessionView>), Problem> {
-    let owner = dpop::agent_key(&state, &headers, "POST", "/v1/checkout-sessions").await?;
+    let owner = dpop::agent_key(
+        &state,
+        &headers,
+        "POST",
+        "/v1/checkout-sessions",
+        dpop::Record::Yes,
+    )
+    .await?;
     if body.line_items.is_empty() {
         return Err(unprocessable(
             "line_items_empty",
@@ -193,7 +200,7 @@ pub async fn get(
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
 ) -> Result<ApiJson<SessionView>, Problem> {
-    let caller = dpop::agent_key(&state, &headers, "GET", uri.path()).await?;
+    let caller = dpop::agent_key(&state, &headers, "GET", uri.path(), dpop::Record::No).await?;
     let session = load(&state, id, caller.as_ref().map(|jkt| jkt.as_str())).await?;
     Ok(ApiJson(session.into()))
 }
