@@ -103,7 +103,15 @@ pub async fn verify(
                 | VerifyError::ReplayStoreUnavailable(why) => {
                     tracing::error!(code = e.code().as_str(), error = %why, "mandate refused: dependency down");
                 }
-                _ => tracing::info!(code = e.code().as_str(), agent_id = %presentation.agent_id, "mandate refused"),
+                _ => {
+                    // The verify endpoint's agent id is the caller's free text: logged only
+                    // when it is a well-formed id.
+                    let agent_id = match ap2_mandate::AgentId::check(presentation.agent_id) {
+                        Ok(()) => presentation.agent_id,
+                        Err(_) => "<not an agent id>",
+                    };
+                    tracing::info!(code = e.code().as_str(), %agent_id, "mandate refused");
+                }
             }
         }
         refusal(&e, state.binding_required() || presentation.scheme == AuthScheme::Dpop)
