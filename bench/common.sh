@@ -3,6 +3,8 @@
 # scratch directory removed, when the script exits.
 
 BIN=target/release
+# The merchant backend's token for POST /v1/mandates/verify (SPEC §9).
+BACKEND_TOKEN=bench-backend-token
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
@@ -40,6 +42,7 @@ start_key_directory() {
 start_merchant() {
   MERCHANT_PORT=$(free_port)
   RUST_LOG=warn "$BIN/merchant" --listen "127.0.0.1:$MERCHANT_PORT" --merchant-id acme-corp \
+    --backend-token "bench=$BACKEND_TOKEN" \
     --data-dir "$WORK/merchant" --key-directory-url "http://127.0.0.1:$KD_PORT" \
     --redis-url "redis://127.0.0.1:$REDIS_PORT" --require-agent-binding false 2>"$WORK/merchant.log" &
   MERCHANT_PID=$!

@@ -167,6 +167,7 @@ PIDS+=($BARE_PID)
 for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$BARE_PORT/" && break; sleep 0.05; done
 # The merchant's key cache is filled before the clock runs.
 curl -fs -o /dev/null -X POST "http://127.0.0.1:$MERCHANT_PORT/v1/mandates/verify" -H 'Content-Type: application/json' \
+  -H "Authorization: Bearer $BACKEND_TOKEN" \
   -d "{\"mandate\":\"$(head -1 "$WORK/tokens.txt")\",\"agent_id\":\"agent-7\",\"cart\":$CART,\"consume\":false}"
 
 # ROUNDS alternations of scenario 0 and scenario 1 (the merchant, consume=true then false);

@@ -63,9 +63,26 @@ pub struct Config {
     /// Most refused mandates logged per second (each is counted in the metrics anyway).
     #[arg(long, env = "REFUSAL_LOG_RATE", default_value_t = 20.0)]
     pub refusal_log_rate: f64,
+    /// A backend allowed to call `POST /v1/mandates/verify`, and its bearer token:
+    /// NAME=TOKEN (SPEC §9). Repeatable; the environment takes a comma-separated list. With
+    /// none, the endpoint answers 401 to every caller.
+    #[arg(
+        long = "backend-token",
+        env = "MERCHANT_BACKEND_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub backend_tokens: Vec<ap2_service::NamedToken>,
+    /// Serve `POST /v1/mandates/verify` on this address only, not on `--listen` (SPEC §9): a
+    /// port the merchant's backend reaches and agents do not.
+    #[arg(long, env = "MERCHANT_INTERNAL_LISTEN")]
+    pub internal_listen: Option<SocketAddr>,
     /// Largest request body, in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
+    /// Connection limits (SPEC §9).
+    #[command(flatten)]
+    pub http: ap2_service::ConnectionLimits,
     /// The URL agents reach this merchant at: a DPoP proof's `htu` must be this joined with
     /// the request's path (SPEC §8). Default: `http://<the address it listens on>`.
     #[arg(long, env = "MERCHANT_PUBLIC_URL")]
@@ -120,7 +137,10 @@ impl Config {
             session_ttl_secs: 1800,
             max_open_sessions_per_agent: 1000,
             refusal_log_rate: 20.0,
+            backend_tokens: Vec::new(),
+            internal_listen: None,
             max_body_bytes: 64 * 1024,
+            http: ap2_service::ConnectionLimits::default(),
             public_url: None,
             require_agent_binding: true,
             dpop_max_age_secs: ap2_mandate::dpop::DEFAULT_DPOP_MAX_AGE_SECS,

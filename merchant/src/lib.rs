@@ -132,6 +132,17 @@ pub async fn build_with(config: Config, parts: Parts) -> anyhow::Result<Server> 
         config.session_ttl_secs > 0,
         "--session-ttl-secs must be positive"
     );
+    let backends =
+        ap2_service::TokenSet::new(&config.backend_tokens).map_err(anyhow::Error::msg)?;
+    if backends.is_empty() {
+        tracing::warn!(
+            "no --backend-token configured: POST /v1/mandates/verify answers 401 to everyone"
+        );
+    }
+    let internal = match config.internal_listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
+        None => None,
+    };
     let data_dir = config.data_dir.clone();
     let store = Arc::new(tokio::task::spawn_blocking(move || SqliteStore::open(&data_dir)).await??);
     sweep_expired_sessions(store.clone(), parts.clock.clone(), config.session_ttl_secs);
@@ -144,6 +155,7 @@ pub async fn build_with(config: Config, parts: Parts) -> anyhow::Result<Server> 
         public_url,
         session_ttl_secs: config.session_ttl_secs,
         max_open_sessions: config.max_open_sessions_per_agent,
+        backends,
         refusal_log: ap2_service::rate::Bucket::new(
             config.refusal_log_rate,
             config.refusal_log_rate,
@@ -158,7 +170,12 @@ pub async fn build_with(config: Config, parts: Parts) -> anyhow::Result<Server> 
         max_body_bytes: config.max_body_bytes,
         ..Limits::default()
     };
-    Ok(Server::from_listener(listener, router(state, limits)))
+    let server = match internal {
+        Some(internal) => Server::from_listener(listener, router(state.clone(), limits, false))
+            .also(internal, internal_router(state, limits)),
+        None => Server::from_listener(listener, router(state, limits, true)),
+    };
+    Ok(server.with_limits(config.http))
 }
 
 /// Deletes the open sessions past their lifetime, every minute (or every lifetime, if
@@ -185,31 +202,53 @@ pub async fn spawn(config: Config, parts: Parts) -> anyhow::Result<Running> {
     Ok(build_with(config, parts).await?.spawn()?)
 }
 
-/// The routes of SPEC §5 with the standard layers.
-pub fn router(state: AppState, limits: Limits) -> Router {
+/// The routes of SPEC §5 with the standard layers; `/v1/mandates/verify` among them unless
+/// it is served on an internal listener.
+pub fn router(state: AppState, limits: Limits, with_verify: bool) -> Router {
     let mut agent = Router::new()
         .route("/v1/checkout-sessions", post(routes::sessions::create))
         .route("/v1/checkout-sessions/{id}", get(routes::sessions::get))
         .route(
             "/v1/checkout-sessions/{id}/complete",
             post(routes::sessions::complete),
-        )
-        .route(
+        );
+    if with_verify {
+        agent = agent.route(
             "/v1/mandates/verify",
             post(routes::mandates::verify_mandate),
         );
-    if state.verifier.config().dpop_nonces.is_some() {
-        agent = agent.route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            routes::dpop::nonce_header,
-        ));
     }
     let api = Router::new()
         .route("/v1/products", get(routes::products::list))
-        .merge(agent)
+        .merge(with_nonces(agent, &state))
         .route("/healthz", get(ap2_service::http::healthz))
         .route("/readyz", get(routes::health::readyz))
         .route("/metrics", get(ap2_service::http::metrics_handler))
         .with_state(state);
     with_standard_layers(api, "merchant", limits)
+}
+
+/// What `--internal-listen` serves: the verify endpoint, `/healthz` and `/metrics`.
+pub fn internal_router(state: AppState, limits: Limits) -> Router {
+    let verify = Router::new().route(
+        "/v1/mandates/verify",
+        post(routes::mandates::verify_mandate),
+    );
+    let api = with_nonces(verify, &state)
+        .route("/healthz", get(ap2_service::http::healthz))
+        .route("/metrics", get(ap2_service::http::metrics_handler))
+        .with_state(state);
+    with_standard_layers(api, "merchant-internal", limits)
+}
+
+/// Sends `DPoP-Nonce` on `routes` when nonces are on.
+fn with_nonces(routes: Router<AppState>, state: &AppState) -> Router<AppState> {
+    if state.verifier.config().dpop_nonces.is_some() {
+        routes.route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            routes::dpop::nonce_header,
+        ))
+    } else {
+        routes
+    }
 }

@@ -19,6 +19,8 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 const OTHER_ISSUER: &str = "https://other-wallet.example";
+/// The merchant's backend token for `/v1/mandates/verify` (SPEC §9).
+const BACKEND_TOKEN: &str = "backend-secret";
 
 struct World {
     _redis: RedisServer,
@@ -73,6 +75,7 @@ async fn world() -> World {
         Some(redis.url()),
     );
     config.require_agent_binding = false;
+    config.backend_tokens = vec![format!("backend={BACKEND_TOKEN}").parse().unwrap()];
     let merchant = merchant::spawn(config, merchant::Parts::default())
         .await
         .unwrap();
@@ -130,6 +133,7 @@ impl World {
             // Not expressible in a header (control characters): the backend's verify endpoint.
             self.http
                 .post(self.url("/v1/mandates/verify"))
+                .bearer_auth(BACKEND_TOKEN)
                 .json(&json!({"mandate": token, "agent_id": agent, "cart": forge::cart_json(cart)}))
                 .send()
                 .await
@@ -205,6 +209,7 @@ async fn a_ten_megabyte_token_is_refused_at_the_door() {
     let r = w
         .http
         .post(w.url("/v1/mandates/verify"))
+        .bearer_auth(BACKEND_TOKEN)
         .json(&json!({"mandate": huge, "agent_id": forge::AGENT, "cart": forge::cart_json(CartChoice::Shoe)}))
         .send()
         .await
@@ -249,6 +254,7 @@ async fn a_hundred_concurrent_presentations_accept_exactly_one() {
                 let r = w
                     .http
                     .post(w.url("/v1/mandates/verify"))
+        .bearer_auth(BACKEND_TOKEN)
                     .json(&json!({"mandate": *token, "agent_id": forge::AGENT, "cart": forge::cart_json(CartChoice::Shoe)}))
                     .send()
                     .await

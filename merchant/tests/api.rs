@@ -18,6 +18,8 @@ use serde_json::{Value, json};
 
 const ISSUER: &str = "https://wallet.example";
 const AGENT: &str = "agent-7";
+/// The merchant's backend token for `/v1/mandates/verify` (SPEC §9).
+const BACKEND_TOKEN: &str = "backend-secret";
 
 struct World {
     redis: RedisServer,
@@ -81,6 +83,7 @@ impl World {
             Some(self.redis.url()),
         );
         config.key_cache_secs = key_cache_secs;
+        config.backend_tokens = vec![format!("backend={BACKEND_TOKEN}").parse().unwrap()];
         // These tests are SPEC §4 alone (unbound Bearer mandates); tests/dpop.rs has §8.
         config.require_agent_binding = false;
         self.merchant = Some(
@@ -99,14 +102,13 @@ impl World {
         format!("{}{path}", self.merchant.as_ref().unwrap().url())
     }
 
+    /// POSTs `body`; the verify endpoint gets the backend's token (SPEC §9).
     async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        let r = self
-            .http
-            .post(self.url(path))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let mut request = self.http.post(self.url(path)).json(&body);
+        if path == "/v1/mandates/verify" {
+            request = request.bearer_auth(BACKEND_TOKEN);
+        }
+        let r = request.send().await.unwrap();
         (r.status(), r.json().await.unwrap())
     }
 

@@ -24,6 +24,9 @@ use serde_json::{Value, json};
 const ISSUER: &str = "https://wallet.example";
 const AGENT: &str = "agent-7";
 const SESSIONS: &str = "/v1/checkout-sessions";
+/// The merchant's backend token for `/v1/mandates/verify` (SPEC §9).
+const BACKEND_TOKEN: &str = "backend-secret";
+const BACKEND_AUTH: &str = "Bearer backend-secret";
 
 fn system_now() -> i64 {
     ap2_mandate::Clock::now_unix(&ap2_mandate::SystemClock)
@@ -103,6 +106,7 @@ impl World {
             &directory.url(),
             Some(redis.url()),
         );
+        config.backend_tokens = vec![format!("backend={BACKEND_TOKEN}").parse().unwrap()];
         edit(&mut config);
         let now = system_now();
         let clock = Arc::new(std::sync::atomic::AtomicI64::new(now));
@@ -714,7 +718,7 @@ async fn spec8_the_verify_endpoint_takes_the_proof() {
         w.send(
             reqwest::Method::POST,
             "/v1/mandates/verify",
-            &[],
+            &[("authorization", BACKEND_AUTH)],
             Some(body),
         )
     };
@@ -791,7 +795,7 @@ async fn spec9_a_flood_of_unknown_kids_is_rate_limited_and_cached_kids_still_ver
         w.send(
             reqwest::Method::POST,
             "/v1/mandates/verify",
-            &[],
+            &[("authorization", BACKEND_AUTH)],
             Some(
                 json!({"mandate": mandate, "agent_id": AGENT, "cart": cart_json, "consume": false}),
             ),

@@ -22,6 +22,8 @@ const AGENT: &str = "agent-7";
 const AGENT_TOKEN: &str = "e2e-agent-7-token";
 const OTHER_AGENT_TOKEN: &str = "e2e-agent-8-token";
 // base64 of 32 bytes.
+/// The merchants' backend token for `/v1/mandates/verify` (SPEC §9).
+const BACKEND_TOKEN: &str = "e2e-backend-token";
 const MASTER_KEY: &str = "ZTJlLW1hc3Rlci1rZXktMzItYnl0ZXMtbG9uZy4uLi4=";
 
 struct World {
@@ -101,6 +103,7 @@ impl World {
             ("KEY_CACHE_SECS", "1"),
             ("MANDATE_LEEWAY_SECS", "1"),
             ("REDIS_TIMEOUT_MS", "1000"),
+            ("MERCHANT_BACKEND_TOKENS", "e2e-backend=e2e-backend-token"),
         ];
         let merchant = Service::start(
             "merchant",
@@ -581,6 +584,7 @@ async fn the_demo_agent_plays_the_story_against_running_services() {
         .env("AP2_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("AP2_AGENT_TOKEN", AGENT_TOKEN)
         .env("AP2_DIRECTORY_TOKEN", DIRECTORY_TOKEN)
+        .env("AP2_BACKEND_TOKEN", BACKEND_TOKEN)
         .output()
         .await
         .unwrap();
@@ -604,6 +608,7 @@ async fn spec9_refusals_are_counted_every_time_but_logged_at_a_bounded_rate() {
         let r = w
             .http
             .post(&url)
+            .bearer_auth(BACKEND_TOKEN)
             .json(&json!({"mandate": format!("not.a.mandate{i}"), "agent_id": AGENT, "cart": cart}))
             .send()
             .await

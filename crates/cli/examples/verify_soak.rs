@@ -47,6 +47,8 @@ async fn main() {
             "usage: verify_soak MERCHANT_URL KEY_PEM ISS SUB AGENT CART_JSON TTL SECS CONCURRENCY"
         );
     };
+    // The merchant backend's token (SPEC §9), as bench/common.sh starts the merchant.
+    let backend_token = std::env::var("AP2_BACKEND_TOKEN").unwrap_or_else(|_| "bench-backend-token".to_owned());
     let signer = Arc::new(
         LocalSigner::from_pkcs8_pem(&std::fs::read_to_string(key).unwrap(), None).unwrap(),
     );
@@ -85,6 +87,7 @@ async fn main() {
             agent.clone(),
         );
         let (mut claims, cart_json) = (template.clone(), cart_json.trim().to_owned());
+        let backend_token = backend_token.clone();
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
                 claims.iat = SystemClock.now_unix();
@@ -97,6 +100,7 @@ async fn main() {
                 let sent = http
                     .post(&url)
                     .header("content-type", "application/json")
+                    .bearer_auth(&backend_token)
                     .body(body)
                     .send()
                     .await;

@@ -24,6 +24,7 @@ const AGENT: &str = "agent-7";
 const AGENT_TOKEN: &str = "demo-agent-7-token";
 const OTHER_AGENT: &str = "agent-8";
 const OTHER_AGENT_TOKEN: &str = "demo-agent-8-token";
+const BACKEND_TOKEN: &str = "demo-backend-token";
 
 /// Where the services are and the secrets the story's actors hold.
 #[derive(Debug, Clone, clap::Args)]
@@ -49,6 +50,10 @@ pub struct Endpoints {
     /// The wallet's issuer token at the key directory (to revoke the user's key).
     #[arg(long, env = "AP2_DIRECTORY_TOKEN", default_value = DIRECTORY_TOKEN, hide_env_values = true)]
     pub directory_token: String,
+    /// The merchants' backend token for `POST /v1/mandates/verify` (SPEC §9), which the demo
+    /// uses, as the merchant's backend would, to watch a mandate's state without spending it.
+    #[arg(long, env = "AP2_BACKEND_TOKEN", default_value = BACKEND_TOKEN, hide_env_values = true)]
+    pub backend_token: String,
 }
 
 /// The URLs the story talks to.
@@ -101,6 +106,9 @@ impl Services {
         .await
         .context("starting the wallet")?;
         let redis = std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty());
+        let backend: ap2_service::NamedToken = format!("demo-backend={BACKEND_TOKEN}")
+            .parse()
+            .map_err(anyhow::Error::msg)?;
         let start_merchant = |id: &str, dir: &str| {
             let mut config =
                 merchant::Config::local(id, data.path().join(dir), &directory.url(), redis.clone());
@@ -108,6 +116,7 @@ impl Services {
             // cache), and a 1-second mandate is expired a second later (the leeway).
             config.key_cache_secs = 1;
             config.leeway_secs = 1;
+            config.backend_tokens = vec![backend.clone()];
             merchant::spawn(config, merchant::Parts::default())
         };
         let merchant = start_merchant("acme-corp", "acme")
@@ -404,7 +413,7 @@ impl Story {
                 .send(
                     reqwest::Method::POST,
                     format!("{}/v1/mandates/verify", self.urls.merchant),
-                    Auth::None,
+                    Auth::Bearer(&self.secrets.backend_token),
                     &[],
                     Some(json!({"mandate": mandate, "agent_id": AGENT, "cart": cart, "consume": false})),
                 )

@@ -95,6 +95,29 @@ impl fmt::Debug for TokenSet {
     }
 }
 
+/// The name whose token the request's `Authorization: Bearer <token>` is, or the 401 to
+/// answer: `what` names the token the caller must send ("issuer token").
+pub fn authenticate<'a>(
+    headers: &HeaderMap,
+    tokens: &'a TokenSet,
+    what: &str,
+) -> Result<&'a str, crate::Problem> {
+    use crate::Problem;
+    match bearer_token(headers) {
+        Ok(token) => tokens
+            .name_of(token)
+            .ok_or_else(|| Problem::unauthorized(format!("the {what} is not valid"), true)),
+        Err(BearerError::Missing) => Err(Problem::unauthorized(
+            format!("Authorization: Bearer <{what}> is required"),
+            false,
+        )),
+        Err(BearerError::Malformed) => Err(Problem::unauthorized(
+            "the Authorization header is not Bearer <token>",
+            true,
+        )),
+    }
+}
+
 /// Why a request carries no usable bearer token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BearerError {

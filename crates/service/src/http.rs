@@ -49,6 +49,7 @@ pub fn with_standard_layers(router: Router, service: &'static str, limits: Limit
     let observe = ObserveLayer(Arc::new(ObserveConfig {
         service,
         timeout: limits.request_timeout,
+        max_body_bytes: u64::try_from(limits.max_body_bytes).unwrap_or(u64::MAX),
         ids: SequentialRequestId::new(),
     }));
     // One `layer` call with the whole stack: axum boxes the service of each call and clones
@@ -72,6 +73,7 @@ struct ObserveLayer(Arc<ObserveConfig>);
 struct ObserveConfig {
     service: &'static str,
     timeout: Duration,
+    max_body_bytes: u64,
     ids: SequentialRequestId,
 }
 
@@ -126,6 +128,19 @@ where
             request_id = request_id.to_str().unwrap_or("-"),
         );
         let method = method_label(req.method());
+        if declared_length(&req).is_some_and(|len| len > self.layer.0.max_body_bytes) {
+            // Refused on its headers, before a byte of the body is read (SPEC §9).
+            return Observed {
+                inner: None,
+                early: Some(too_large()),
+                span,
+                started: Instant::now(),
+                service: self.layer.0.service,
+                route,
+                method,
+                request_id: Some(request_id),
+            };
+        }
         let inner = {
             let _entered = span.enter();
             // A handler that panics is answered 500, like one whose future panics.
@@ -133,6 +148,7 @@ where
         };
         Observed {
             inner: inner.map(|inner| tokio::time::timeout(self.layer.0.timeout, inner)),
+            early: None,
             span,
             started: Instant::now(),
             service: self.layer.0.service,
@@ -147,6 +163,7 @@ pin_project_lite::pin_project! {
     struct Observed<F> {
         #[pin]
         inner: Option<tokio::time::Timeout<F>>,
+        early: Option<Response>,
         span: tracing::Span,
         started: Instant,
         service: &'static str,
@@ -162,10 +179,11 @@ impl<F: Future<Output = Result<Response, Infallible>>> Future for Observed<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let _entered = this.span.enter();
-        let polled = match this.inner.as_pin_mut() {
+        let polled = match (this.early.take(), this.inner.as_pin_mut()) {
+            (Some(early), _) => Ok(Poll::Ready(Ok(Ok(early)))),
             // The future is never polled again after a panic: this one is Ready below.
-            Some(inner) => std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))),
-            None => Err(Box::new("panicked in call") as Box<dyn std::any::Any + Send>),
+            (None, Some(inner)) => std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))),
+            (None, None) => Err(Box::new("panicked in call") as Box<dyn std::any::Any + Send>),
         };
         let mut response = match polled {
             Ok(Poll::Pending) => return Poll::Pending,
@@ -207,6 +225,31 @@ impl<F: Future<Output = Result<Response, Infallible>>> Future for Observed<F> {
         }
         Poll::Ready(Ok(response))
     }
+}
+
+/// The request's `Content-Length`, when it has a readable one.
+fn declared_length(req: &Request) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// 413 `body_too_large`, the answer the body limit gives once it has read too much. The
+/// connection is closed after it: the unread body is not drained.
+fn too_large() -> Response {
+    let mut response = Problem::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        "the body is larger than this service accepts",
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// The standard methods by name; any other is counted as `other` (a label set an attacker
@@ -324,17 +367,6 @@ pub async fn shutdown_signal() {
     tracing::info!("shutting down: finishing requests in flight");
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then lets requests in flight end.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
 /// Binds `listen` and works out the service's public URL: `public_url` when given (behind a
 /// proxy it must be), else `http://<the bound address>` (right on loopback and in tests, where
 /// the port is picked at bind time). It is the base of the `htu` of DPoP proofs (SPEC §8).
@@ -363,28 +395,58 @@ fn acceptable_request_id(id: &[u8]) -> bool {
 
 /// A service bound to its port, ready to serve: what each service's `build` returns.
 pub struct Server {
-    listener: TcpListener,
-    router: Router,
+    routers: Vec<(TcpListener, Router)>,
+    limits: crate::conn::ConnectionLimits,
+    on_stop: Vec<Box<dyn FnOnce() + Send>>,
 }
 
 impl Server {
     /// Binds `addr` (port 0 picks a free port) for `router`.
     pub async fn bind(addr: std::net::SocketAddr, router: Router) -> std::io::Result<Self> {
-        Ok(Self {
-            listener: TcpListener::bind(addr).await?,
-            router,
-        })
+        Ok(Self::from_listener(TcpListener::bind(addr).await?, router))
     }
 
     /// Serves `router` on a listener already bound (so that the router could be built
     /// knowing the port).
     pub fn from_listener(listener: TcpListener, router: Router) -> Self {
-        Self { listener, router }
+        Self {
+            routers: vec![(listener, router)],
+            limits: crate::conn::ConnectionLimits::default(),
+            on_stop: Vec::new(),
+        }
     }
 
-    /// The address it listens on.
+    /// Also serves `router` on `listener` (an internal port), under the same limits and
+    /// shutdown.
+    pub fn also(mut self, listener: TcpListener, router: Router) -> Self {
+        self.routers.push((listener, router));
+        self
+    }
+
+    /// Serves within `limits` (default: SPEC §9's).
+    pub fn with_limits(mut self, limits: crate::conn::ConnectionLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Runs `f` once shutdown begins, before requests in flight are waited for: it ends what
+    /// would never end by itself (event streams).
+    pub fn on_stop(mut self, f: impl FnOnce() + Send + 'static) -> Self {
+        self.on_stop.push(Box::new(f));
+        self
+    }
+
+    /// The address it listens on (the first listener's).
     pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.listener.local_addr()
+        match self.routers.first() {
+            Some((listener, _)) => listener.local_addr(),
+            None => Err(std::io::Error::other("no listener")),
+        }
+    }
+
+    /// Every address it listens on, the first one first.
+    pub fn local_addrs(&self) -> std::io::Result<Vec<std::net::SocketAddr>> {
+        self.routers.iter().map(|(l, _)| l.local_addr()).collect()
     }
 
     /// Serves until SIGTERM or Ctrl-C, then finishes requests in flight.
@@ -397,17 +459,23 @@ impl Server {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        serve(self.listener, self.router, shutdown).await
+        crate::conn::serve(self.routers, self.limits, self.on_stop, shutdown).await
     }
 
     /// Serves on a background task of this process (tests, the demo).
     pub fn spawn(self) -> std::io::Result<Running> {
+        let addrs = self.local_addrs()?;
         let addr = self.local_addr()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(self.run_until(async move {
             let _ = stopped.await;
         }));
-        Ok(Running { addr, stop, task })
+        Ok(Running {
+            addr,
+            addrs,
+            stop,
+            task,
+        })
     }
 }
 
@@ -415,6 +483,8 @@ impl Server {
 pub struct Running {
     /// Where it listens.
     pub addr: std::net::SocketAddr,
+    /// Every address it listens on, `addr` first.
+    pub addrs: Vec<std::net::SocketAddr>,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod conn;
 pub mod dpop;
 pub mod http;
 pub mod problem;
@@ -10,6 +11,7 @@ pub mod rate;
 pub mod telemetry;
 
 pub use auth::{NamedToken, TokenSet, bearer_token};
+pub use conn::ConnectionLimits;
 pub use problem::{ApiJson, ApiPath, Problem};
 
 /// The one SQLite connection a service keeps its state in, shared by its handlers.

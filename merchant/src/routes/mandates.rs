@@ -5,12 +5,27 @@ use ap2_mandate::{
     VerifiedMandate,
 };
 use ap2_service::problem::{ApiJson, Problem};
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::{AppState, refusal, unprocessable, verify};
+
+/// The backend a request authenticated as, from `Authorization: Bearer <backend token>`
+/// (SPEC §9). Extracted before the body, so a caller without a token learns nothing.
+#[derive(Debug, Clone)]
+pub struct Backend(pub String);
+
+impl FromRequestParts<AppState> for Backend {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+        ap2_service::auth::authenticate(&parts.headers, &state.backends, "backend token")
+            .map(|name| Backend(name.to_owned()))
+    }
+}
 
 /// The request body.
 #[derive(Debug, Deserialize)]
@@ -46,6 +61,7 @@ struct Verified<'a> {
 /// passes it on (`dpop`, `htm`, `htu`: a bound mandate needs them); with `consume` (default
 /// true) a success also spends the mandate and the proof.
 pub async fn verify_mandate(
+    Backend(backend): Backend,
     State(state): State<AppState>,
     ApiJson(body): ApiJson<VerifyRequest>,
 ) -> Result<Response, Problem> {
@@ -86,6 +102,7 @@ pub async fn verify_mandate(
         if consume { Consume::Yes } else { Consume::No },
     )
     .await?;
+    tracing::debug!(%backend, consume, "mandate verified for a backend");
     Ok(ApiJson(Verified {
         valid: true,
         consumed: consume,

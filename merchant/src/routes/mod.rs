@@ -68,6 +68,8 @@ pub struct App {
     pub session_ttl_secs: i64,
     /// Most open sessions per agent key.
     pub max_open_sessions: u32,
+    /// The backends that may call `/v1/mandates/verify`.
+    pub backends: ap2_service::TokenSet,
     /// Refusal log lines left this second.
     pub refusal_log: ap2_service::rate::Bucket,
     /// Time.
