@@ -31,6 +31,9 @@ pub struct Config {
     /// Largest request body, in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 16 * 1024)]
     pub max_body_bytes: usize,
+    /// Connection limits (SPEC §9).
+    #[command(flatten)]
+    pub http: ap2_service::ConnectionLimits,
     /// `max-age` of key responses, in seconds: how long a merchant may trust a cached key, and
     /// so the longest a revoked key can still be accepted.
     #[arg(long, env = "KEY_MAX_AGE_SECS", default_value_t = 60)]
@@ -45,6 +48,7 @@ impl Config {
             db,
             issuer_tokens,
             max_body_bytes: 16 * 1024,
+            http: ap2_service::ConnectionLimits::default(),
             key_max_age_secs: 60,
         }
     }

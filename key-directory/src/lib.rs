@@ -17,7 +17,7 @@ use axum::routing::{get, post};
 
 pub use config::Config;
 use routes::AppState;
-use store::SqliteStore;
+use store::{KeyStore, SqliteStore};
 
 /// Opens the store and binds the listener (port 0 picks a free port).
 pub async fn build(config: Config) -> anyhow::Result<Server> {
@@ -32,7 +32,9 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
     }
     let db = config.db.clone();
     let store = tokio::task::spawn_blocking(move || SqliteStore::open(&db)).await??;
+    let events = Arc::new(routes::events::EventHub::new(store.last_revocation()?));
     let state = AppState {
+        events: events.clone(),
         store: Arc::new(store),
         issuers: Arc::new(issuers),
         clock,
@@ -42,7 +44,10 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
         max_body_bytes: config.max_body_bytes,
         ..Limits::default()
     };
-    Ok(Server::bind(config.listen, router(state, limits)).await?)
+    Ok(Server::bind(config.listen, router(state, limits))
+        .await?
+        .with_limits(config.http)
+        .on_stop(move || events.close()))
 }
 
 /// Builds and starts the service on a background task.
@@ -57,6 +62,7 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         .route("/v1/keys/{kid}", get(routes::keys::get))
         .route("/v1/keys/{kid}/revoke", post(routes::keys::revoke))
         .route("/.well-known/jwks.json", get(routes::keys::jwks))
+        .route("/v1/events", get(routes::events::events))
         .route("/healthz", get(ap2_service::http::healthz))
         .route("/readyz", get(routes::health::readyz))
         .route("/metrics", get(ap2_service::http::metrics_handler))

@@ -52,6 +52,8 @@ pub async fn build(config: Config) -> anyhow::Result<Server> {
 
 /// As [`build`], with injected parts.
 pub async fn build_with(config: Config, parts: Parts) -> anyhow::Result<Server> {
+    // The recorder first: the background tasks started below count from their first step.
+    ap2_service::telemetry::metrics();
     let merchant_id = MerchantId::parse(&config.merchant_id)
         .map_err(|e| anyhow::anyhow!("--merchant-id: {e}"))?;
     let catalog = match &config.catalog {
@@ -146,6 +148,8 @@ pub async fn build_with(config: Config, parts: Parts) -> anyhow::Result<Server> 
     let data_dir = config.data_dir.clone();
     let store = Arc::new(tokio::task::spawn_blocking(move || SqliteStore::open(&data_dir)).await??);
     sweep_expired_sessions(store.clone(), parts.clock.clone(), config.session_ttl_secs);
+    // Revocations reach this merchant in about a second, not at the cache's max-age (SPEC §10).
+    let follower = tokio::spawn(keys.clone().follow_revocations(None, |_| {}));
     let state = AppState::new(App {
         verifier: Verifier::new(verifier_config, keys, replay, parts.clock.clone()),
         store,
@@ -175,7 +179,9 @@ pub async fn build_with(config: Config, parts: Parts) -> anyhow::Result<Server> 
             .also(internal, internal_router(state, limits)),
         None => Server::from_listener(listener, router(state, limits, true)),
     };
-    Ok(server.with_limits(config.http))
+    Ok(server
+        .with_limits(config.http)
+        .on_stop(move || follower.abort()))
 }
 
 /// Deletes the open sessions past their lifetime, every minute (or every lifetime, if

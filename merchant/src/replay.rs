@@ -42,6 +42,8 @@ pub struct RedisReplayGuard {
     prefix: String,
     timeout: Duration,
     all_or_none: redis::Script,
+    /// Failure log lines left: one a second, five at once (each failure is counted anyway).
+    failure_log: ap2_service::rate::Bucket,
 }
 
 /// Returns 0 when every key was new and is now set with its TTL (ARGV\[i\] ms), else the
@@ -71,6 +73,7 @@ impl RedisReplayGuard {
             prefix: prefix.to_owned(),
             timeout,
             all_or_none: redis::Script::new(ALL_OR_NONE),
+            failure_log: ap2_service::rate::Bucket::new(1.0, 5.0),
         })
     }
 
@@ -132,7 +135,9 @@ impl ReplayGuard for RedisReplayGuard {
             Err(_) => format!("no answer within {} ms", self.timeout.as_millis()),
         };
         metrics::counter!("ap2_replay_store_errors_total").increment(1);
-        tracing::warn!(error = %failure, "replay store failed: refusing the mandate");
+        if self.failure_log.take() {
+            tracing::warn!(error = %failure, "replay store failed: refusing the mandate");
+        }
         Err(ReplayError::Unavailable(failure))
     }
 }

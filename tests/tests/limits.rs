@@ -42,7 +42,10 @@ async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Vec<u8> {
         match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) => return got,
             Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-            Err(_) => panic!("still open after {limit:?}; got {:?}", String::from_utf8_lossy(&got)),
+            Err(_) => panic!(
+                "still open after {limit:?}; got {:?}",
+                String::from_utf8_lossy(&got)
+            ),
         }
     }
 }
@@ -263,7 +266,12 @@ async fn spec9_the_verify_endpoint_answers_only_a_backend_token() {
     let merchant = merchant(&tmp, &directory, &["--backend-token", &token]).await;
     let url = format!("{}/v1/mandates/verify", merchant.url());
     let http = reqwest::Client::new();
-    for auth in [None, Some("Bearer wrong"), Some("Basic abc"), Some("DPoP x")] {
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("Basic abc"),
+        Some("DPoP x"),
+    ] {
         let mut request = http.post(&url).json(&verify_body());
         if let Some(auth) = auth {
             request = request.header("authorization", auth);

@@ -641,3 +641,130 @@ async fn spec9_refusals_are_counted_every_time_but_logged_at_a_bounded_rate() {
     );
     assert!(logged >= 1.0);
 }
+
+/// The `kid` in a mandate's header.
+fn kid_of(mandate: &str) -> String {
+    use base64::Engine;
+    let header = mandate.split('.').next().unwrap();
+    let header: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header)
+            .unwrap(),
+    )
+    .unwrap();
+    header["kid"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn spec10_the_wallet_rotates_a_key_and_never_signs_with_a_revoked_one() {
+    let w = World::start().await;
+    let (carol, first_kid) = w.create_user("carol").await;
+    let (dave, _) = w.create_user("dave").await;
+    let (_, cart) = w.checkout(&w.merchant, shoes()).await;
+    let before = w.mandate_for("carol", &carol, &cart, 120).await;
+    assert_eq!(kid_of(&before), first_kid);
+    let url = format!("{}/v1/users/carol/keys/rotate", w.wallet.url());
+    // Another user may not; the user may.
+    let (status, body) = w
+        .call(
+            reqwest::Method::POST,
+            url.clone(),
+            Auth::Bearer(&dave),
+            None,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("forbidden"))
+    );
+    let (status, body) = w
+        .call(
+            reqwest::Method::POST,
+            url.clone(),
+            Auth::Bearer(&carol),
+            None,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let second_kid = body["kid"].as_str().unwrap().to_owned();
+    assert_ne!(second_kid, first_kid);
+    assert_eq!(body["previous_kid"], first_kid.as_str());
+    assert_eq!(body["previous_revoked"], true);
+    // The directory: the old key revoked, the new one active.
+    for (kid, status) in [(&first_kid, "revoked"), (&second_kid, "active")] {
+        let key: Value = w
+            .http
+            .get(format!("{}/v1/keys/{kid}", w.directory.url()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(key["status"], status);
+    }
+    // A mandate signed before the rotation is refused; the next one is signed with the new key.
+    let (session, _) = w.checkout(&w.merchant, shoes()).await;
+    w.refused(&w.merchant, &session, &before, AGENT, "mandate_key_revoked")
+        .await;
+    let after = w.mandate_for("carol", &carol, &cart, 120).await;
+    assert_eq!(kid_of(&after), second_kid);
+    let (status, body) = w.complete(&w.merchant, &session, &after, AGENT).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // The key is revoked at the directory behind the wallet's back: the wallet hears of it
+    // from the event stream and refuses to sign with it.
+    let revoked = w
+        .http
+        .post(format!("{}/v1/keys/{second_kid}/revoke", w.directory.url()))
+        .bearer_auth(DIRECTORY_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), StatusCode::OK);
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let (request, otp) = loop {
+        let request = w.request("carol", &cart, 120).await;
+        let otp = w.otp("carol", &carol, &request).await;
+        let (status, body) = w
+            .call(
+                reqwest::Method::POST,
+                format!("{}/v1/mandate-requests/{request}/approve", w.wallet.url()),
+                Auth::Bearer(&carol),
+                None,
+                None,
+                Some(json!({"otp": otp})),
+            )
+            .await;
+        if status == StatusCode::CONFLICT {
+            assert_eq!(body["code"], "user_key_revoked");
+            break (request, otp);
+        }
+        // Approved before the event came: try with a new request.
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the wallet still signs with a key revoked 2 s ago"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // The admin gives carol a new key; the same request is then approved with it.
+    let (status, body) = w
+        .call(
+            reqwest::Method::POST,
+            url,
+            Auth::Bearer(ADMIN_TOKEN),
+            None,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let third_kid = body["kid"].as_str().unwrap().to_owned();
+    let minted = w.approve(&carol, &request, &otp).await;
+    assert_eq!(kid_of(&minted), third_kid);
+}

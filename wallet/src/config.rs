@@ -55,6 +55,9 @@ pub struct Config {
     /// Largest request body, in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
+    /// Connection limits (SPEC §9).
+    #[command(flatten)]
+    pub http: ap2_service::ConnectionLimits,
     /// The URL agents reach this wallet at: a DPoP proof's `htu` must be this joined with the
     /// request's path (SPEC §8). Default: `http://<the address it listens on>`.
     #[arg(long, env = "WALLET_PUBLIC_URL")]
@@ -93,6 +96,7 @@ impl Config {
             max_mandate_ttl_secs: 300,
             approval_ttl_secs: 300,
             max_body_bytes: 64 * 1024,
+            http: ap2_service::ConnectionLimits::default(),
             max_pending_per_user: 20,
             public_url: None,
             allow_unbound_mandates: false,

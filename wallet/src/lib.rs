@@ -87,11 +87,111 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
             .build()?,
     };
     register_pending_keys(&state).await;
+    retry_retired_revocations(state.clone());
+    let follower = tokio::spawn(follow_revocations(state.clone()));
     let limits = Limits {
         max_body_bytes: config.max_body_bytes,
         ..Limits::default()
     };
-    Ok(Server::from_listener(listener, router(state, limits)))
+    Ok(Server::from_listener(listener, router(state, limits))
+        .with_limits(config.http)
+        .on_stop(move || follower.abort()))
+}
+
+/// Follows the directory's revocations from the first one (so none made while the wallet was
+/// down is missed): a revoked user key is marked in the store and dropped from memory, and is
+/// never signed with again (SPEC §10).
+async fn follow_revocations(state: AppState) {
+    let (sender, mut revoked) = tokio::sync::mpsc::unbounded_channel::<Kid>();
+    let marking = {
+        let state = state.clone();
+        async move {
+            while let Some(kid) = revoked.recv().await {
+                mark_revoked(&state, &kid).await;
+            }
+        }
+    };
+    let following = state
+        .directory
+        .clone()
+        .follow_revocations(Some("0".to_owned()), move |kid| {
+            let _ = sender.send(kid.clone());
+        });
+    tokio::join!(following, marking);
+}
+
+/// Records that the directory revoked `kid`; retried until the store takes it.
+async fn mark_revoked(state: &AppState, kid: &Kid) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let (store, id, now) = (state.store.clone(), kid.to_string(), state.clock.now_unix());
+        match tokio::task::spawn_blocking(move || store.key_revoked(&id, now)).await {
+            Ok(Ok(user)) => {
+                if let Some(user) = user {
+                    if let Ok(mut signers) = state.signers.write() {
+                        signers.remove(&user);
+                    }
+                    tracing::warn!(user_id = %user, %kid, "the user's key was revoked: no more mandates until it is rotated");
+                }
+                return;
+            }
+            Ok(Err(e)) => tracing::warn!(%kid, error = %e, "a revocation is not recorded yet"),
+            Err(e) => tracing::warn!(%kid, error = %e, "a revocation is not recorded yet"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Revokes a retired key at the directory and records it; whether that worked.
+pub(crate) async fn revoke_retired(state: &AppState, kid: &str) -> bool {
+    let Ok(parsed) = Kid::parse(kid) else {
+        return false;
+    };
+    match state
+        .directory
+        .revoke(&state.directory_token, &parsed)
+        .await
+    {
+        Ok(_) => {
+            let (store, id, now) = (state.store.clone(), kid.to_owned(), state.clock.now_unix());
+            matches!(
+                tokio::task::spawn_blocking(move || store.key_revoked(&id, now)).await,
+                Ok(Ok(_))
+            )
+        }
+        Err(e) => {
+            tracing::warn!(%kid, error = %e, "a retired key is not revoked yet");
+            false
+        }
+    }
+}
+
+/// Revokes every retired key not revoked yet, retrying (1 s, doubling up to a minute) until
+/// none is left.
+pub(crate) fn retry_retired_revocations(state: AppState) {
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let store = state.store.clone();
+            let pending = match tokio::task::spawn_blocking(move || store.retired_unrevoked()).await
+            {
+                Ok(Ok(pending)) => pending,
+                _ => Vec::new(),
+            };
+            let mut left = 0;
+            for kid in &pending {
+                if !revoke_retired(&state, kid).await {
+                    left += 1;
+                }
+            }
+            if left == 0 {
+                return;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(60));
+        }
+    });
 }
 
 /// A user whose row was stored but whose key registration was cut short (a crash between
@@ -145,6 +245,7 @@ pub fn router(state: AppState, limits: Limits) -> Router {
             "/v1/users/{id}/notifications",
             get(routes::users::notifications),
         )
+        .route("/v1/users/{id}/keys/rotate", post(routes::users::rotate))
         .route("/v1/mandate-requests", post(routes::requests::create))
         .route("/v1/mandate-requests/{id}", get(routes::requests::get))
         .route(

@@ -48,7 +48,8 @@ async fn main() {
         );
     };
     // The merchant backend's token (SPEC §9), as bench/common.sh starts the merchant.
-    let backend_token = std::env::var("AP2_BACKEND_TOKEN").unwrap_or_else(|_| "bench-backend-token".to_owned());
+    let backend_token =
+        std::env::var("AP2_BACKEND_TOKEN").unwrap_or_else(|_| "bench-backend-token".to_owned());
     let signer = Arc::new(
         LocalSigner::from_pkcs8_pem(&std::fs::read_to_string(key).unwrap(), None).unwrap(),
     );

@@ -112,9 +112,9 @@ impl Services {
         let start_merchant = |id: &str, dir: &str| {
             let mut config =
                 merchant::Config::local(id, data.path().join(dir), &directory.url(), redis.clone());
-            // So that the demo takes seconds: a revoked key is refused within a second (the key
-            // cache), and a 1-second mandate is expired a second later (the leeway).
-            config.key_cache_secs = 1;
+            // So that the demo takes seconds: a 1-second mandate is expired a second later (the
+            // leeway). A revoked key is refused at once: the merchant follows the directory's
+            // event stream, with the key cache's default of 60 s.
             config.leeway_secs = 1;
             config.backend_tokens = vec![backend.clone()];
             merchant::spawn(config, merchant::Parts::default())
@@ -294,6 +294,40 @@ impl Story {
     /// The agent asks for a mandate (with a proof of its key), the user reads the code and
     /// approves; returns the request, the code and the mandate.
     async fn approved_mandate(&self, cart: &Value, ttl: u32) -> Result<(Value, String, String)> {
+        let (request, id, otp) = self.ask(cart, ttl).await?;
+        let wallet = &self.urls.wallet;
+        self.http
+            .expect(
+                reqwest::Method::POST,
+                format!("{wallet}/v1/mandate-requests/{id}/approve"),
+                Auth::Bearer(&self.user_token),
+                &[],
+                Some(json!({ "otp": otp })),
+                StatusCode::OK,
+            )
+            .await?;
+        Ok((request, otp, self.mandate_of(&id).await?))
+    }
+
+    /// The mandate of approved request `id`, as the agent collects it.
+    async fn mandate_of(&self, id: &str) -> Result<String> {
+        let done = self
+            .http
+            .expect(
+                reqwest::Method::GET,
+                format!("{}/v1/mandate-requests/{id}", self.urls.wallet),
+                Auth::Bearer(&self.secrets.agent_token),
+                &[],
+                None,
+                StatusCode::OK,
+            )
+            .await?;
+        Ok(text(&done, "mandate")?.to_owned())
+    }
+
+    /// The agent asks for a mandate for `cart`; returns the request, its id, and the code
+    /// from the user's notifications.
+    async fn ask(&self, cart: &Value, ttl: u32) -> Result<(Value, String, String)> {
         let wallet = &self.urls.wallet;
         let agent = self.secrets.agent_token.as_str();
         let url = format!("{wallet}/v1/mandate-requests");
@@ -327,28 +361,20 @@ impl Story {
             .and_then(|n| n["otp"].as_str())
             .context("the request is not in the user's notifications")?
             .to_owned();
+        Ok((request, id, otp))
+    }
+
+    /// The user enters the code of request `id`: the wallet's answer.
+    async fn approve(&self, id: &str, otp: &str) -> Result<(StatusCode, Value)> {
         self.http
-            .expect(
+            .send(
                 reqwest::Method::POST,
-                format!("{wallet}/v1/mandate-requests/{id}/approve"),
+                format!("{}/v1/mandate-requests/{id}/approve", self.urls.wallet),
                 Auth::Bearer(&self.user_token),
                 &[],
                 Some(json!({ "otp": otp })),
-                StatusCode::OK,
             )
-            .await?;
-        let done = self
-            .http
-            .expect(
-                reqwest::Method::GET,
-                format!("{wallet}/v1/mandate-requests/{id}"),
-                Auth::Bearer(agent),
-                &[],
-                None,
-                StatusCode::OK,
-            )
-            .await?;
-        Ok((request, otp, text(&done, "mandate")?.to_owned()))
+            .await
     }
 
     fn complete_url(merchant_url: &str, session: &str) -> String {
@@ -739,7 +765,8 @@ async fn story(urls: Urls, secrets: Endpoints, user_id: String) -> Result<bool> 
         .await?;
     all &= refused("presented after it expired", &got, "mandate_expired");
 
-    // The wallet's issuer revokes the user's key; the merchant sees it when its cache expires.
+    // The wallet's issuer revokes the user's key; the directory's event stream tells the
+    // merchant at once (SPEC §10).
     let directory = DirectoryClient::new(&story.urls.directory, DirectoryClientConfig::default())
         .map_err(anyhow::Error::msg)?;
     directory
@@ -765,6 +792,65 @@ async fn story(urls: Urls, secrets: Endpoints, user_id: String) -> Result<bool> 
         &got,
         "mandate_key_revoked",
     );
+
+    // The wallet follows the same stream: it will not sign with the revoked key (SPEC §10).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let (pending, otp, got) = loop {
+        let (_, pending, otp) = story.ask(&cart, 120).await?;
+        let got = story.approve(&pending, &otp).await?;
+        if got.0 != StatusCode::OK || std::time::Instant::now() >= deadline {
+            break (pending, otp, got);
+        }
+        // Approved before the revocation reached the wallet: ask again.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    all &= refused_with(
+        "the wallet asked to sign with the revoked key",
+        &got,
+        StatusCode::CONFLICT,
+        "user_key_revoked",
+    );
+    // The user gets a new key; the same request is then approved with it, and pays.
+    let rotated = story
+        .http
+        .expect(
+            reqwest::Method::POST,
+            format!(
+                "{}/v1/users/{}/keys/rotate",
+                story.urls.wallet, story.user_id
+            ),
+            Auth::Bearer(&story.user_token),
+            &[],
+            None,
+            StatusCode::OK,
+        )
+        .await?;
+    println!(
+        "  the user's key is rotated: {} replaces {}",
+        text(&rotated, "kid")?,
+        text(&rotated, "previous_kid")?
+    );
+    let approved = story.approve(&pending, &otp).await?;
+    let paid = if approved.0 == StatusCode::OK {
+        let mandate = story.mandate_of(&pending).await?;
+        let third = story.checkout(&merchant, &items).await?;
+        story
+            .complete(&merchant, text(&third, "id")?, &mandate, AGENT, &keys.agent)
+            .await?
+    } else {
+        approved
+    };
+    let ok = paid.0 == StatusCode::OK;
+    println!(
+        "  {} approved again with the new key: {}",
+        if ok { "✓" } else { "✗" },
+        if ok {
+            format!("order {}", text(&paid.1, "order_id")?)
+        } else {
+            format!("{} {}", paid.0, paid.1)
+        }
+    );
+    all &= ok;
 
     let session_url = format!("{merchant}/v1/checkout-sessions/{second_id}");
     let look = proof(&keys.agent, "GET", &session_url, None)?;

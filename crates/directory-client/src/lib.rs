@@ -117,8 +117,13 @@ pub struct DirectoryClient {
 
 struct Inner {
     http: reqwest::Client,
+    /// For the event stream: no overall timeout, a read timeout instead.
+    stream_http: reqwest::Client,
     base: String,
     cache: Cache<Kid, Entry>,
+    /// Kids the event stream said are revoked, kept longer than any cache entry, so that a
+    /// lookup in flight when the event came cannot cache the key as active again.
+    revoked: Cache<Kid, ()>,
     config: DirectoryClientConfig,
     upstream_fetches: AtomicU64,
     fetch_limit: Option<ap2_service::rate::Bucket>,
@@ -137,9 +142,20 @@ impl DirectoryClient {
             .max_capacity(config.max_entries)
             .expire_after(EntryExpiry)
             .build();
+        let stream_http = reqwest::Client::builder()
+            .connect_timeout(config.timeout)
+            .read_timeout(STREAM_READ_TIMEOUT)
+            .build()
+            .map_err(|e| ClientError::Unavailable(e.to_string()))?;
+        let revoked = Cache::builder()
+            .max_capacity(config.max_entries)
+            .time_to_live(config.fresh_for.saturating_mul(2))
+            .build();
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
+                stream_http,
+                revoked,
                 base: base_url.trim_end_matches('/').to_owned(),
                 cache,
                 fetch_limit: config
@@ -245,6 +261,196 @@ impl DirectoryClient {
     }
 }
 
+/// How long the event stream may be silent (the directory sends a comment every 15 s) before
+/// the connection is taken for dead and opened again.
+const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// Longest line the event stream may send.
+const STREAM_MAX_LINE: usize = 16 * 1024;
+
+impl DirectoryClient {
+    /// Marks `kid` revoked and drops it from the cache: from now on it resolves as revoked.
+    pub async fn evict_revoked(&self, kid: &Kid) {
+        self.inner.revoked.insert(kid.clone(), ()).await;
+        self.inner.cache.invalidate(kid).await;
+    }
+
+    /// Follows the directory's `GET /v1/events` (SPEC §10) for as long as the future runs:
+    /// each `revoked` event evicts its kid at once. When the stream breaks it is opened again
+    /// (100 ms, doubling up to 5 s) with `Last-Event-ID`, so nothing sent meanwhile is missed;
+    /// while it is down, cached keys expire at their max-age as before. The gauge
+    /// `ap2_revocation_stream_connected` is 1 while it is open.
+    ///
+    /// `resume_after` is the id to start after (`Some("0")`: every revocation ever made; `None`:
+    /// those from now on). `on_revoked` is called with each revoked kid after its eviction.
+    pub async fn follow_revocations(
+        self,
+        resume_after: Option<String>,
+        mut on_revoked: impl FnMut(&Kid) + Send,
+    ) {
+        let mut last_id = resume_after;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let mut connected = false;
+            match self
+                .stream_once(&mut last_id, &mut connected, &mut on_revoked)
+                .await
+            {
+                Ok(()) => tracing::info!("revocation stream ended; opening it again"),
+                Err(why) => tracing::warn!(error = %why, "revocation stream down"),
+            }
+            metrics::gauge!("ap2_revocation_stream_connected").set(0.0);
+            if connected {
+                backoff = Duration::from_millis(100);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn stream_once(
+        &self,
+        last_id: &mut Option<String>,
+        connected: &mut bool,
+        on_revoked: &mut (impl FnMut(&Kid) + Send),
+    ) -> Result<(), String> {
+        let mut request = self
+            .inner
+            .stream_http
+            .get(format!("{}/v1/events", self.inner.base))
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        if let Some(id) = last_id.as_deref() {
+            request = request.header("last-event-id", id);
+        }
+        let mut response = request.send().await.map_err(|e| e.to_string())?;
+        if response.status() != StatusCode::OK {
+            return Err(format!("status {}", response.status()));
+        }
+        *connected = true;
+        metrics::gauge!("ap2_revocation_stream_connected").set(1.0);
+        metrics::counter!("ap2_revocation_stream_connects_total").increment(1);
+        tracing::info!(
+            resumed_after = last_id.as_deref().unwrap_or("-"),
+            "revocation stream open"
+        );
+        let mut parser = SseParser::default();
+        while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+            for event in parser.feed(&chunk)? {
+                if event.event == "revoked"
+                    && let Some(kid) = self.on_revoked(&event.data).await
+                {
+                    on_revoked(&kid);
+                }
+                if let Some(id) = event.id {
+                    *last_id = Some(id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_revoked(&self, data: &str) -> Option<Kid> {
+        #[derive(Deserialize)]
+        struct Revoked {
+            kid: String,
+        }
+        match serde_json::from_str::<Revoked>(data)
+            .ok()
+            .and_then(|r| Kid::parse(&r.kid).ok())
+        {
+            Some(kid) => {
+                self.evict_revoked(&kid).await;
+                metrics::counter!("ap2_revocations_received_total").increment(1);
+                tracing::debug!(%kid, "key revoked: evicted from the cache");
+                Some(kid)
+            }
+            None => {
+                tracing::warn!("revocation event without a usable kid");
+                None
+            }
+        }
+    }
+}
+
+/// One Server-Sent Event.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct SseEvent {
+    event: String,
+    data: String,
+    id: Option<String>,
+}
+
+/// The event stream format (HTML Living Standard §9.2.6), fed chunk by chunk.
+#[derive(Debug, Default)]
+struct SseParser {
+    line: Vec<u8>,
+    current: SseEvent,
+    has_data: bool,
+}
+
+impl SseParser {
+    fn feed(&mut self, bytes: &[u8]) -> Result<Vec<SseEvent>, String> {
+        let mut done = Vec::new();
+        for &b in bytes {
+            if b == b'\n' {
+                let mut line = std::mem::take(&mut self.line);
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                self.line_done(&line, &mut done);
+            } else if self.line.len() >= STREAM_MAX_LINE {
+                return Err("an event stream line is too long".into());
+            } else {
+                self.line.push(b);
+            }
+        }
+        Ok(done)
+    }
+
+    fn line_done(&mut self, line: &[u8], done: &mut Vec<SseEvent>) {
+        if line.is_empty() {
+            let event = std::mem::take(&mut self.current);
+            if std::mem::take(&mut self.has_data) {
+                done.push(SseEvent {
+                    event: if event.event.is_empty() {
+                        "message".into()
+                    } else {
+                        event.event
+                    },
+                    ..event
+                });
+            } else if event.id.is_some() {
+                // An id without data still moves the stream's last id.
+                done.push(SseEvent {
+                    event: String::new(),
+                    ..event
+                });
+            }
+            return;
+        }
+        let text = String::from_utf8_lossy(line);
+        if text.starts_with(':') {
+            return;
+        }
+        let (field, value) = match text.split_once(':') {
+            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+            None => (text.as_ref(), ""),
+        };
+        match field {
+            "event" => self.current.event = value.to_owned(),
+            "data" => {
+                if self.has_data {
+                    self.current.data.push('\n');
+                }
+                self.current.data.push_str(value);
+                self.has_data = true;
+            }
+            "id" if !value.contains('\0') => self.current.id = Some(value.to_owned()),
+            _ => {}
+        }
+    }
+}
+
 impl KeyResolver for DirectoryClient {
     async fn resolve(&self, kid: &Kid) -> Result<Arc<KeyRecord>, ResolveError> {
         let entry = match self.inner.cache.get(kid).await {
@@ -262,6 +468,15 @@ impl KeyResolver for DirectoryClient {
             }
         };
         match entry {
+            Entry::Found { record, .. }
+                if record.status == KeyStatus::Active && self.inner.revoked.contains_key(kid) =>
+            {
+                // Revoked since it was fetched: the stream said so (SPEC §10).
+                Ok(Arc::new(KeyRecord {
+                    status: KeyStatus::Revoked,
+                    ..KeyRecord::clone(&record)
+                }))
+            }
             Entry::Found { record, .. } => Ok(record),
             Entry::Unknown { .. } => Err(ResolveError::Unknown),
         }
@@ -328,6 +543,33 @@ async fn read_key(response: reqwest::Response) -> Result<KeyView, ClientError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spec10_event_stream_lines_are_parsed_across_chunks() {
+        let mut p = SseParser::default();
+        let mut got = p
+            .feed(b": keep-alive\n\nevent: revoked\nid: 7\nda")
+            .unwrap();
+        assert!(got.is_empty());
+        got.extend(p.feed(b"ta: {\"kid\":\"k1\"}\r\n\r\nid: 8\n\n").unwrap());
+        assert_eq!(
+            got,
+            vec![
+                SseEvent {
+                    event: "revoked".into(),
+                    data: r#"{"kid":"k1"}"#.into(),
+                    id: Some("7".into()),
+                },
+                SseEvent {
+                    event: String::new(),
+                    data: String::new(),
+                    id: Some("8".into()),
+                },
+            ]
+        );
+        let mut long = SseParser::default();
+        assert!(long.feed(&vec![b'a'; STREAM_MAX_LINE + 1]).is_err());
+    }
 
     #[test]
     fn max_age_is_read_from_cache_control() {

@@ -53,7 +53,10 @@ impl Default for ConnectionLimits {
 impl ConnectionLimits {
     /// Refuses limits that would make a service unusable.
     pub fn check(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(self.max_connections > 0, "--max-connections must be positive");
+        anyhow::ensure!(
+            self.max_connections > 0,
+            "--max-connections must be positive"
+        );
         anyhow::ensure!(
             self.http_header_timeout_secs > 0,
             "--http-header-timeout-secs must be positive"
@@ -103,7 +106,10 @@ pub async fn serve(
     }
     match Arc::try_unwrap(graceful) {
         Ok(graceful) => {
-            if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+            if tokio::time::timeout(DRAIN, graceful.shutdown())
+                .await
+                .is_err()
+            {
                 tracing::warn!("shutdown: requests still in flight after 15 s were dropped");
             }
         }
@@ -247,7 +253,10 @@ impl Watch {
                 self.changed.notified().await;
                 continue;
             } else {
-                (self.idle_since.load(Ordering::Relaxed) + idle, "idle_timeout")
+                (
+                    self.idle_since.load(Ordering::Relaxed) + idle,
+                    "idle_timeout",
+                )
             };
             let now = self.now();
             if now >= deadline {

@@ -178,8 +178,13 @@ pub async fn revoke(
     check_kid(&kid)?;
     let now = state.clock.now_unix();
     let caller = issuer.clone();
-    match blocking(&state, move |store| store.revoke(&kid, &caller, now)).await? {
-        Ok(entry) => {
+    let revoked = blocking(&state, move |store| {
+        let entry = store.revoke(&kid, &caller, now)?;
+        Ok((entry, store.last_revocation()?))
+    });
+    match revoked.await? {
+        Ok((entry, last)) => {
+            state.events.committed(last);
             tracing::info!(kid = %entry.kid, issuer = %issuer, "key revoked");
             Ok(axum::Json(KeyView::of(&entry)).into_response())
         }

@@ -1,5 +1,6 @@
 //! The HTTP API (SPEC §5, key-directory).
 
+pub mod events;
 pub mod health;
 pub mod keys;
 
@@ -7,7 +8,6 @@ use std::sync::Arc;
 
 use ap2_mandate::Clock;
 use ap2_service::TokenSet;
-use ap2_service::auth::{BearerError, bearer_token};
 use ap2_service::problem::Problem;
 use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
@@ -26,6 +26,8 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// `max-age` of key responses.
     pub key_max_age_secs: u32,
+    /// Wakes the event streams.
+    pub events: Arc<events::EventHub>,
 }
 
 /// The issuer a request authenticated as, from `Authorization: Bearer <issuer token>`.
@@ -37,21 +39,8 @@ impl FromRequestParts<AppState> for Issuer {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
-        match bearer_token(&parts.headers) {
-            Ok(token) => state
-                .issuers
-                .name_of(token)
-                .map(|name| Issuer(name.to_owned()))
-                .ok_or_else(|| Problem::unauthorized("the issuer token is not valid", true)),
-            Err(BearerError::Missing) => Err(Problem::unauthorized(
-                "an issuer token is required: Authorization: Bearer <token>",
-                false,
-            )),
-            Err(BearerError::Malformed) => Err(Problem::unauthorized(
-                "the Authorization header is not Bearer <token>",
-                true,
-            )),
-        }
+        ap2_service::auth::authenticate(&parts.headers, &state.issuers, "issuer token")
+            .map(|name| Issuer(name.to_owned()))
     }
 }
 

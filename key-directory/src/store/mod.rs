@@ -34,6 +34,17 @@ impl KeyEntry {
     }
 }
 
+/// A revocation as the event stream tells it (SPEC §10).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// Its place in the stream: increasing, never reused; the SSE `id`.
+    pub seq: i64,
+    /// The revoked key.
+    pub kid: String,
+    /// Unix seconds.
+    pub revoked_at: i64,
+}
+
 /// What a registration did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Registered {
@@ -73,8 +84,13 @@ pub trait KeyStore: Send + Sync + 'static {
     fn register(&self, entry: KeyEntry) -> Result<Registered, StoreError>;
     /// The entry for `kid`.
     fn get(&self, kid: &str) -> Result<Option<KeyEntry>, StoreError>;
-    /// Revokes `kid` for `issuer` at `now`; revoking again keeps the first time.
+    /// Revokes `kid` for `issuer` at `now`; revoking again keeps the first time. The first
+    /// revocation appends its event in the same transaction.
     fn revoke(&self, kid: &str, issuer: &str, now: i64) -> Result<KeyEntry, StoreError>;
+    /// At most `limit` revocations after `seq`, in order.
+    fn revocations_after(&self, seq: i64, limit: usize) -> Result<Vec<Revocation>, StoreError>;
+    /// The last revocation's `seq` (0 when there is none).
+    fn last_revocation(&self) -> Result<i64, StoreError>;
     /// Every active key, oldest first.
     fn active(&self) -> Result<Vec<KeyEntry>, StoreError>;
     /// Whether the store answers.

@@ -5,7 +5,7 @@ use std::path::Path;
 use ap2_service::{DbPoisoned, SqliteDb};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{KeyEntry, KeyStore, Registered, StoreError};
+use super::{KeyEntry, KeyStore, Registered, Revocation, StoreError};
 
 /// Keys in a SQLite database file.
 #[derive(Debug)]
@@ -33,6 +33,14 @@ CREATE TABLE IF NOT EXISTS keys (
     created_at INTEGER NOT NULL,
     revoked_at INTEGER
 ) STRICT;
+CREATE TABLE IF NOT EXISTS revocations (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    kid        TEXT NOT NULL UNIQUE REFERENCES keys (kid),
+    revoked_at INTEGER NOT NULL
+) STRICT;
+-- Keys revoked before the stream existed get their event once.
+INSERT OR IGNORE INTO revocations (kid, revoked_at)
+    SELECT kid, revoked_at FROM keys WHERE revoked_at IS NOT NULL ORDER BY revoked_at, kid;
 ";
 
 const COLUMNS: &str = "kid, issuer, subject, thumbprint, jwk, created_at, revoked_at";
@@ -132,6 +140,11 @@ impl KeyStore for SqliteStore {
                 params![kid, now],
             )
             .map_err(backend)?;
+            tx.execute(
+                "INSERT INTO revocations (kid, revoked_at) VALUES (?1, ?2)",
+                params![kid, now],
+            )
+            .map_err(backend)?;
             tx.commit().map_err(backend)?;
             Ok(KeyEntry {
                 revoked_at: Some(now),
@@ -149,6 +162,37 @@ impl KeyStore for SqliteStore {
             let rows = stmt.query_map([], row_to_entry).map_err(backend)?;
             rows.map(|row| row.map_err(backend).and_then(finish))
                 .collect()
+        })
+    }
+
+    fn revocations_after(&self, seq: i64, limit: usize) -> Result<Vec<Revocation>, StoreError> {
+        self.db.with(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, kid, revoked_at FROM revocations WHERE seq > ?1
+                     ORDER BY seq LIMIT ?2",
+                )
+                .map_err(backend)?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = stmt
+                .query_map(params![seq, limit], |row| {
+                    Ok(Revocation {
+                        seq: row.get(0)?,
+                        kid: row.get(1)?,
+                        revoked_at: row.get(2)?,
+                    })
+                })
+                .map_err(backend)?;
+            rows.map(|row| row.map_err(backend)).collect()
+        })
+    }
+
+    fn last_revocation(&self) -> Result<i64, StoreError> {
+        self.db.with(|conn| {
+            conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM revocations", [], |row| {
+                row.get(0)
+            })
+            .map_err(backend)
         })
     }
 

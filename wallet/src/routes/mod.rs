@@ -89,6 +89,27 @@ impl FromRequestParts<AppState> for Admin {
     }
 }
 
+/// The admin, or a caller by its token (who may act only on itself).
+pub enum AdminOrCaller {
+    /// The admin token.
+    Admin,
+    /// An agent or a user.
+    Caller(Caller),
+}
+
+impl FromRequestParts<AppState> for AdminOrCaller {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+        if state.admin.name_of(token_of(parts)?).is_some() {
+            return Ok(AdminOrCaller::Admin);
+        }
+        Caller::from_request_parts(parts, state)
+            .await
+            .map(AdminOrCaller::Caller)
+    }
+}
+
 /// Who is calling: an agent (by its configured token) or a user (by the token the wallet
 /// issued at creation).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,6 +191,15 @@ pub async fn blocking<T: Send + 'static>(
 }
 
 /// The user's signer, opened from the store once and then kept in memory.
+/// 409 `user_key_revoked`: the wallet never signs with a revoked key (SPEC §10).
+pub fn key_revoked() -> Problem {
+    Problem::new(
+        StatusCode::CONFLICT,
+        "user_key_revoked",
+        "the user's key is revoked; give the user a new one with POST /v1/users/{id}/keys/rotate",
+    )
+}
+
 pub async fn signer_for(state: &AppState, user_id: &str) -> Result<Arc<LocalSigner>, Problem> {
     if let Some(signer) = state
         .signers
@@ -183,6 +213,9 @@ pub async fn signer_for(state: &AppState, user_id: &str) -> Result<Arc<LocalSign
     let user = blocking(state, move |store| store.user(&id))
         .await?
         .ok_or_else(|| Problem::not_found("user_not_found", "no such user"))?;
+    if user.key_revoked_at.is_some() {
+        return Err(key_revoked());
+    }
     let der = state
         .master
         .open(&user.user_id, &user.sealed_key)

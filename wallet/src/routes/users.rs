@@ -56,6 +56,7 @@ pub async fn create(
         sealed_key: sealed,
         registered: false,
         created_at: state.clock.now_unix(),
+        key_revoked_at: None,
     };
     blocking(&state, move |store| store.create_user(&row)).await?;
     let jwk = signer.public_key().to_jwk(signer.kid());
@@ -98,6 +99,90 @@ pub async fn create(
             user_token: token,
         }),
     ))
+}
+
+/// `POST /v1/users/{id}/keys/rotate` answer.
+#[derive(Debug, Serialize)]
+pub struct Rotated {
+    user_id: String,
+    /// The new key's kid: every mandate from now on is signed with it.
+    kid: String,
+    /// The key it replaces.
+    previous_kid: String,
+    /// Whether the directory has revoked the previous key yet; if not, the wallet retries
+    /// until it has (it never signs with it again either way).
+    previous_revoked: bool,
+}
+
+/// Gives the user a new key (SPEC §10): the admin, or the user. The new key is registered at
+/// the directory first; only then does it replace the old one (in one transaction), and the
+/// old one is revoked at the directory. A directory that cannot be reached leaves everything
+/// as it was (503); a revocation that fails after the swap is retried in the background.
+pub async fn rotate(
+    State(state): State<AppState>,
+    caller: super::AdminOrCaller,
+    ApiPath(user_id): ApiPath<String>,
+) -> Result<ApiJson<Rotated>, Problem> {
+    if let super::AdminOrCaller::Caller(caller) = caller
+        && caller.user()? != user_id
+    {
+        return Err(Problem::forbidden("this is another user's key"));
+    }
+    let id = user_id.clone();
+    blocking(&state, move |store| store.user(&id))
+        .await?
+        .ok_or_else(|| Problem::not_found("user_not_found", "no such user"))?;
+    let signer = ap2_mandate::LocalSigner::generate().map_err(Problem::internal)?;
+    let der = signer.to_pkcs8_der().map_err(Problem::internal)?;
+    let sealed = state
+        .master
+        .seal(&user_id, &der)
+        .map_err(Problem::internal)?;
+    let jwk = signer.public_key().to_jwk(signer.kid());
+    // A crash after this leaves a registered key nobody holds: harmless, never signed with.
+    state
+        .directory
+        .register(&state.directory_token, &user_id, &jwk)
+        .await
+        .map_err(|err| {
+            tracing::error!(%user_id, error = %err, "rotation: the key directory did not take the new key");
+            match err {
+                ClientError::Unavailable(_) => Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "key_directory_unavailable",
+                    "the key directory could not be reached; the key is unchanged",
+                ),
+                ClientError::Refused { .. } => Problem::new(
+                    StatusCode::BAD_GATEWAY,
+                    "key_directory_refused",
+                    "the key directory refused the new key; the key is unchanged",
+                ),
+            }
+        })?;
+    let (id, kid, now) = (
+        user_id.clone(),
+        signer.kid().to_string(),
+        state.clock.now_unix(),
+    );
+    let previous = blocking(&state, move |store| {
+        store.rotate_key(&id, &kid, &sealed, now)
+    })
+    .await?;
+    let signer = std::sync::Arc::new(signer);
+    if let Ok(mut signers) = state.signers.write() {
+        signers.insert(user_id.clone(), signer.clone());
+    }
+    let previous_revoked = crate::revoke_retired(&state, &previous).await;
+    if !previous_revoked {
+        crate::retry_retired_revocations(state.clone());
+    }
+    tracing::info!(%user_id, kid = %signer.kid(), %previous, previous_revoked, "user key rotated");
+    Ok(ApiJson(Rotated {
+        user_id,
+        kid: signer.kid().to_string(),
+        previous_kid: previous,
+        previous_revoked,
+    }))
 }
 
 /// One pending request as the user sees it, with its code: the out-of-band channel.

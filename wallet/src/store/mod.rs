@@ -20,6 +20,8 @@ pub struct UserRow {
     pub registered: bool,
     /// Unix seconds.
     pub created_at: i64,
+    /// When the key directory revoked this key (SPEC §10): the wallet never signs with it.
+    pub key_revoked_at: Option<i64>,
 }
 
 /// Where a mandate request stands.
@@ -168,6 +170,20 @@ pub trait WalletStore: Send + Sync + 'static {
     fn mark_registered(&self, user_id: &str) -> Result<(), StoreError>;
     /// Removes a user whose key never reached the directory.
     fn delete_unregistered_user(&self, user_id: &str) -> Result<(), StoreError>;
+    /// Makes `new_kid` (sealed as `new_sealed`) the user's key, and keeps the old kid as
+    /// retired, to be revoked at the directory; one transaction. Returns the old kid.
+    fn rotate_key(
+        &self,
+        user_id: &str,
+        new_kid: &str,
+        new_sealed: &[u8],
+        now: i64,
+    ) -> Result<String, StoreError>;
+    /// Retired kids not yet revoked at the directory.
+    fn retired_unrevoked(&self) -> Result<Vec<String>, StoreError>;
+    /// The directory revoked `kid` at `now`: a user's current key is marked (never signed
+    /// with again), a retired one is done with. Returns the user whose current key it was.
+    fn key_revoked(&self, kid: &str, now: i64) -> Result<Option<String>, StoreError>;
     /// Users whose key has not reached the directory yet.
     fn unregistered_users(&self) -> Result<Vec<UserRow>, StoreError>;
     /// A user.

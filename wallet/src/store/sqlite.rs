@@ -56,9 +56,16 @@ CREATE TABLE IF NOT EXISTS dpop_proofs (
     until INTEGER NOT NULL
 ) STRICT;
 CREATE INDEX IF NOT EXISTS dpop_proofs_by_until ON dpop_proofs(until);
+CREATE TABLE IF NOT EXISTS retired_keys (
+    kid        TEXT PRIMARY KEY NOT NULL,
+    user_id    TEXT NOT NULL REFERENCES users(user_id),
+    retired_at INTEGER NOT NULL,
+    revoked    INTEGER NOT NULL
+) STRICT;
 ";
 
-const USER_COLUMNS: &str = "user_id, kid, token_hash, sealed_key, registered, created_at";
+const USER_COLUMNS: &str =
+    "user_id, kid, token_hash, sealed_key, registered, created_at, key_revoked_at";
 const REQUEST_COLUMNS: &str = "id, user_id, agent_id, merchant_id, cart, cart_hash, max_amount, \
      currency, ttl_secs, otp, attempts, status, created_at, expires_at, mandate, mandate_exp, \
      cnf_jkt";
@@ -71,6 +78,7 @@ fn user_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> {
         sealed_key: row.get(3)?,
         registered: row.get::<_, i64>(4)? != 0,
         created_at: row.get(5)?,
+        key_revoked_at: row.get(6)?,
     })
 }
 
@@ -129,6 +137,7 @@ impl SqliteStore {
         let db = SqliteDb::open(&data_dir.join("wallet.db"), SCHEMA)?;
         // Databases made before SPEC §8 (agent binding).
         db.add_column("requests", "cnf_jkt", "TEXT")?;
+        db.add_column("users", "key_revoked_at", "INTEGER")?;
         Ok(Self { db })
     }
 }
@@ -137,7 +146,9 @@ impl WalletStore for SqliteStore {
     fn create_user(&self, user: &UserRow) -> Result<(), StoreError> {
         self.db.with(|conn| {
             let result = conn.execute(
-                &format!("INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+                &format!(
+                    "INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)"
+                ),
                 params![
                     user.user_id,
                     user.kid,
@@ -167,6 +178,81 @@ impl WalletStore for SqliteStore {
             )
             .map(|_| ())
             .map_err(backend)
+        })
+    }
+
+    fn rotate_key(
+        &self,
+        user_id: &str,
+        new_kid: &str,
+        new_sealed: &[u8],
+        now: i64,
+    ) -> Result<String, StoreError> {
+        self.db.with(|conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            let old: String = tx
+                .query_row(
+                    "SELECT kid FROM users WHERE user_id = ?1",
+                    params![user_id],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(backend)?
+                .ok_or(StoreError::NotFound)?;
+            tx.execute(
+                "INSERT INTO retired_keys (kid, user_id, retired_at, revoked) VALUES (?1, ?2, ?3, 0)
+                 ON CONFLICT (kid) DO NOTHING",
+                params![old, user_id, now],
+            )
+            .map_err(backend)?;
+            tx.execute(
+                "UPDATE users SET kid = ?2, sealed_key = ?3, key_revoked_at = NULL, registered = 1
+                 WHERE user_id = ?1",
+                params![user_id, new_kid, new_sealed],
+            )
+            .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(old)
+        })
+    }
+
+    fn retired_unrevoked(&self) -> Result<Vec<String>, StoreError> {
+        self.db.with(|conn| {
+            let mut stmt = conn
+                .prepare("SELECT kid FROM retired_keys WHERE revoked = 0 ORDER BY retired_at")
+                .map_err(backend)?;
+            let rows = stmt.query_map([], |row| row.get(0)).map_err(backend)?;
+            rows.map(|row| row.map_err(backend)).collect()
+        })
+    }
+
+    fn key_revoked(&self, kid: &str, now: i64) -> Result<Option<String>, StoreError> {
+        self.db.with(|conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(backend)?;
+            tx.execute(
+                "UPDATE retired_keys SET revoked = 1 WHERE kid = ?1",
+                params![kid],
+            )
+            .map_err(backend)?;
+            tx.execute(
+                "UPDATE users SET key_revoked_at = ?2 WHERE kid = ?1 AND key_revoked_at IS NULL",
+                params![kid, now],
+            )
+            .map_err(backend)?;
+            let user = tx
+                .query_row(
+                    "SELECT user_id FROM users WHERE kid = ?1",
+                    params![kid],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(user)
         })
     }
 
