@@ -372,3 +372,117 @@ async fn spec9_with_an_internal_listener_the_verify_endpoint_is_served_there_onl
         StatusCode::OK
     );
 }
+
+/// `mandate` with its header's kid replaced by a random one: a kid nobody registered.
+fn with_random_kid(mandate: &str) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut parts = mandate.splitn(2, '.');
+    let header = parts.next().unwrap();
+    let rest = parts.next().unwrap();
+    let mut header: Value = serde_json::from_slice(&b64.decode(header).unwrap()).unwrap();
+    header["kid"] = b64
+        .encode(ap2_mandate::Jti::random().unwrap().as_str().repeat(2))
+        .chars()
+        .take(43)
+        .collect::<String>()
+        .into();
+    format!("{}.{rest}", b64.encode(header.to_string()))
+}
+
+#[tokio::test]
+async fn spec9_2000_unknown_kids_cost_at_most_the_fetch_rate_and_cached_keys_still_verify() {
+    use ap2_mandate::{AgentId, Ap2Scope, Cart, Clock, IntentMandate, LocalSigner, Signer};
+    let tmp = tempfile::tempdir().unwrap();
+    let directory = directory(&tmp, &["--issuer-token", "https://w.example=tok"]).await;
+    let token = format!("backend-a={BACKEND_TOKEN}");
+    // The defaults: 50 fetches a second, 100 at once.
+    let merchant = merchant(
+        &tmp,
+        &directory,
+        &["--backend-token", &token, "--require-agent-binding", "false"],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let user = LocalSigner::generate().unwrap();
+    let r = http
+        .post(format!("{}/v1/keys", directory.url()))
+        .bearer_auth("tok")
+        .json(&json!({"subject": "alice", "jwk": user.public_key().to_jwk(user.kid())}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let cart_json = verify_body()["cart"].clone();
+    let cart = Cart::from_json(cart_json.to_string().as_bytes()).unwrap();
+    let now = ap2_mandate::SystemClock.now_unix();
+    let good = ap2_mandate::mint(
+        &user,
+        &IntentMandate {
+            iss: "https://w.example".into(),
+            sub: "alice".into(),
+            aud: ap2_mandate::MerchantId::parse("acme-corp").unwrap(),
+            iat: now,
+            nbf: None,
+            exp: now + 300,
+            jti: ap2_mandate::Jti::random().unwrap(),
+            scope: Ap2Scope {
+                max_amount: cart.total(),
+                cart_hash: cart.hash().clone(),
+                allow_agent_id: AgentId::parse("agent-7").unwrap(),
+            },
+            cnf: None,
+        },
+    )
+    .unwrap();
+    let url = format!("{}/v1/mandates/verify", merchant.url());
+    let verify = |mandate: String| {
+        let (http, url, cart) = (http.clone(), url.clone(), cart_json.clone());
+        async move {
+            let r = http
+                .post(url)
+                .bearer_auth(BACKEND_TOKEN)
+                .json(&json!({"mandate": mandate, "agent_id": "agent-7", "cart": cart, "consume": false}))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            let retry_after = r.headers().get("retry-after").cloned();
+            let body: Value = r.json().await.unwrap();
+            (status, body["code"].as_str().unwrap_or("ok").to_owned(), retry_after)
+        }
+    };
+    assert_eq!(verify(good.clone()).await.0, StatusCode::OK);
+    let fetches = || metric(&merchant, "ap2_key_directory_fetches_total", "");
+    let before = fetches().await;
+    let started = Instant::now();
+    let mut throttled = 0;
+    // 2 000 made-up kids, 20 at a time, and the cached mandate in each batch.
+    for _ in 0..100 {
+        let batch: Vec<_> = (0..20)
+            .map(|_| tokio::spawn(verify(with_random_kid(&good))))
+            .collect();
+        let cached = verify(good.clone()).await;
+        assert_eq!((cached.0, cached.1.as_str()), (StatusCode::OK, "ok"));
+        for got in batch {
+            match got.await.unwrap() {
+                (StatusCode::UNAUTHORIZED, code, _) if code == "mandate_key_unknown" => {}
+                (StatusCode::SERVICE_UNAVAILABLE, code, retry)
+                    if code == "key_directory_unavailable" =>
+                {
+                    assert_eq!(retry.unwrap(), "1");
+                    throttled += 1;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let fetched = fetches().await - before;
+    let allowed = 100.0 + 50.0 * elapsed + 1.0;
+    assert!(
+        fetched <= allowed,
+        "{fetched} directory fetches in {elapsed:.1} s; {allowed:.0} allowed"
+    );
+    assert!(throttled > 0, "the limit never applied");
+}
