@@ -400,7 +400,12 @@ async fn spec9_2000_unknown_kids_cost_at_most_the_fetch_rate_and_cached_keys_sti
     let merchant = merchant(
         &tmp,
         &directory,
-        &["--backend-token", &token, "--require-agent-binding", "false"],
+        &[
+            "--backend-token",
+            &token,
+            "--require-agent-binding",
+            "false",
+        ],
     )
     .await;
     let http = reqwest::Client::new();
@@ -449,7 +454,11 @@ async fn spec9_2000_unknown_kids_cost_at_most_the_fetch_rate_and_cached_keys_sti
             let status = r.status();
             let retry_after = r.headers().get("retry-after").cloned();
             let body: Value = r.json().await.unwrap();
-            (status, body["code"].as_str().unwrap_or("ok").to_owned(), retry_after)
+            (
+                status,
+                body["code"].as_str().unwrap_or("ok").to_owned(),
+                retry_after,
+            )
         }
     };
     assert_eq!(verify(good.clone()).await.0, StatusCode::OK);

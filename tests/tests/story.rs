@@ -768,3 +768,87 @@ async fn spec10_the_wallet_rotates_a_key_and_never_signs_with_a_revoked_one() {
     let minted = w.approve(&carol, &request, &otp).await;
     assert_eq!(kid_of(&minted), third_kid);
 }
+
+#[tokio::test]
+async fn spec9_the_caps_hold_at_their_defaults_on_the_binaries() {
+    let w = World::start().await;
+    // 1000 open sessions per agent key: the next is 429, another key is still served.
+    let url = format!("{}/v1/checkout-sessions", w.merchant.url());
+    let hoarder = LocalSigner::generate().unwrap();
+    for i in 0..1000 {
+        let (status, body) = open_session(&w, &url, &hoarder).await;
+        assert_eq!(status, StatusCode::CREATED, "session {i}: {body}");
+    }
+    let (status, body) = open_session(&w, &url, &hoarder).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("too_many_sessions"))
+    );
+    let other = LocalSigner::generate().unwrap();
+    assert_eq!(open_session(&w, &url, &other).await.0, StatusCode::CREATED);
+
+    // 20 pending requests per user: the next is 429; the notifications list them all.
+    let (token, _) = w.create_user("erin").await;
+    let (_, cart) = w.checkout(&w.merchant, shoes()).await;
+    for _ in 0..20 {
+        w.request("erin", &cart, 120).await;
+    }
+    let (status, body) = w
+        .call(
+            reqwest::Method::POST,
+            format!("{}/v1/mandate-requests", w.wallet.url()),
+            Auth::Bearer(AGENT_TOKEN),
+            None,
+            Some(&w.agent),
+            Some(json!({"user_id": "erin", "merchant_id": "acme-corp", "cart": cart})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            Some("too_many_pending_requests")
+        )
+    );
+    let (_, page) = w
+        .call(
+            reqwest::Method::GET,
+            format!("{}/v1/users/erin/notifications?limit=15", w.wallet.url()),
+            Auth::Bearer(&token),
+            None,
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(page["notifications"].as_array().unwrap().len(), 15);
+    assert!(page["next_cursor"].is_string());
+
+    // The wallet's database: the owner's only, and no code in plain text.
+    use std::os::unix::fs::PermissionsExt;
+    let db = w._tmp.path().join("wallet").join("wallet.db");
+    let mode = std::fs::metadata(&db).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let otp = page["notifications"][0]["otp"].as_str().unwrap().to_owned();
+    for file in ["wallet.db", "wallet.db-wal"] {
+        let path = w._tmp.path().join("wallet").join(file);
+        if let Ok(bytes) = std::fs::read(&path) {
+            assert!(
+                !bytes.windows(otp.len()).any(|win| win == otp.as_bytes()),
+                "{file} holds a code in plain text"
+            );
+        }
+    }
+}
+
+/// `key`'s holder opens a session for shoes at `url`.
+async fn open_session(w: &World, url: &str, key: &LocalSigner) -> (StatusCode, Value) {
+    w.call(
+        reqwest::Method::POST,
+        url.to_owned(),
+        Auth::None,
+        None,
+        Some(key),
+        Some(json!({"line_items": shoes()})),
+    )
+    .await
+}
