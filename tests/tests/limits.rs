@@ -377,9 +377,7 @@ async fn spec9_with_an_internal_listener_the_verify_endpoint_is_served_there_onl
 fn with_random_kid(mandate: &str) -> String {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let mut parts = mandate.splitn(2, '.');
-    let header = parts.next().unwrap();
-    let rest = parts.next().unwrap();
+    let (header, rest) = mandate.split_once('.').unwrap();
     let mut header: Value = serde_json::from_slice(&b64.decode(header).unwrap()).unwrap();
     header["kid"] = b64
         .encode(ap2_mandate::Jti::random().unwrap().as_str().repeat(2))
