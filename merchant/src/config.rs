@@ -20,6 +20,13 @@ pub struct Config {
     /// Where sessions and orders are kept.
     #[arg(long, env = "MERCHANT_DATA_DIR", default_value = "./data/merchant")]
     pub data_dir: PathBuf,
+    /// PostgreSQL for sessions and orders (SPEC §11), shared by every instance; without it,
+    /// SQLite in `--data-dir` (one instance).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Most PostgreSQL connections this instance holds.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    pub database_max_connections: u32,
     /// The key directory's base URL.
     #[arg(long, env = "KEY_DIRECTORY_URL")]
     pub key_directory_url: String,
@@ -124,6 +131,8 @@ impl Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             merchant_id: merchant_id.to_owned(),
             data_dir,
+            database_url: None,
+            database_max_connections: 16,
             key_directory_url: key_directory_url.to_owned(),
             redis_url,
             catalog: None,

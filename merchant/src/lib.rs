@@ -26,7 +26,7 @@ pub use config::Config;
 use payment::{MockProcessor, PaymentProcessor};
 use replay::{RedisReplayGuard, ReplayStore};
 use routes::{App, AppState};
-use store::{MerchantStore, SqliteStore};
+use store::{MerchantStore, PgStore, SqliteStore};
 
 /// What a build may inject instead of the defaults.
 pub struct Parts {
@@ -145,8 +145,16 @@ pub async fn build_with(config: Config, parts: Parts) -> anyhow::Result<Server> 
         Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
         None => None,
     };
-    let data_dir = config.data_dir.clone();
-    let store = Arc::new(tokio::task::spawn_blocking(move || SqliteStore::open(&data_dir)).await??);
+    let store: Arc<dyn MerchantStore> = match config.database_url.clone() {
+        Some(url) => {
+            let max = config.database_max_connections;
+            Arc::new(tokio::task::spawn_blocking(move || PgStore::open(&url, max)).await??)
+        }
+        None => {
+            let data_dir = config.data_dir.clone();
+            Arc::new(tokio::task::spawn_blocking(move || SqliteStore::open(&data_dir)).await??)
+        }
+    };
     sweep_expired_sessions(store.clone(), parts.clock.clone(), config.session_ttl_secs);
     // Revocations reach this merchant in about a second, not at the cache's max-age (SPEC §10).
     let follower = tokio::spawn(keys.clone().follow_revocations(None, |_| {}));
@@ -185,23 +193,45 @@ pub async fn build_with(config: Config, parts: Parts) -> anyhow::Result<Server> 
 }
 
 /// Deletes the open sessions past their lifetime, every minute (or every lifetime, if
-/// shorter), so sessions nobody completes do not pile up (SPEC §9).
-fn sweep_expired_sessions(store: Arc<SqliteStore>, clock: Arc<dyn Clock>, ttl_secs: i64) {
+/// shorter), so sessions nobody completes do not pile up (SPEC §9); and reopens sessions whose
+/// charge an instance that died left unfinished.
+fn sweep_expired_sessions(store: Arc<dyn MerchantStore>, clock: Arc<dyn Clock>, ttl_secs: i64) {
     let every = Duration::from_secs(u64::try_from(ttl_secs.clamp(1, 60)).unwrap_or(60));
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
-            let (store, before) = (store.clone(), clock.now_unix().saturating_sub(ttl_secs));
-            match tokio::task::spawn_blocking(move || store.delete_expired_sessions(before)).await {
+            let (sweeper, before) = (store.clone(), clock.now_unix().saturating_sub(ttl_secs));
+            match tokio::task::spawn_blocking(move || sweeper.delete_expired_sessions(before)).await
+            {
                 Ok(Ok(0)) => {}
                 Ok(Ok(n)) => tracing::info!(deleted = n, "expired checkout sessions deleted"),
                 Ok(Err(e)) => tracing::warn!(error = %e, "expired sessions not deleted"),
                 Err(e) => tracing::warn!(error = %e, "expired sessions not deleted"),
             }
+            // A charge left by an instance that died (shared stores only; SQLite does it at
+            // open): reopened once it is older than any charge still running could be.
+            let (reopener, now) = (store.clone(), clock.now_unix());
+            match tokio::task::spawn_blocking(move || {
+                reopener.reopen_stuck_charges(now, STUCK_CHARGE_SECS)
+            })
+            .await
+            {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::warn!(
+                    reopened = n,
+                    "sessions left charging by a dead instance reopened"
+                ),
+                Ok(Err(e)) => tracing::warn!(error = %e, "stuck charges not looked at"),
+                Err(e) => tracing::warn!(error = %e, "stuck charges not looked at"),
+            }
         }
     });
 }
+
+/// How old a charge that never finished must be before another instance reopens its session:
+/// far longer than a charge takes (the request timeout is 10 s).
+const STUCK_CHARGE_SECS: i64 = 120;
 
 /// Builds and starts the merchant on a background task.
 pub async fn spawn(config: Config, parts: Parts) -> anyhow::Result<Running> {

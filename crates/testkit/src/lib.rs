@@ -5,6 +5,9 @@
 #![allow(clippy::expect_used, clippy::panic)]
 
 pub mod forge;
+mod pg;
+
+pub use pg::PgDatabase;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -2,8 +2,10 @@
 //! claims, so a disputed charge can be re-verified later; `(iss, jti)` is unique across orders,
 //! a durable second line should the replay set lose its data.
 
+mod pg;
 mod sqlite;
 
+pub use pg::PgStore;
 pub use sqlite::SqliteStore;
 
 /// Where a session stands.
@@ -133,6 +135,10 @@ pub trait MerchantStore: Send + Sync + 'static {
     fn abort_order(&self, order_id: &str) -> Result<(), StoreError>;
     /// An order.
     fn order(&self, id: &str) -> Result<Option<OrderRow>, StoreError>;
+    /// Reopens the sessions whose charge began more than `older_than` seconds before `now`
+    /// and never finished (a process died while charging); how many. A store that one
+    /// process owns does this at open instead, and answers 0.
+    fn reopen_stuck_charges(&self, now: i64, older_than: i64) -> Result<u64, StoreError>;
     /// Whether the store answers.
     fn ping(&self) -> Result<(), StoreError>;
 }

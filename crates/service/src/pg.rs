@@ -1,0 +1,115 @@
+//! PostgreSQL for the services (SPEC §11): a pool of connections whose `search_path` is the
+//! service's own schema, and versioned migrations applied at start under an advisory lock, so
+//! that instances starting together migrate once.
+
+use std::time::Duration;
+
+use postgres::NoTls;
+use r2d2_postgres::PostgresConnectionManager;
+
+/// A pooled connection.
+pub type PgConnection = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
+
+/// The pool of one service's connections.
+#[derive(Clone)]
+pub struct PgDb {
+    pool: r2d2::Pool<PostgresConnectionManager<NoTls>>,
+}
+
+impl std::fmt::Debug for PgDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password: not printed.
+        f.debug_struct("PgDb")
+            .field("connections", &self.pool.state().connections)
+            .finish()
+    }
+}
+
+/// Longest a caller waits for a connection, or a connection for the server.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl PgDb {
+    /// Connects to `url` with at most `max_connections`, makes `schema` (lowercase letters and
+    /// `_`) the connections' `search_path`, and applies the `migrations` not applied yet, in
+    /// order: migration `i` is version `i + 1`, recorded in `<schema>.schema_migrations` in the
+    /// transaction that applies it. A database migrated by a newer version than this one is
+    /// refused.
+    pub fn open(
+        url: &str,
+        schema: &str,
+        migrations: &[&str],
+        max_connections: u32,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            !schema.is_empty() && schema.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+            "schema names are lowercase letters and _"
+        );
+        let mut config: postgres::Config = url
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--database-url: {e}"))?;
+        config
+            .options(&format!("-c search_path={schema}"))
+            .connect_timeout(CONNECT_TIMEOUT)
+            .application_name(schema);
+        let pool = r2d2::Pool::builder()
+            .max_size(max_connections.max(1))
+            .min_idle(Some(1))
+            .connection_timeout(CONNECT_TIMEOUT)
+            // A connection the server dropped (a restart) is found and replaced on checkout.
+            .test_on_check_out(true)
+            .build(PostgresConnectionManager::new(config, NoTls))
+            .map_err(|e| anyhow::anyhow!("PostgreSQL: {e}"))?;
+        let db = Self { pool };
+        db.migrate(schema, migrations)?;
+        Ok(db)
+    }
+
+    fn migrate(&self, schema: &str, migrations: &[&str]) -> anyhow::Result<()> {
+        let mut conn = self.get().map_err(anyhow::Error::msg)?;
+        let mut tx = conn.transaction()?;
+        // One key for every service's migrations: instances starting at once take turns.
+        tx.batch_execute(&format!(
+            "SELECT pg_advisory_xact_lock(4242424242);
+             CREATE SCHEMA IF NOT EXISTS {schema};
+             CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
+                 version    INTEGER PRIMARY KEY,
+                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+             );"
+        ))?;
+        let applied: i32 = tx
+            .query_one(
+                &format!("SELECT COALESCE(MAX(version), 0) FROM {schema}.schema_migrations"),
+                &[],
+            )?
+            .get(0);
+        let known = i32::try_from(migrations.len())?;
+        anyhow::ensure!(
+            applied <= known,
+            "the database schema {schema} is at version {applied}, newer than this build ({known})"
+        );
+        for (version, sql) in (1..).zip(migrations) {
+            if version <= applied {
+                continue;
+            }
+            tx.batch_execute(sql)
+                .map_err(|e| anyhow::anyhow!("migration {version} of {schema}: {e}"))?;
+            tx.execute(
+                &format!("INSERT INTO {schema}.schema_migrations (version) VALUES ($1)"),
+                &[&version],
+            )?;
+            tracing::info!(schema, version, "database migrated");
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A connection from the pool; the error says why none could be had.
+    pub fn get(&self) -> Result<PgConnection, String> {
+        self.pool.get().map_err(|e| e.to_string())
+    }
+}
+
+/// Whether `e` is a unique-constraint violation.
+pub fn is_unique_violation(e: &postgres::Error) -> bool {
+    e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION)
+}

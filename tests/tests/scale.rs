@@ -1,0 +1,211 @@
+//! SPEC §11 against the real binaries: three merchant instances over one PostgreSQL database
+//! and one Redis. A session opened at one completes at another, and one mandate presented 300
+//! times at once across the three pays exactly one order.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use ap2_e2e::{RedisServer, Service};
+use ap2_mandate::{
+    AgentId, Ap2Scope, Cart, Clock, IntentMandate, Jti, LocalSigner, MerchantId, Signer,
+    SystemClock,
+};
+use ap2_testkit::PgDatabase;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const ISSUER: &str = "https://wallet.scale";
+const ISSUER_TOKEN: &str = "scale-issuer-token";
+
+fn shoes() -> Value {
+    json!([{"id": "shoe-001", "quantity": 1}])
+}
+
+fn mandate(key: &LocalSigner, cart: &Value) -> String {
+    let cart = Cart::from_json(cart.to_string().as_bytes()).unwrap();
+    let now = SystemClock.now_unix();
+    ap2_mandate::mint(
+        key,
+        &IntentMandate {
+            iss: ISSUER.into(),
+            sub: "alice".into(),
+            aud: MerchantId::parse("acme-corp").unwrap(),
+            iat: now,
+            nbf: None,
+            exp: now + 300,
+            jti: Jti::random().unwrap(),
+            scope: Ap2Scope {
+                max_amount: cart.total(),
+                cart_hash: cart.hash().clone(),
+                allow_agent_id: AgentId::parse("agent-7").unwrap(),
+            },
+            cnf: None,
+        },
+    )
+    .unwrap()
+}
+
+async fn open_session(http: &reqwest::Client, merchant: &Service) -> (String, Value) {
+    let r = http
+        .post(format!("{}/v1/checkout-sessions", merchant.url()))
+        .json(&json!({"line_items": shoes()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let body: Value = r.json().await.unwrap();
+    (
+        body["id"].as_str().unwrap().to_owned(),
+        body["cart"].clone(),
+    )
+}
+
+async fn complete(
+    http: &reqwest::Client,
+    merchant: &Service,
+    session: &str,
+    mandate: &str,
+) -> (StatusCode, Value) {
+    let r = http
+        .post(format!(
+            "{}/v1/checkout-sessions/{session}/complete",
+            merchant.url()
+        ))
+        .bearer_auth(mandate)
+        .header("AP2-Agent-Id", "agent-7")
+        .send()
+        .await
+        .unwrap();
+    (r.status(), r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn spec11_three_instances_share_sessions_and_spend_a_mandate_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = PgDatabase::create();
+    let redis = RedisServer::start();
+    let keys = tmp.path().join("keys.db");
+    let directory = Service::start(
+        "key-directory",
+        &[
+            "--db",
+            keys.to_str().unwrap(),
+            "--issuer-token",
+            &format!("{ISSUER}={ISSUER_TOKEN}"),
+        ],
+        &[],
+        tmp.path(),
+    )
+    .await;
+    let mut merchants = Vec::new();
+    for i in 0..3 {
+        let data = tmp.path().join(format!("merchant-{i}"));
+        let logs = tmp.path().join(format!("log-{i}"));
+        std::fs::create_dir_all(&logs).unwrap();
+        merchants.push(
+            Service::start(
+                "merchant",
+                &[
+                    "--merchant-id",
+                    "acme-corp",
+                    "--data-dir",
+                    data.to_str().unwrap(),
+                    "--key-directory-url",
+                    &directory.url(),
+                    "--redis-url",
+                    &redis.url(),
+                    "--require-agent-binding",
+                    "false",
+                ],
+                &[("DATABASE_URL", db.url()), ("REDIS_TIMEOUT_MS", "2000")],
+                &logs,
+            )
+            .await,
+        );
+    }
+    for m in &merchants {
+        m.wait_ready().await;
+    }
+    let http = reqwest::Client::new();
+    let user = LocalSigner::generate().unwrap();
+    let r = http
+        .post(format!("{}/v1/keys", directory.url()))
+        .bearer_auth(ISSUER_TOKEN)
+        .json(&json!({"subject": "alice", "jwk": user.public_key().to_jwk(user.kid())}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+
+    // Opened at A, read at B and C, completed at B, seen completed at C.
+    let (session, cart) = open_session(&http, &merchants[0]).await;
+    for m in &merchants[1..] {
+        let got: Value = http
+            .get(format!("{}/v1/checkout-sessions/{session}", m.url()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(got["cart"], cart);
+    }
+    let first = mandate(&user, &cart);
+    let (status, body) = complete(&http, &merchants[1], &session, &first).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let order = body["order_id"].as_str().unwrap().to_owned();
+    let seen: Value = http
+        .get(format!(
+            "{}/v1/checkout-sessions/{session}",
+            merchants[2].url()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seen["status"], "completed");
+    assert_eq!(seen["order_id"], order.as_str());
+
+    // One mandate, 300 sessions over the three instances, all presented at once.
+    let mut sessions = Vec::new();
+    for i in 0..300 {
+        sessions.push((i % 3, open_session(&http, &merchants[i % 3]).await.0));
+    }
+    let contested = mandate(&user, &cart);
+    let merchants = std::sync::Arc::new(merchants);
+    let tasks: Vec<_> = sessions
+        .into_iter()
+        .map(|(i, session)| {
+            let (http, merchants, contested) = (http.clone(), merchants.clone(), contested.clone());
+            tokio::spawn(async move { complete(&http, &merchants[i], &session, &contested).await })
+        })
+        .collect();
+    let mut paid = 0;
+    for task in tasks {
+        let (status, body) = task.await.unwrap();
+        match status {
+            StatusCode::OK => paid += 1,
+            StatusCode::UNAUTHORIZED => assert_eq!(body["code"], "mandate_replayed"),
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert_eq!(paid, 1);
+    // The orders table agrees: the contested mandate paid one order, the first one another.
+    let jtis: Vec<(String, i64)> = db.with_client(|c| {
+        c.query(
+            "SELECT jti, COUNT(*) FROM merchant.orders GROUP BY jti",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect()
+    });
+    assert_eq!(jtis.len(), 2);
+    assert!(jtis.iter().all(|(_, n)| *n == 1));
+}
