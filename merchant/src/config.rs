@@ -34,6 +34,21 @@ pub struct Config {
     /// for a single merchant process.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// A Redis Cluster for the replay set instead of `--redis-url` (SPEC §11): any of its
+    /// nodes, comma-separated (`redis://h1:p1,redis://h2:p2,…`).
+    #[arg(
+        long,
+        env = "REDIS_CLUSTER_NODES",
+        value_delimiter = ',',
+        conflicts_with = "redis_url",
+        hide_env_values = true
+    )]
+    pub redis_cluster_nodes: Vec<String>,
+    /// After recording a mandate, how many replicas must acknowledge it (`WAIT`, SPEC §11);
+    /// fewer within `--redis-timeout-ms` is 503 `replay_store_unavailable` (the mandate stays
+    /// spent). With 1 or more a master's failover cannot forget an accepted mandate.
+    #[arg(long, env = "REPLAY_MIN_REPLICAS", default_value_t = 0)]
+    pub replay_min_replicas: u32,
     /// The product catalog (JSON); a built-in demo catalog when absent.
     #[arg(long, env = "MERCHANT_CATALOG")]
     pub catalog: Option<PathBuf>,
@@ -135,6 +150,8 @@ impl Config {
             database_max_connections: 16,
             key_directory_url: key_directory_url.to_owned(),
             redis_url,
+            redis_cluster_nodes: Vec::new(),
+            replay_min_replicas: 0,
             catalog: None,
             replay_prefix: "ap2:jti".to_owned(),
             redis_timeout_ms: 250,

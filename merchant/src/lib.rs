@@ -62,13 +62,21 @@ pub async fn build_with(config: Config, parts: Parts) -> anyhow::Result<Server> 
         }
         None => Catalog::demo(),
     };
-    let replay = match &config.redis_url {
-        Some(url) => ReplayStore::Redis(RedisReplayGuard::new(
-            url,
-            &config.replay_prefix,
-            Duration::from_millis(config.redis_timeout_ms),
-        )?),
-        None => {
+    let redis_timeout = Duration::from_millis(config.redis_timeout_ms);
+    let replay = match (&config.redis_url, config.redis_cluster_nodes.as_slice()) {
+        (Some(url), _) => ReplayStore::Redis(
+            RedisReplayGuard::new(url, &config.replay_prefix, redis_timeout)?
+                .with_min_replicas(config.replay_min_replicas),
+        ),
+        (None, [_, ..]) => ReplayStore::Redis(
+            RedisReplayGuard::cluster(
+                &config.redis_cluster_nodes,
+                &config.replay_prefix,
+                redis_timeout,
+            )?
+            .with_min_replicas(config.replay_min_replicas),
+        ),
+        (None, []) => {
             tracing::warn!(
                 "no --redis-url: the replay set is in this process's memory. This is NOT SAFE \
                  with more than one merchant instance, and a restart forgets spent mandates"

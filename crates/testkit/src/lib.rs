@@ -4,9 +4,11 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::expect_used, clippy::panic)]
 
+mod cluster;
 pub mod forge;
 mod pg;
 
+pub use cluster::RedisCluster;
 pub use pg::PgDatabase;
 
 use std::io::{Read, Write};

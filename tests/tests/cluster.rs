@@ -1,0 +1,266 @@
+//! SPEC §11 against the real binaries and a real six-node Redis Cluster (three masters, three
+//! replicas): the replay set on the cluster, a master killed under load, a master frozen, and
+//! `--replay-min-replicas 1` keeping an accepted mandate through a failover.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::time::{Duration, Instant};
+
+use ap2_e2e::Service;
+use ap2_mandate::{
+    AgentId, Ap2Scope, Cart, Clock, IntentMandate, Jti, LocalSigner, MerchantId, Signer,
+    SystemClock,
+};
+use ap2_testkit::RedisCluster;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const ISSUER: &str = "https://wallet.cluster";
+const ISSUER_TOKEN: &str = "cluster-issuer-token";
+const BACKEND_TOKEN: &str = "cluster-backend-token";
+
+struct World {
+    cluster: RedisCluster,
+    _directory: Service,
+    merchant: Service,
+    user: LocalSigner,
+    http: reqwest::Client,
+    _tmp: tempfile::TempDir,
+}
+
+fn cart() -> Value {
+    json!({"merchant_id": "acme-corp", "currency": "USD", "total": 8999, "line_items": [
+        {"id": "shoe-001", "title": "Trail Runner", "quantity": 1, "unit_price": 8999}]})
+}
+
+impl World {
+    async fn start(min_replicas: &str) -> Self {
+        let cluster = RedisCluster::start();
+        let tmp = tempfile::tempdir().unwrap();
+        let keys = tmp.path().join("keys.db");
+        let directory = Service::start(
+            "key-directory",
+            &[
+                "--db",
+                keys.to_str().unwrap(),
+                "--issuer-token",
+                &format!("{ISSUER}={ISSUER_TOKEN}"),
+            ],
+            &[],
+            tmp.path(),
+        )
+        .await;
+        let data = tmp.path().join("merchant");
+        let nodes = cluster.urls().join(",");
+        let merchant = Service::start(
+            "merchant",
+            &[
+                "--merchant-id",
+                "acme-corp",
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--key-directory-url",
+                &directory.url(),
+                "--require-agent-binding",
+                "false",
+                "--backend-token",
+                &format!("backend={BACKEND_TOKEN}"),
+                "--replay-min-replicas",
+                min_replicas,
+            ],
+            &[("REDIS_CLUSTER_NODES", &nodes), ("REDIS_TIMEOUT_MS", "500")],
+            tmp.path(),
+        )
+        .await;
+        merchant.wait_ready().await;
+        let http = reqwest::Client::new();
+        let user = LocalSigner::generate().unwrap();
+        let r = http
+            .post(format!("{}/v1/keys", directory.url()))
+            .bearer_auth(ISSUER_TOKEN)
+            .json(&json!({"subject": "alice", "jwk": user.public_key().to_jwk(user.kid())}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        Self {
+            cluster,
+            _directory: directory,
+            merchant,
+            user,
+            http,
+            _tmp: tmp,
+        }
+    }
+
+    fn mandate(&self) -> String {
+        let cart = Cart::from_json(cart().to_string().as_bytes()).unwrap();
+        let now = SystemClock.now_unix();
+        ap2_mandate::mint(
+            &self.user,
+            &IntentMandate {
+                iss: ISSUER.into(),
+                sub: "alice".into(),
+                aud: MerchantId::parse("acme-corp").unwrap(),
+                iat: now,
+                nbf: None,
+                exp: now + 300,
+                jti: Jti::random().unwrap(),
+                scope: Ap2Scope {
+                    max_amount: cart.total(),
+                    cart_hash: cart.hash().clone(),
+                    allow_agent_id: AgentId::parse("agent-7").unwrap(),
+                },
+                cnf: None,
+            },
+        )
+        .unwrap()
+    }
+
+    /// Spends `mandate` at the verify endpoint: "ok" or the code.
+    async fn spend(&self, mandate: &str) -> String {
+        let r = self
+            .http
+            .post(format!("{}/v1/mandates/verify", self.merchant.url()))
+            .bearer_auth(BACKEND_TOKEN)
+            .json(&json!({"mandate": mandate, "agent_id": "agent-7", "cart": cart()}))
+            .send()
+            .await
+            .unwrap();
+        let ok = r.status() == StatusCode::OK;
+        let body: Value = r.json().await.unwrap();
+        if ok {
+            "ok".into()
+        } else {
+            body["code"].as_str().unwrap_or("?").to_owned()
+        }
+    }
+
+    /// Every mandate in `accepted` presented again is refused as a replay.
+    async fn none_accepted_twice(&self, accepted: &[String]) {
+        for mandate in accepted {
+            assert_eq!(self.spend(mandate).await, "mandate_replayed");
+        }
+    }
+}
+
+/// The last lines of a log.
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+#[tokio::test]
+async fn spec11_a_killed_master_costs_503s_during_the_failover_and_nothing_is_accepted_twice() {
+    let mut w = World::start("0").await;
+    let mut accepted = Vec::new();
+    for _ in 0..30 {
+        let m = w.mandate();
+        assert_eq!(w.spend(&m).await, "ok");
+        accepted.push(m);
+    }
+    w.none_accepted_twice(&accepted).await;
+    let masters = w.cluster.master_ports();
+    assert_eq!(masters.len(), 3);
+    w.cluster.kill(masters[0]);
+    // Fresh mandates until 30 in a row go through again (and at least 3 s have passed):
+    // meanwhile only 503s, never another code.
+    let killed = Instant::now();
+    let (mut unavailable, mut in_a_row) = (0, 0);
+    while in_a_row < 30 || killed.elapsed() < Duration::from_secs(3) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "not back to 200 within a minute ({unavailable} refusals):\n{}",
+            tail(&w.merchant.logs())
+        );
+        let m = w.mandate();
+        match w.spend(&m).await.as_str() {
+            "ok" => {
+                accepted.push(m);
+                in_a_row += 1;
+            }
+            "replay_store_unavailable" => {
+                unavailable += 1;
+                in_a_row = 0;
+            }
+            other => panic!("{other}"),
+        }
+    }
+    w.cluster.wait_ok();
+    // Not one mandate of the run accepted twice (the killed master's writes were replicated
+    // before it died, or the mandates they guarded are refused anyway by the replica).
+    let mut replayed = 0;
+    for mandate in &accepted {
+        match w.spend(mandate).await.as_str() {
+            "mandate_replayed" => replayed += 1,
+            other => panic!("accepted twice or refused oddly: {other}"),
+        }
+    }
+    assert_eq!(replayed, accepted.len());
+}
+
+#[tokio::test]
+async fn spec11_a_frozen_master_is_refused_within_the_timeout_never_accepted() {
+    let w = World::start("0").await;
+    let masters = w.cluster.master_ports();
+    w.cluster.signal(masters[1], "-STOP");
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for _ in 0..30 {
+        let m = w.mandate();
+        let started = Instant::now();
+        match w.spend(&m).await.as_str() {
+            "ok" => accepted.push(m),
+            "replay_store_unavailable" => {
+                refused += 1;
+                // The Redis timeout is 500 ms: refused about then, not after a long hang.
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "{:?}",
+                    started.elapsed()
+                );
+            }
+            other => panic!("{other}"),
+        }
+    }
+    assert!(refused > 0, "no mandate landed on the frozen master");
+    w.cluster.signal(masters[1], "-CONT");
+    w.cluster.wait_ok();
+    w.none_accepted_twice(&accepted).await;
+}
+
+#[tokio::test]
+async fn spec11_with_min_replicas_1_an_accepted_mandate_survives_its_masters_death() {
+    let mut w = World::start("1").await;
+    let m = w.mandate();
+    assert_eq!(w.spend(&m).await, "ok", "{}", tail(&w.merchant.logs()));
+    // The master that holds it: the one master with a key.
+    let holder = w
+        .cluster
+        .master_ports()
+        .into_iter()
+        .find(|port| {
+            std::process::Command::new("redis-cli")
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "DBSIZE"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "1")
+        })
+        .expect("a master holds the mandate's key");
+    w.cluster.kill(holder);
+    // After the failover its replica answers for the slot, and it has the key.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match w.spend(&m).await.as_str() {
+            "mandate_replayed" => break,
+            "replay_store_unavailable" => {
+                assert!(Instant::now() < deadline, "the slot never came back");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => panic!("accepted twice or refused oddly: {other}"),
+        }
+    }
+}
