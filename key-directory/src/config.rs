@@ -19,6 +19,13 @@ pub struct Config {
     /// The SQLite database file (created with its directory when missing).
     #[arg(long, env = "KEY_DIRECTORY_DB", default_value = "./data/keys.db")]
     pub db: PathBuf,
+    /// PostgreSQL for the keys (SPEC §11), shared by every instance; without it, SQLite at
+    /// `--db` (one instance).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Most PostgreSQL connections this instance holds.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    pub database_max_connections: u32,
     /// An issuer allowed to register keys and the bearer token it uses: ISSUER=TOKEN.
     /// Repeatable; the environment takes a comma-separated list.
     #[arg(
@@ -46,6 +53,8 @@ impl Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             db,
+            database_url: None,
+            database_max_connections: 16,
             issuer_tokens,
             max_body_bytes: 16 * 1024,
             http: ap2_service::ConnectionLimits::default(),

@@ -17,7 +17,7 @@ use axum::routing::{get, post};
 
 pub use config::Config;
 use routes::AppState;
-use store::{KeyStore, SqliteStore};
+use store::{KeyStore, PgStore, SqliteStore};
 
 /// Opens the store and binds the listener (port 0 picks a free port).
 pub async fn build(config: Config) -> anyhow::Result<Server> {
@@ -30,12 +30,27 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
     if issuers.is_empty() {
         tracing::warn!("no --issuer-token configured: nobody can register or revoke keys");
     }
-    let db = config.db.clone();
-    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&db)).await??;
-    let events = Arc::new(routes::events::EventHub::new(store.last_revocation()?));
+    let (store, shared): (Arc<dyn KeyStore>, bool) = match config.database_url.clone() {
+        Some(url) => {
+            let max = config.database_max_connections;
+            let store = tokio::task::spawn_blocking(move || PgStore::open(&url, max)).await??;
+            (Arc::new(store), true)
+        }
+        None => {
+            let db = config.db.clone();
+            let store = tokio::task::spawn_blocking(move || SqliteStore::open(&db)).await??;
+            (Arc::new(store), false)
+        }
+    };
+    let latest = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.last_revocation()).await??
+    };
+    let events = Arc::new(routes::events::EventHub::new(latest));
+    let watcher = shared.then(|| tokio::spawn(watch_revocations(store.clone(), events.clone())));
     let state = AppState {
         events: events.clone(),
-        store: Arc::new(store),
+        store,
         issuers: Arc::new(issuers),
         clock,
         key_max_age_secs: config.key_max_age_secs,
@@ -47,7 +62,28 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
     Ok(Server::bind(config.listen, router(state, limits))
         .await?
         .with_limits(config.http)
-        .on_stop(move || events.close()))
+        .on_stop(move || {
+            events.close();
+            if let Some(watcher) = watcher {
+                watcher.abort();
+            }
+        }))
+}
+
+/// With a shared store, other instances revoke keys too: their revocations wake this
+/// instance's event streams within half a second (SPEC §10).
+async fn watch_revocations(store: Arc<dyn KeyStore>, events: Arc<routes::events::EventHub>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.last_revocation()).await {
+            Ok(Ok(latest)) => events.committed(latest),
+            Ok(Err(e)) => tracing::warn!(error = %e, "revocations not read"),
+            Err(e) => tracing::warn!(error = %e, "revocations not read"),
+        }
+    }
 }
 
 /// Builds and starts the service on a background task.

@@ -261,7 +261,8 @@ impl ReplayGuard for RedisReplayGuard {
             .collect();
         let written = match &self.conn {
             Conn::Single(conn) => self.write(&mut conn.clone(), &keys, &ttls).await,
-            Conn::Cluster(cluster) => match self.cluster_conn(&cluster.client, &cluster.conn).await {
+            Conn::Cluster(cluster) => match self.cluster_conn(&cluster.client, &cluster.conn).await
+            {
                 Ok(mut conn) => self.write(&mut conn, &keys, &ttls).await,
                 Err(e) => Err(e),
             },

@@ -209,3 +209,69 @@ async fn spec11_three_instances_share_sessions_and_spend_a_mandate_once() {
     assert_eq!(jtis.len(), 2);
     assert!(jtis.iter().all(|(_, n)| *n == 1));
 }
+
+#[tokio::test]
+async fn spec11_two_key_directories_over_one_database_tell_each_others_revocations() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = PgDatabase::create();
+    let mut directories = Vec::new();
+    for i in 0..2 {
+        let logs = tmp.path().join(format!("log-{i}"));
+        std::fs::create_dir_all(&logs).unwrap();
+        directories.push(
+            Service::start(
+                "key-directory",
+                &["--issuer-token", &format!("{ISSUER}={ISSUER_TOKEN}")],
+                &[("DATABASE_URL", db.url())],
+                &logs,
+            )
+            .await,
+        );
+    }
+    let http = reqwest::Client::new();
+    let user = LocalSigner::generate().unwrap();
+    let r = http
+        .post(format!("{}/v1/keys", directories[0].url()))
+        .bearer_auth(ISSUER_TOKEN)
+        .json(&json!({"subject": "alice", "jwk": user.public_key().to_jwk(user.kid())}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let at_b: Value = http
+        .get(format!("{}/v1/keys/{}", directories[1].url(), user.kid()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(at_b["status"], "active");
+    // A stream at B hears of a revocation made at A.
+    let mut stream = http
+        .get(format!("{}/v1/events", directories[1].url()))
+        .send()
+        .await
+        .unwrap();
+    let r = http
+        .post(format!(
+            "{}/v1/keys/{}/revoke",
+            directories[0].url(),
+            user.kid()
+        ))
+        .bearer_auth(ISSUER_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut body = String::new();
+    while !body.contains("event: revoked") {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(2), stream.chunk())
+            .await
+            .expect("B's stream told the revocation within 2 s")
+            .unwrap()
+            .unwrap();
+        body.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    assert!(body.contains(user.kid().as_str()));
+}

@@ -1,8 +1,10 @@
 //! Where keys live. The trait is synchronous because the backends are; handlers call it on the
 //! blocking pool.
 
+mod pg;
 mod sqlite;
 
+pub use pg::PgStore;
 pub use sqlite::SqliteStore;
 
 /// A registered key.
