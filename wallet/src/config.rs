@@ -24,6 +24,13 @@ pub struct Config {
     /// Where the wallet keeps its database and, unless WALLET_MASTER_KEY is set, its master key.
     #[arg(long, env = "WALLET_DATA_DIR", default_value = "./data/wallet")]
     pub data_dir: PathBuf,
+    /// PostgreSQL for users and requests (SPEC §11), shared by every instance; without it,
+    /// SQLite in `--data-dir` (one instance). The master key stays per deployment either way.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Most PostgreSQL connections this instance holds.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    pub database_max_connections: u32,
     /// The key directory's base URL.
     #[arg(long, env = "KEY_DIRECTORY_URL")]
     pub key_directory_url: String,
@@ -89,6 +96,8 @@ impl Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             issuer: issuer.to_owned(),
             data_dir,
+            database_url: None,
+            database_max_connections: 16,
             key_directory_url: key_directory_url.to_owned(),
             key_directory_token: SecretString::from(key_directory_token.to_owned()),
             admin_token: SecretString::from(admin_token.to_owned()),

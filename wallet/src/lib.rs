@@ -24,7 +24,7 @@ use secrecy::ExposeSecret;
 pub use config::Config;
 use crypto::MasterKey;
 use routes::AppState;
-use store::SqliteStore;
+use store::{PgStore, SqliteStore, WalletStore};
 
 /// Opens the store and the master key, re-registers keys that never reached the directory,
 /// and binds the listener.
@@ -62,11 +62,23 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
         ap2_service::http::bind_public(config.listen, config.public_url.as_deref()).await?;
     let data_dir = config.data_dir.clone();
     std::fs::create_dir_all(&data_dir)?;
+    // Instances sharing a database open each other's sealed keys: one master key for all,
+    // not a master.key file each.
+    anyhow::ensure!(
+        config.database_url.is_none() || config.master_key.is_some(),
+        "--database-url needs WALLET_MASTER_KEY: every instance must open the same sealed keys"
+    );
     let master = MasterKey::load(config.master_key.as_ref(), &data_dir)?;
-    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&data_dir)).await??;
+    let store: Arc<dyn WalletStore> = match config.database_url.clone() {
+        Some(url) => {
+            let max = config.database_max_connections;
+            Arc::new(tokio::task::spawn_blocking(move || PgStore::open(&url, max)).await??)
+        }
+        None => Arc::new(tokio::task::spawn_blocking(move || SqliteStore::open(&data_dir)).await??),
+    };
     let directory_url = config.key_directory_url.trim_end_matches('/').to_owned();
     let state = AppState {
-        store: Arc::new(store),
+        store,
         master: Arc::new(master),
         signers: Arc::new(RwLock::new(HashMap::new())),
         directory: DirectoryClient::new(&directory_url, DirectoryClientConfig::default())?,
@@ -127,10 +139,12 @@ async fn mark_revoked(state: &AppState, kid: &Kid) {
         let (store, id, now) = (state.store.clone(), kid.to_string(), state.clock.now_unix());
         match tokio::task::spawn_blocking(move || store.key_revoked(&id, now)).await {
             Ok(Ok(user)) => {
+                if let Ok(mut signers) = state.signers.write() {
+                    // The user's current key, or a key another instance rotated away from
+                    // while this one still held it in memory: never signed with again.
+                    signers.retain(|_, signer| ap2_mandate::Signer::kid(signer.as_ref()) != kid);
+                }
                 if let Some(user) = user {
-                    if let Ok(mut signers) = state.signers.write() {
-                        signers.remove(&user);
-                    }
                     tracing::warn!(user_id = %user, %kid, "the user's key was revoked: no more mandates until it is rotated");
                 }
                 return;

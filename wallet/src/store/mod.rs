@@ -1,8 +1,10 @@
 //! What the wallet keeps: users (with their sealed keys) and mandate requests. The trait is
 //! synchronous because the backend is; handlers call it on the blocking pool.
 
+mod pg;
 mod sqlite;
 
+pub use pg::PgStore;
 pub use sqlite::SqliteStore;
 
 /// A user as stored.
