@@ -15,9 +15,28 @@ pub use auth::{NamedToken, TokenSet, bearer_token};
 pub use conn::ConnectionLimits;
 pub use problem::{ApiJson, ApiPath, Problem};
 
-/// The one SQLite connection a service keeps its state in, shared by its handlers.
+/// The SQLite database a service keeps its state in: one connection shared by its handlers,
+/// and one more owned by a writer thread that commits the writes given to [`SqliteDb::write`]
+/// in groups.
 #[derive(Debug)]
-pub struct SqliteDb(std::sync::Mutex<rusqlite::Connection>);
+pub struct SqliteDb {
+    conn: std::sync::Mutex<rusqlite::Connection>,
+    writer: std::sync::Mutex<std::sync::mpsc::Sender<WriteJob>>,
+}
+
+/// A group-committed write could not be made durable; the message says why.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the write was not committed: {0}")]
+pub struct WriteFailed(pub String);
+
+/// One write for the writer thread: it runs in its own savepoint and says whether it
+/// succeeded; what it returns is told the commit's outcome.
+/// Given no connection (the transaction did not begin), it does not run.
+type WriteJob = Box<dyn FnOnce(Option<&rusqlite::Connection>) -> (bool, Delivery) + Send>;
+type Delivery = Box<dyn FnOnce(Option<&str>) + Send>;
+
+/// Most writes committed together.
+const GROUP_MAX: usize = 256;
 
 /// The connection's lock was poisoned by a panic while it was held.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
@@ -36,13 +55,52 @@ impl SqliteDb {
             std::fs::create_dir_all(dir)?;
         }
         owner_only(path)?;
-        let conn = rusqlite::Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let conn = connect(path)?;
         conn.execute_batch(schema)?;
-        Ok(Self(std::sync::Mutex::new(conn)))
+        let writer = connect(path)?;
+        let (jobs, queue) = std::sync::mpsc::channel::<WriteJob>();
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || group_commit(&writer, &queue))?;
+        Ok(Self {
+            conn: std::sync::Mutex::new(conn),
+            writer: std::sync::Mutex::new(jobs),
+        })
+    }
+
+    /// Runs `f` in the writer thread's transaction, together with the writes that arrived
+    /// while the previous group was committing (group commit): each `f` in a savepoint of its
+    /// own, so one that fails leaves the others alone, and one `COMMIT`, one fsync, for all.
+    /// Returns `f`'s result once its group is durable; a failed commit is `WriteFailed`.
+    pub fn write<T, E>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<DbPoisoned> + From<WriteFailed> + Send + 'static,
+    {
+        let (tell, told) = std::sync::mpsc::sync_channel::<Result<T, E>>(1);
+        let job: WriteJob = Box::new(move |conn| {
+            let result = conn.map(f);
+            let ok = matches!(result, Some(Ok(_)));
+            let deliver: Delivery = Box::new(move |commit_error| {
+                let result = match (commit_error, result) {
+                    (why, None) => Err(E::from(WriteFailed(why.unwrap_or("not run").to_owned()))),
+                    (Some(why), Some(Ok(_))) => Err(E::from(WriteFailed(why.to_owned()))),
+                    (_, Some(result)) => result,
+                };
+                let _ = tell.send(result);
+            });
+            (ok, deliver)
+        });
+        self.writer
+            .lock()
+            .map_err(|_| DbPoisoned)?
+            .send(job)
+            .map_err(|_| E::from(WriteFailed("the writer thread is gone".into())))?;
+        told.recv()
+            .map_err(|_| E::from(WriteFailed("the writer thread is gone".into())))?
     }
 
     /// Adds `column` (with its SQL declaration) to `table` unless it is there: how a schema
@@ -68,8 +126,72 @@ impl SqliteDb {
         &self,
         f: impl FnOnce(&mut rusqlite::Connection) -> Result<T, E>,
     ) -> Result<T, E> {
-        let mut conn = self.0.lock().map_err(|_| DbPoisoned)?;
+        let mut conn = self.conn.lock().map_err(|_| DbPoisoned)?;
         f(&mut conn)
+    }
+}
+
+/// A connection the way every service uses it: WAL, `synchronous=FULL`, foreign keys, a 5 s
+/// busy timeout.
+fn connect(path: &std::path::Path) -> rusqlite::Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+/// The writer thread: takes what is queued (at most [`GROUP_MAX`]), runs each in a savepoint
+/// of one transaction, commits once, then answers each. Ends when the database is dropped.
+fn group_commit(conn: &rusqlite::Connection, queue: &std::sync::mpsc::Receiver<WriteJob>) {
+    while let Ok(first) = queue.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < GROUP_MAX {
+            match queue.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let why = e.to_string();
+            for job in jobs {
+                // Not run: the transaction could not begin. Each is told so.
+                let (_, deliver) = job(None);
+                deliver(Some(&why));
+            }
+            continue;
+        }
+        let mut deliveries = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let savepoint = conn.execute_batch("SAVEPOINT one");
+            // A write that panics is undone and its caller told (its answer is dropped); the
+            // thread goes on with the others.
+            let Ok((ok, deliver)) =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Some(conn))))
+            else {
+                let _ = conn.execute_batch("ROLLBACK TO one; RELEASE one");
+                continue;
+            };
+            let ended = if ok && savepoint.is_ok() {
+                conn.execute_batch("RELEASE one")
+            } else {
+                conn.execute_batch("ROLLBACK TO one; RELEASE one")
+            };
+            deliveries.push((deliver, ended.err().map(|e| e.to_string())));
+        }
+        let committed = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+        if committed.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        metrics::histogram!("sqlite_group_commit_size").record(deliveries.len() as f64);
+        for (deliver, ended) in deliveries {
+            match (&committed, ended) {
+                (Err(why), _) => deliver(Some(why)),
+                (Ok(()), Some(why)) => deliver(Some(&why)),
+                (Ok(()), None) => deliver(None),
+            }
+        }
     }
 }
 
@@ -113,6 +235,76 @@ pub fn rfc3339(unix: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug)]
+    enum TestError {
+        Refused,
+        Db(String),
+    }
+    impl From<DbPoisoned> for TestError {
+        fn from(e: DbPoisoned) -> Self {
+            Self::Db(e.to_string())
+        }
+    }
+    impl From<WriteFailed> for TestError {
+        fn from(e: WriteFailed) -> Self {
+            Self::Db(e.to_string())
+        }
+    }
+
+    #[test]
+    fn spec11_writes_are_committed_in_groups_and_a_failing_one_is_undone_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = std::sync::Arc::new(
+            SqliteDb::open(
+                &dir.path().join("g.db"),
+                "CREATE TABLE IF NOT EXISTS t (x INTEGER PRIMARY KEY) STRICT;",
+            )
+            .unwrap(),
+        );
+        let results: Vec<Result<(), TestError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..32)
+                .map(|i| {
+                    let db = db.clone();
+                    scope.spawn(move || {
+                        db.write(move |conn| {
+                            conn.execute("INSERT INTO t VALUES (?1)", [i])
+                                .map_err(|e| TestError::Db(e.to_string()))?;
+                            // Inserted, then refused: its row must not survive.
+                            if i == 7 {
+                                Err(TestError::Refused)
+                            } else {
+                                Ok(())
+                            }
+                        })
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 31);
+        assert!(matches!(results[7], Err(TestError::Refused)));
+        let rows: i64 = db
+            .with(|c| {
+                c.query_row("SELECT COUNT(*) FROM t WHERE x != 7", [], |r| r.get(0))
+                    .map_err(|e| TestError::Db(e.to_string()))
+            })
+            .unwrap();
+        let seven: i64 = db
+            .with(|c| {
+                c.query_row("SELECT COUNT(*) FROM t WHERE x = 7", [], |r| r.get(0))
+                    .map_err(|e| TestError::Db(e.to_string()))
+            })
+            .unwrap();
+        assert_eq!((rows, seven), (31, 0));
+        // A duplicate key fails alone too.
+        let dup = db.write(|conn| {
+            conn.execute("INSERT INTO t VALUES (1)", [])
+                .map(|_| ())
+                .map_err(|e| TestError::Db(e.to_string()))
+        });
+        assert!(matches!(dup, Err(TestError::Db(_))));
+    }
 
     #[cfg(unix)]
     #[test]

@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use ap2_service::{DbPoisoned, SqliteDb};
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use ap2_service::{DbPoisoned, SqliteDb, WriteFailed};
+use rusqlite::{OptionalExtension, params};
 
 use super::{MerchantStore, OrderRow, SessionRow, SessionStatus, StoreError};
 
@@ -19,6 +19,12 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 
 impl From<DbPoisoned> for StoreError {
     fn from(e: DbPoisoned) -> Self {
+        backend(e)
+    }
+}
+
+impl From<WriteFailed> for StoreError {
+    fn from(e: WriteFailed) -> Self {
         backend(e)
     }
 }
@@ -137,12 +143,12 @@ impl SqliteStore {
 
 impl MerchantStore for SqliteStore {
     fn create_session(&self, s: &SessionRow, cap: Option<(u32, i64)>) -> Result<(), StoreError> {
-        self.db.with(|conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(backend)?;
+        let s = s.clone();
+        // Group-committed: the count and the insert are one savepoint of the writer's
+        // transaction, and writes are serialised there, so the cap holds.
+        self.db.write(move |conn| {
             if let (Some(owner), Some((max, opened_after))) = (&s.owner_jkt, cap) {
-                let open: i64 = tx
+                let open: i64 = conn
                     .query_row(
                         "SELECT COUNT(*) FROM sessions WHERE owner_jkt = ?1 \
                          AND status = 'ready_for_complete' AND created_at > ?2",
@@ -154,11 +160,11 @@ impl MerchantStore for SqliteStore {
                     return Err(StoreError::TooManySessions);
                 }
             }
-            tx.execute(
-                &format!(
-                    "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
-                ),
-                params![
+            conn.prepare_cached(&format!(
+                "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+            ))
+            .and_then(|mut insert| {
+                insert.execute(params![
                     s.id,
                     s.cart,
                     s.cart_hash,
@@ -166,10 +172,10 @@ impl MerchantStore for SqliteStore {
                     s.created_at,
                     s.order_id,
                     s.owner_jkt
-                ],
-            )
-            .map_err(backend)?;
-            tx.commit().map_err(backend)
+                ])
+            })
+            .map(|_| ())
+            .map_err(backend)
         })
     }
 
@@ -196,44 +202,42 @@ impl MerchantStore for SqliteStore {
     }
 
     fn begin_order(&self, o: &OrderRow) -> Result<(), StoreError> {
-        self.db.with(|conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(backend)?;
-            let status: Option<String> = tx
-                .query_row(
-                    "SELECT status FROM sessions WHERE id = ?1",
-                    params![o.session_id],
-                    |r| r.get(0),
-                )
-                .optional()
+        let o = o.clone();
+        self.db.write(move |conn| {
+            let status: Option<String> = conn
+                .prepare_cached("SELECT status FROM sessions WHERE id = ?1")
+                .and_then(|mut stmt| {
+                    stmt.query_row(params![o.session_id], |r| r.get(0))
+                        .optional()
+                })
                 .map_err(backend)?;
             match status.as_deref().and_then(SessionStatus::parse) {
                 None => return Err(StoreError::NotFound),
                 Some(SessionStatus::ReadyForComplete) => {}
                 Some(other) => return Err(StoreError::NotReady(other)),
             }
-            let inserted = tx.execute(
-                &format!(
+            let inserted = conn
+                .prepare_cached(&format!(
                     "INSERT INTO orders ({ORDER_COLUMNS}) VALUES \
                      (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL, ?12, ?13)"
-                ),
-                params![
-                    o.id,
-                    o.session_id,
-                    o.amount,
-                    o.currency,
-                    o.mandate,
-                    o.claims,
-                    o.iss,
-                    o.jti,
-                    o.sub,
-                    o.kid,
-                    o.agent_id,
-                    o.created_at,
-                    o.agent_jkt
-                ],
-            );
+                ))
+                .and_then(|mut insert| {
+                    insert.execute(params![
+                        o.id,
+                        o.session_id,
+                        o.amount,
+                        o.currency,
+                        o.mandate,
+                        o.claims,
+                        o.iss,
+                        o.jti,
+                        o.sub,
+                        o.kid,
+                        o.agent_id,
+                        o.created_at,
+                        o.agent_jkt
+                    ])
+                });
             match inserted {
                 Ok(_) => {}
                 Err(rusqlite::Error::SqliteFailure(e, _))
@@ -243,50 +247,44 @@ impl MerchantStore for SqliteStore {
                 }
                 Err(e) => return Err(backend(e)),
             }
-            tx.execute(
+            conn.prepare_cached(
                 "UPDATE sessions SET status = 'charging', order_id = ?2 WHERE id = ?1",
-                params![o.session_id, o.id],
             )
-            .map_err(backend)?;
-            tx.commit().map_err(backend)
+            .and_then(|mut update| update.execute(params![o.session_id, o.id]))
+            .map(|_| ())
+            .map_err(backend)
         })
     }
 
     fn finish_order(&self, order_id: &str, charge_id: &str) -> Result<(), StoreError> {
-        self.db.with(|conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
+        let (order_id, charge_id) = (order_id.to_owned(), charge_id.to_owned());
+        self.db.write(move |conn| {
+            conn.prepare_cached("UPDATE orders SET charge_id = ?2 WHERE id = ?1")
+                .and_then(|mut update| update.execute(params![order_id, charge_id]))
                 .map_err(backend)?;
-            tx.execute(
-                "UPDATE orders SET charge_id = ?2 WHERE id = ?1",
-                params![order_id, charge_id],
-            )
-            .map_err(backend)?;
             // By the session's primary key (through the order's): sessions.order_id has no index.
-            tx.execute(
+            conn.prepare_cached(
                 "UPDATE sessions SET status = 'completed' \
                  WHERE id = (SELECT session_id FROM orders WHERE id = ?1)",
-                params![order_id],
             )
-            .map_err(backend)?;
-            tx.commit().map_err(backend)
+            .and_then(|mut update| update.execute(params![order_id]))
+            .map(|_| ())
+            .map_err(backend)
         })
     }
 
     fn abort_order(&self, order_id: &str) -> Result<(), StoreError> {
-        self.db.with(|conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(backend)?;
-            tx.execute(
+        let order_id = order_id.to_owned();
+        self.db.write(move |conn| {
+            conn.execute(
                 "UPDATE sessions SET status = 'ready_for_complete', order_id = NULL \
                  WHERE id = (SELECT session_id FROM orders WHERE id = ?1)",
                 params![order_id],
             )
             .map_err(backend)?;
-            tx.execute("DELETE FROM orders WHERE id = ?1", params![order_id])
-                .map_err(backend)?;
-            tx.commit().map_err(backend)
+            conn.execute("DELETE FROM orders WHERE id = ?1", params![order_id])
+                .map(|_| ())
+                .map_err(backend)
         })
     }
 
