@@ -41,8 +41,11 @@ start_key_directory() {
 # (a bound mandate needs its proof whatever the flag says: the same code path as the default).
 start_merchant() {
   MERCHANT_PORT=$(free_port)
+  local database=()
+  # MERCHANT_DATABASE_URL=postgres://… runs the merchant on PostgreSQL (SPEC §11).
+  [ -n "${MERCHANT_DATABASE_URL:-}" ] && database=(--database-url "$MERCHANT_DATABASE_URL")
   RUST_LOG=warn "$BIN/merchant" --listen "127.0.0.1:$MERCHANT_PORT" --merchant-id acme-corp \
-    --backend-token "bench=$BACKEND_TOKEN" \
+    --backend-token "bench=$BACKEND_TOKEN" "${database[@]}" \
     --data-dir "$WORK/merchant" --key-directory-url "http://127.0.0.1:$KD_PORT" \
     --redis-url "redis://127.0.0.1:$REDIS_PORT" --require-agent-binding false 2>"$WORK/merchant.log" &
   MERCHANT_PID=$!

@@ -303,7 +303,7 @@ mod tests {
                 .map(|_| ())
                 .map_err(|e| TestError::Db(e.to_string()))
         });
-        assert!(matches!(dup, Err(TestError::Db(_))));
+        assert!(matches!(dup, Err(TestError::Db(why)) if why.contains("UNIQUE")));
     }
 
     #[cfg(unix)]
