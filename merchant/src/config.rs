@@ -79,6 +79,10 @@ pub struct Config {
     /// later it is 410 `session_expired`, and open sessions past it are deleted.
     #[arg(long, env = "SESSION_TTL_SECS", default_value_t = 1800)]
     pub session_ttl_secs: i64,
+    /// How old an order whose charge was never recorded must be before the merchant finishes
+    /// it (charges it again with its idempotency key, then records it paid), in seconds.
+    #[arg(long, env = "STUCK_ORDER_SECS", default_value_t = 120)]
+    pub stuck_order_secs: i64,
     /// Most open sessions one agent key may have (SPEC §9): more is 429 `too_many_sessions`.
     #[arg(long, env = "MAX_OPEN_SESSIONS_PER_AGENT", default_value_t = 1000)]
     pub max_open_sessions_per_agent: u32,
@@ -161,6 +165,7 @@ impl Config {
             key_fetch_rate: 50.0,
             key_fetch_burst: 100.0,
             session_ttl_secs: 1800,
+            stuck_order_secs: 120,
             max_open_sessions_per_agent: 1000,
             refusal_log_rate: 20.0,
             backend_tokens: Vec::new(),

@@ -163,7 +163,16 @@ pub async fn build_with(config: Config, parts: Parts) -> anyhow::Result<Server> 
             Arc::new(tokio::task::spawn_blocking(move || SqliteStore::open(&data_dir)).await??)
         }
     };
-    sweep_expired_sessions(store.clone(), parts.clock.clone(), config.session_ttl_secs);
+    anyhow::ensure!(
+        config.stuck_order_secs > 0,
+        "--stuck-order-secs must be positive"
+    );
+    sweep_expired_sessions(
+        store.clone(),
+        parts.payments.clone(),
+        parts.clock.clone(),
+        (config.session_ttl_secs, config.stuck_order_secs),
+    );
     // Revocations reach this merchant in about a second, not at the cache's max-age (SPEC §10).
     let follower = tokio::spawn(keys.clone().follow_revocations(None, |_| {}));
     let state = AppState::new(App {
@@ -201,10 +210,16 @@ pub async fn build_with(config: Config, parts: Parts) -> anyhow::Result<Server> 
 }
 
 /// Deletes the open sessions past their lifetime, every minute (or every lifetime, if
-/// shorter), so sessions nobody completes do not pile up (SPEC §9); and reopens sessions whose
-/// charge an instance that died left unfinished.
-fn sweep_expired_sessions(store: Arc<dyn MerchantStore>, clock: Arc<dyn Clock>, ttl_secs: i64) {
-    let every = Duration::from_secs(u64::try_from(ttl_secs.clamp(1, 60)).unwrap_or(60));
+/// shorter), so sessions nobody completes do not pile up (SPEC §9); and finishes the orders a
+/// process that died left charging.
+fn sweep_expired_sessions(
+    store: Arc<dyn MerchantStore>,
+    payments: Arc<dyn PaymentProcessor>,
+    clock: Arc<dyn Clock>,
+    (ttl_secs, stuck_secs): (i64, i64),
+) {
+    let every = ttl_secs.min(stuck_secs).clamp(1, 60);
+    let every = Duration::from_secs(u64::try_from(every).unwrap_or(60));
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         loop {
@@ -217,29 +232,60 @@ fn sweep_expired_sessions(store: Arc<dyn MerchantStore>, clock: Arc<dyn Clock>, 
                 Ok(Err(e)) => tracing::warn!(error = %e, "expired sessions not deleted"),
                 Err(e) => tracing::warn!(error = %e, "expired sessions not deleted"),
             }
-            // A charge left by an instance that died (shared stores only; SQLite does it at
-            // open): reopened once it is older than any charge still running could be.
-            let (reopener, now) = (store.clone(), clock.now_unix());
-            match tokio::task::spawn_blocking(move || {
-                reopener.reopen_stuck_charges(now, STUCK_CHARGE_SECS)
-            })
-            .await
-            {
-                Ok(Ok(0)) => {}
-                Ok(Ok(n)) => tracing::warn!(
-                    reopened = n,
-                    "sessions left charging by a dead instance reopened"
-                ),
-                Ok(Err(e)) => tracing::warn!(error = %e, "stuck charges not looked at"),
-                Err(e) => tracing::warn!(error = %e, "stuck charges not looked at"),
-            }
+            finish_stuck_orders(&store, payments.as_ref(), clock.now_unix() - stuck_secs).await;
         }
     });
 }
 
-/// How old a charge that never finished must be before another instance reopens its session:
-/// far longer than a charge takes (the request timeout is 10 s).
-const STUCK_CHARGE_SECS: i64 = 120;
+/// Rolls forward the orders begun before `begun_before` whose charge was never recorded: the
+/// mandate was verified and spent for them, so each is charged again with its own order id,
+/// the processor's idempotency key (charged once whatever happened before), and recorded as
+/// paid; a charge the processor refuses reopens the session, as at completion.
+async fn finish_stuck_orders(
+    store: &Arc<dyn MerchantStore>,
+    payments: &dyn PaymentProcessor,
+    begun_before: i64,
+) {
+    let finder = store.clone();
+    let stuck = match tokio::task::spawn_blocking(move || finder.stuck_orders(begun_before)).await {
+        Ok(Ok(stuck)) => stuck,
+        Ok(Err(e)) => return tracing::warn!(error = %e, "stuck orders not looked at"),
+        Err(e) => return tracing::warn!(error = %e, "stuck orders not looked at"),
+    };
+    for order in stuck {
+        let amount = ap2_mandate::Currency::parse(&order.currency)
+            .ok()
+            .and_then(|c| {
+                ap2_mandate::Money::from_minor_units(u64::try_from(order.amount).ok()?, c).ok()
+            });
+        let Some(amount) = amount else {
+            tracing::error!(order_id = %order.id, "a stuck order has an unreadable amount");
+            continue;
+        };
+        let (store, id) = (store.clone(), order.id.clone());
+        let done = match payments.charge(&order.id, amount).await {
+            Ok(charge) => {
+                tokio::task::spawn_blocking(move || store.finish_order(&id, &charge.charge_id))
+                    .await
+            }
+            Err(e) => {
+                tracing::warn!(order_id = %order.id, error = %e, "a stuck order's charge was refused; the session is open again");
+                tokio::task::spawn_blocking(move || store.abort_order(&id)).await
+            }
+        };
+        match done {
+            Ok(Ok(())) => {
+                tracing::warn!(order_id = %order.id, session_id = %order.session_id, "a charge cut short was finished")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(order_id = %order.id, error = %e, "a stuck order is still stuck")
+            }
+            Err(e) => {
+                tracing::warn!(order_id = %order.id, error = %e, "a stuck order is still stuck")
+            }
+        }
+    }
+}
 
 /// Builds and starts the merchant on a background task.
 pub async fn spawn(config: Config, parts: Parts) -> anyhow::Result<Running> {

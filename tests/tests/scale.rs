@@ -275,3 +275,149 @@ async fn spec11_two_key_directories_over_one_database_tell_each_others_revocatio
     }
     assert!(body.contains(user.kid().as_str()));
 }
+
+#[tokio::test]
+async fn spec11_postgres_restarted_mid_run_is_503_then_recovers_with_nothing_half_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut pg = ap2_testkit::PgServer::start();
+    let redis = RedisServer::start();
+    let keys = tmp.path().join("keys.db");
+    let directory = Service::start(
+        "key-directory",
+        &[
+            "--db",
+            keys.to_str().unwrap(),
+            "--issuer-token",
+            &format!("{ISSUER}={ISSUER_TOKEN}"),
+        ],
+        &[],
+        tmp.path(),
+    )
+    .await;
+    let data = tmp.path().join("merchant");
+    let merchant = Service::start(
+        "merchant",
+        &[
+            "--merchant-id",
+            "acme-corp",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--key-directory-url",
+            &directory.url(),
+            "--redis-url",
+            &redis.url(),
+            "--require-agent-binding",
+            "false",
+            "--stuck-order-secs",
+            "3",
+        ],
+        &[("DATABASE_URL", &pg.url())],
+        tmp.path(),
+    )
+    .await;
+    merchant.wait_ready().await;
+    let http = reqwest::Client::new();
+    let user = LocalSigner::generate().unwrap();
+    let r = http
+        .post(format!("{}/v1/keys", directory.url()))
+        .bearer_auth(ISSUER_TOKEN)
+        .json(&json!({"subject": "alice", "jwk": user.public_key().to_jwk(user.kid())}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let mut sessions = Vec::new();
+    for _ in 0..40 {
+        sessions.push(open_session(&http, &merchant).await);
+    }
+    // Completions in flight while the server stops.
+    let merchant = std::sync::Arc::new(merchant);
+    let mut tasks = Vec::new();
+    for (session, cart) in sessions.iter().cloned() {
+        let (http, merchant, m) = (http.clone(), merchant.clone(), mandate(&user, &cart));
+        tasks.push(tokio::spawn(async move {
+            let got = complete(&http, &merchant, &session, &m).await;
+            (session, got)
+        }));
+        if tasks.len() == 10 {
+            pg.stop();
+        }
+    }
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await.unwrap());
+    }
+    let mut refused = 0;
+    for (_, (status, body)) in &outcomes {
+        match *status {
+            StatusCode::OK => {}
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(body["code"], "store_unavailable", "{body}");
+                refused += 1;
+            }
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert!(refused > 0, "nothing was refused while PostgreSQL was down");
+    // While it is down a new session is refused too, then it comes back without a restart.
+    let r = http
+        .post(format!("{}/v1/checkout-sessions", merchant.url()))
+        .json(&json!({"line_items": shoes()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    pg.restart();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let (session, cart) = loop {
+        let r = http
+            .post(format!("{}/v1/checkout-sessions", merchant.url()))
+            .json(&json!({"line_items": shoes()}))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::CREATED {
+            let body: Value = r.json().await.unwrap();
+            break (
+                body["id"].as_str().unwrap().to_owned(),
+                body["cart"].clone(),
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no recovery after PostgreSQL came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let (status, body) = complete(&http, &merchant, &session, &mandate(&user, &cart)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Nothing half-written: every session ends paid with its order, or still open. One
+    // charged while the order could not be recorded is finished by the sweep (3 s here).
+    for (session, (status, _)) in &outcomes {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let got: Value = http
+                .get(format!("{}/v1/checkout-sessions/{session}", merchant.url()))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            match got["status"].as_str().unwrap() {
+                "completed" => {
+                    assert!(got["order_id"].is_string(), "{got}");
+                    break;
+                }
+                "ready_for_complete" => {
+                    assert_ne!(*status, StatusCode::OK, "{got}");
+                    break;
+                }
+                "charging" if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                other => panic!("session {session} is {other}"),
+            }
+        }
+    }
+}

@@ -9,7 +9,7 @@ pub mod forge;
 mod pg;
 
 pub use cluster::RedisCluster;
-pub use pg::PgDatabase;
+pub use pg::{PgDatabase, PgServer};
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

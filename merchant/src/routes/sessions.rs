@@ -330,12 +330,29 @@ pub async fn complete(
             ));
         }
     };
-    let (order_id, charge_id) = (order.id.clone(), charge.charge_id.clone());
-    blocking(&state, move |store| {
-        store.finish_order(&order_id, &charge_id)
-    })
-    .await?
-    .map_err(Problem::internal)?;
+    // The money moved: the order must be recorded paid. A store that fails now is tried a few
+    // more times (about 3 s); if it is still down the answer is 503 and the merchant's sweep
+    // finishes the order later (the same idempotency key charges once).
+    let mut tries = 0u32;
+    loop {
+        let (order_id, charge_id) = (order.id.clone(), charge.charge_id.clone());
+        let recorded = blocking(&state, move |store| {
+            store.finish_order(&order_id, &charge_id)
+        })
+        .await;
+        match recorded {
+            Ok(Ok(())) => break,
+            Ok(Err(e)) => return Err(Problem::internal(e)),
+            Err(unavailable) => {
+                tries += 1;
+                if tries >= 6 {
+                    tracing::error!(order_id = %order.id, "charged, but the order is not recorded yet; the sweep will finish it");
+                    return Err(unavailable);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(tries))).await;
+            }
+        }
+    }
     tracing::info!(
         order_id = %order.id, session_id = %order.session_id, amount = %amount,
         currency = %amount.currency(), jti = %claims.jti, sub = %claims.sub, %agent_id,

@@ -135,10 +135,9 @@ pub trait MerchantStore: Send + Sync + 'static {
     fn abort_order(&self, order_id: &str) -> Result<(), StoreError>;
     /// An order.
     fn order(&self, id: &str) -> Result<Option<OrderRow>, StoreError>;
-    /// Reopens the sessions whose charge began more than `older_than` seconds before `now`
-    /// and never finished (a process died while charging); how many. A store that one
-    /// process owns does this at open instead, and answers 0.
-    fn reopen_stuck_charges(&self, now: i64, older_than: i64) -> Result<u64, StoreError>;
+    /// The orders begun before `begun_before` whose charge never finished (a process died
+    /// between beginning the order and recording the charge): their sessions are `charging`.
+    fn stuck_orders(&self, begun_before: i64) -> Result<Vec<OrderRow>, StoreError>;
     /// Whether the store answers.
     fn ping(&self) -> Result<(), StoreError>;
 }

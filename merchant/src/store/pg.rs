@@ -249,31 +249,24 @@ impl MerchantStore for PgStore {
         .transpose()
     }
 
-    /// Other instances' charges in progress are younger than `older_than`.
-    fn reopen_stuck_charges(&self, now: i64, older_than: i64) -> Result<u64, StoreError> {
+    fn stuck_orders(&self, begun_before: i64) -> Result<Vec<OrderRow>, StoreError> {
         let mut conn = self.db.get().map_err(StoreError::Backend)?;
-        let mut tx = conn.transaction().map_err(backend)?;
-        let stuck = tx
-            .query(
-                "SELECT s.id, o.id FROM sessions s JOIN orders o ON o.session_id = s.id
-                 WHERE s.status = 'charging' AND o.charge_id IS NULL AND o.created_at < $1
-                 FOR UPDATE OF s",
-                &[&(now - older_than)],
-            )
-            .map_err(backend)?;
-        for row in &stuck {
-            let (session, order): (String, String) = (row.get(0), row.get(1));
-            tracing::warn!(%session, %order, "a charge was cut short; the session is ready again");
-            tx.execute("DELETE FROM orders WHERE id = $1", &[&order])
-                .map_err(backend)?;
-            tx.execute(
-                "UPDATE sessions SET status = 'ready_for_complete', order_id = NULL WHERE id = $1",
-                &[&session],
-            )
-            .map_err(backend)?;
-        }
-        tx.commit().map_err(backend)?;
-        Ok(stuck.len() as u64)
+        conn.query(
+            &format!(
+                "SELECT {} FROM orders o JOIN sessions s ON s.id = o.session_id
+                 WHERE s.status = 'charging' AND o.charge_id IS NULL AND o.created_at < $1",
+                ORDER_COLUMNS
+                    .split(", ")
+                    .map(|c| format!("o.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            &[&begun_before],
+        )
+        .map_err(backend)?
+        .iter()
+        .map(order_row)
+        .collect()
     }
 
     fn ping(&self) -> Result<(), StoreError> {

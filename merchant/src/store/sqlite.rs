@@ -100,9 +100,8 @@ fn order_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<OrderRow> {
 }
 
 impl SqliteStore {
-    /// Opens (or creates) `merchant.db` in `data_dir`. Sessions left charging by a crash go
-    /// back to ready with their pending order removed: the processor's idempotency key (the
-    /// order id) was never confirmed, and no order was marked paid.
+    /// Opens (or creates) `merchant.db` in `data_dir`. Orders a crash left charging are rolled
+    /// forward by the merchant's sweep ([`MerchantStore::stuck_orders`]).
     pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
         let db = SqliteDb::open(&data_dir.join("merchant.db"), SCHEMA)?;
         // Databases made before SPEC §8 (agent binding).
@@ -117,25 +116,6 @@ impl SqliteStore {
                      ON sessions(status, created_at);",
             )
             .map_err(anyhow::Error::from)
-        })?;
-        db.with(|conn| -> anyhow::Result<()> {
-            let stuck: Vec<(String, String)> = {
-                let mut stmt = conn.prepare(
-                    "SELECT s.id, o.id FROM sessions s JOIN orders o ON o.session_id = s.id \
-                     WHERE s.status = 'charging' AND o.charge_id IS NULL",
-                )?;
-                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                rows.collect::<Result<_, _>>()?
-            };
-            for (session, order) in stuck {
-                tracing::warn!(%session, %order, "a charge was cut short; the session is ready again");
-                conn.execute("DELETE FROM orders WHERE id = ?1", params![order])?;
-                conn.execute(
-                    "UPDATE sessions SET status = 'ready_for_complete', order_id = NULL WHERE id = ?1",
-                    params![session],
-                )?;
-            }
-            Ok(())
         })?;
         Ok(Self { db })
     }
@@ -300,9 +280,24 @@ impl MerchantStore for SqliteStore {
         })
     }
 
-    fn reopen_stuck_charges(&self, _now: i64, _older_than: i64) -> Result<u64, StoreError> {
-        // Done at open: this process is the only one charging.
-        Ok(0)
+    fn stuck_orders(&self, begun_before: i64) -> Result<Vec<OrderRow>, StoreError> {
+        self.db.with(|conn| {
+            let columns = ORDER_COLUMNS
+                .split(", ")
+                .map(|c| format!("o.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT {columns} FROM orders o JOIN sessions s ON s.id = o.session_id \
+                     WHERE s.status = 'charging' AND o.charge_id IS NULL AND o.created_at < ?1"
+                ))
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![begun_before], order_row)
+                .map_err(backend)?;
+            rows.collect::<Result<_, _>>().map_err(backend)
+        })
     }
 
     fn ping(&self) -> Result<(), StoreError> {
