@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ap2_mandate::{LocalSigner, Signer};
 pub use ap2_testkit::{RedisServer, free_port};
 
 /// Where cargo put the service binaries: next to this test's own `deps/` directory.
@@ -179,4 +180,73 @@ impl Drop for Service {
             let _ = child.wait();
         }
     }
+}
+
+/// The one-shoe cart of the SPEC's first vector, at acme-corp.
+pub fn shoe_cart() -> serde_json::Value {
+    serde_json::json!({"merchant_id": "acme-corp", "currency": "USD", "total": 8999, "line_items": [
+        {"id": "shoe-001", "title": "Trail Runner", "quantity": 1, "unit_price": 8999}]})
+}
+
+/// The key directory binary with its database in `dir` and one issuer, `issuer=token`.
+pub async fn key_directory(dir: &Path, issuer: &str, token: &str) -> Service {
+    let db = dir.join("keys.db");
+    Service::start(
+        "key-directory",
+        &[
+            "--db",
+            db.to_str().expect("a UTF-8 path"),
+            "--issuer-token",
+            &format!("{issuer}={token}"),
+        ],
+        &[],
+        dir,
+    )
+    .await
+}
+
+/// A fresh user key, registered for `subject` at `directory` with the issuer's `token`.
+pub async fn register_user(directory: &Service, token: &str, subject: &str) -> LocalSigner {
+    let key = LocalSigner::generate().expect("a key");
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/keys", directory.url()))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"subject": subject, "jwk": key.public_key().to_jwk(key.kid())}))
+        .send()
+        .await
+        .expect("the directory answers");
+    assert_eq!(r.status(), reqwest::StatusCode::CREATED);
+    key
+}
+
+/// An unbound mandate (SPEC §4 alone) from `issuer` for `subject`, for exactly `cart` at its
+/// merchant, for agent-7, valid 300 s.
+pub fn unbound_mandate(
+    key: &LocalSigner,
+    issuer: &str,
+    subject: &str,
+    cart: &serde_json::Value,
+) -> String {
+    use ap2_mandate::{AgentId, Ap2Scope, Cart, Clock, IntentMandate, Jti, SystemClock};
+    let cart = Cart::from_json(cart.to_string().as_bytes()).expect("a SPEC §3 cart");
+    let now = SystemClock.now_unix();
+    ap2_mandate::mint(
+        key,
+        &IntentMandate {
+            iss: issuer.into(),
+            sub: subject.into(),
+            aud: cart.merchant_id().clone(),
+            iat: now,
+            nbf: None,
+            exp: now + 300,
+            jti: Jti::random().expect("randomness"),
+            scope: Ap2Scope {
+                max_amount: cart.total(),
+                cart_hash: cart.hash().clone(),
+                allow_agent_id: AgentId::parse("agent-7").expect("an agent id"),
+            },
+            cnf: None,
+        },
+    )
+    .expect("minted")
 }

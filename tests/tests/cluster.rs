@@ -11,10 +11,7 @@
 use std::time::{Duration, Instant};
 
 use ap2_e2e::Service;
-use ap2_mandate::{
-    AgentId, Ap2Scope, Cart, Clock, IntentMandate, Jti, LocalSigner, MerchantId, Signer,
-    SystemClock,
-};
+use ap2_mandate::LocalSigner;
 use ap2_testkit::RedisCluster;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -33,27 +30,14 @@ struct World {
 }
 
 fn cart() -> Value {
-    json!({"merchant_id": "acme-corp", "currency": "USD", "total": 8999, "line_items": [
-        {"id": "shoe-001", "title": "Trail Runner", "quantity": 1, "unit_price": 8999}]})
+    ap2_e2e::shoe_cart()
 }
 
 impl World {
     async fn start(min_replicas: &str) -> Self {
         let cluster = RedisCluster::start();
         let tmp = tempfile::tempdir().unwrap();
-        let keys = tmp.path().join("keys.db");
-        let directory = Service::start(
-            "key-directory",
-            &[
-                "--db",
-                keys.to_str().unwrap(),
-                "--issuer-token",
-                &format!("{ISSUER}={ISSUER_TOKEN}"),
-            ],
-            &[],
-            tmp.path(),
-        )
-        .await;
+        let directory = ap2_e2e::key_directory(tmp.path(), ISSUER, ISSUER_TOKEN).await;
         let data = tmp.path().join("merchant");
         let nodes = cluster.urls().join(",");
         let merchant = Service::start(
@@ -78,15 +62,7 @@ impl World {
         .await;
         merchant.wait_ready().await;
         let http = reqwest::Client::new();
-        let user = LocalSigner::generate().unwrap();
-        let r = http
-            .post(format!("{}/v1/keys", directory.url()))
-            .bearer_auth(ISSUER_TOKEN)
-            .json(&json!({"subject": "alice", "jwk": user.public_key().to_jwk(user.kid())}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::CREATED);
+        let user = ap2_e2e::register_user(&directory, ISSUER_TOKEN, "alice").await;
         Self {
             cluster,
             _directory: directory,
@@ -98,27 +74,7 @@ impl World {
     }
 
     fn mandate(&self) -> String {
-        let cart = Cart::from_json(cart().to_string().as_bytes()).unwrap();
-        let now = SystemClock.now_unix();
-        ap2_mandate::mint(
-            &self.user,
-            &IntentMandate {
-                iss: ISSUER.into(),
-                sub: "alice".into(),
-                aud: MerchantId::parse("acme-corp").unwrap(),
-                iat: now,
-                nbf: None,
-                exp: now + 300,
-                jti: Jti::random().unwrap(),
-                scope: Ap2Scope {
-                    max_amount: cart.total(),
-                    cart_hash: cart.hash().clone(),
-                    allow_agent_id: AgentId::parse("agent-7").unwrap(),
-                },
-                cnf: None,
-            },
-        )
-        .unwrap()
+        ap2_e2e::unbound_mandate(&self.user, ISSUER, "alice", &cart())
     }
 
     /// Spends `mandate` at the verify endpoint: "ok" or the code.

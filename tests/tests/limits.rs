@@ -253,8 +253,7 @@ fn verify_body() -> Value {
     json!({
         "mandate": "not.a.mandate",
         "agent_id": "agent-7",
-        "cart": {"merchant_id": "acme-corp", "currency": "USD", "total": 8999, "line_items": [
-            {"id": "shoe-001", "title": "Trail Runner", "quantity": 1, "unit_price": 8999}]},
+        "cart": ap2_e2e::shoe_cart(),
     })
 }
 
@@ -390,7 +389,6 @@ fn with_random_kid(mandate: &str) -> String {
 
 #[tokio::test]
 async fn spec9_2000_unknown_kids_cost_at_most_the_fetch_rate_and_cached_keys_still_verify() {
-    use ap2_mandate::{AgentId, Ap2Scope, Cart, Clock, IntentMandate, LocalSigner, Signer};
     let tmp = tempfile::tempdir().unwrap();
     let directory = directory(&tmp, &["--issuer-token", "https://w.example=tok"]).await;
     let token = format!("backend-a={BACKEND_TOKEN}");
@@ -407,37 +405,9 @@ async fn spec9_2000_unknown_kids_cost_at_most_the_fetch_rate_and_cached_keys_sti
     )
     .await;
     let http = reqwest::Client::new();
-    let user = LocalSigner::generate().unwrap();
-    let r = http
-        .post(format!("{}/v1/keys", directory.url()))
-        .bearer_auth("tok")
-        .json(&json!({"subject": "alice", "jwk": user.public_key().to_jwk(user.kid())}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let cart_json = verify_body()["cart"].clone();
-    let cart = Cart::from_json(cart_json.to_string().as_bytes()).unwrap();
-    let now = ap2_mandate::SystemClock.now_unix();
-    let good = ap2_mandate::mint(
-        &user,
-        &IntentMandate {
-            iss: "https://w.example".into(),
-            sub: "alice".into(),
-            aud: ap2_mandate::MerchantId::parse("acme-corp").unwrap(),
-            iat: now,
-            nbf: None,
-            exp: now + 300,
-            jti: ap2_mandate::Jti::random().unwrap(),
-            scope: Ap2Scope {
-                max_amount: cart.total(),
-                cart_hash: cart.hash().clone(),
-                allow_agent_id: AgentId::parse("agent-7").unwrap(),
-            },
-            cnf: None,
-        },
-    )
-    .unwrap();
+    let user = ap2_e2e::register_user(&directory, "tok", "alice").await;
+    let cart_json = ap2_e2e::shoe_cart();
+    let good = ap2_e2e::unbound_mandate(&user, "https://w.example", "alice", &cart_json);
     let url = format!("{}/v1/mandates/verify", merchant.url());
     let verify = |mandate: String| {
         let (http, url, cart) = (http.clone(), url.clone(), cart_json.clone());

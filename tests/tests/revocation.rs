@@ -11,10 +11,7 @@
 use std::time::{Duration, Instant};
 
 use ap2_e2e::Service;
-use ap2_mandate::{
-    AgentId, Ap2Scope, Cart, Clock, IntentMandate, Jti, LocalSigner, MerchantId, Signer,
-    SystemClock,
-};
+use ap2_mandate::{LocalSigner, Signer};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -30,26 +27,13 @@ struct World {
 }
 
 fn cart() -> Value {
-    json!({"merchant_id": "acme-corp", "currency": "USD", "total": 8999, "line_items": [
-        {"id": "shoe-001", "title": "Trail Runner", "quantity": 1, "unit_price": 8999}]})
+    ap2_e2e::shoe_cart()
 }
 
 impl World {
     async fn start() -> Self {
         let tmp = tempfile::tempdir().unwrap();
-        let db = tmp.path().join("keys.db");
-        let directory = Service::start(
-            "key-directory",
-            &[
-                "--db",
-                db.to_str().unwrap(),
-                "--issuer-token",
-                &format!("{ISSUER}={ISSUER_TOKEN}"),
-            ],
-            &[],
-            tmp.path(),
-        )
-        .await;
+        let directory = ap2_e2e::key_directory(tmp.path(), ISSUER, ISSUER_TOKEN).await;
         let data = tmp.path().join("merchant");
         // The key cache's default, 60 s: only the stream can make a revocation felt sooner.
         let merchant = Service::start(
@@ -80,17 +64,7 @@ impl World {
 
     /// A user key registered at the directory.
     async fn register(&self, subject: &str) -> LocalSigner {
-        let key = LocalSigner::generate().unwrap();
-        let r = self
-            .http
-            .post(format!("{}/v1/keys", self.directory.url()))
-            .bearer_auth(ISSUER_TOKEN)
-            .json(&json!({"subject": subject, "jwk": key.public_key().to_jwk(key.kid())}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::CREATED);
-        key
+        ap2_e2e::register_user(&self.directory, ISSUER_TOKEN, subject).await
     }
 
     async fn revoke(&self, key: &LocalSigner) {
@@ -109,24 +83,7 @@ impl World {
     }
 
     fn mandate(&self, key: &LocalSigner, subject: &str) -> String {
-        let cart = Cart::from_json(cart().to_string().as_bytes()).unwrap();
-        let now = SystemClock.now_unix();
-        let claims = IntentMandate {
-            iss: ISSUER.into(),
-            sub: subject.into(),
-            aud: MerchantId::parse("acme-corp").unwrap(),
-            iat: now,
-            nbf: None,
-            exp: now + 300,
-            jti: Jti::random().unwrap(),
-            scope: Ap2Scope {
-                max_amount: cart.total(),
-                cart_hash: cart.hash().clone(),
-                allow_agent_id: AgentId::parse("agent-7").unwrap(),
-            },
-            cnf: None,
-        };
-        ap2_mandate::mint(key, &claims).unwrap()
+        ap2_e2e::unbound_mandate(key, ISSUER, subject, &cart())
     }
 
     /// The merchant's verdict on `mandate`, without spending it: "ok" or the code.

@@ -9,10 +9,7 @@
 )]
 
 use ap2_e2e::{RedisServer, Service};
-use ap2_mandate::{
-    AgentId, Ap2Scope, Cart, Clock, IntentMandate, Jti, LocalSigner, MerchantId, Signer,
-    SystemClock,
-};
+use ap2_mandate::{LocalSigner, Signer};
 use ap2_testkit::PgDatabase;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -25,27 +22,7 @@ fn shoes() -> Value {
 }
 
 fn mandate(key: &LocalSigner, cart: &Value) -> String {
-    let cart = Cart::from_json(cart.to_string().as_bytes()).unwrap();
-    let now = SystemClock.now_unix();
-    ap2_mandate::mint(
-        key,
-        &IntentMandate {
-            iss: ISSUER.into(),
-            sub: "alice".into(),
-            aud: MerchantId::parse("acme-corp").unwrap(),
-            iat: now,
-            nbf: None,
-            exp: now + 300,
-            jti: Jti::random().unwrap(),
-            scope: Ap2Scope {
-                max_amount: cart.total(),
-                cart_hash: cart.hash().clone(),
-                allow_agent_id: AgentId::parse("agent-7").unwrap(),
-            },
-            cnf: None,
-        },
-    )
-    .unwrap()
+    ap2_e2e::unbound_mandate(key, ISSUER, "alice", cart)
 }
 
 async fn open_session(http: &reqwest::Client, merchant: &Service) -> (String, Value) {
@@ -87,19 +64,7 @@ async fn spec11_three_instances_share_sessions_and_spend_a_mandate_once() {
     let tmp = tempfile::tempdir().unwrap();
     let db = PgDatabase::create();
     let redis = RedisServer::start();
-    let keys = tmp.path().join("keys.db");
-    let directory = Service::start(
-        "key-directory",
-        &[
-            "--db",
-            keys.to_str().unwrap(),
-            "--issuer-token",
-            &format!("{ISSUER}={ISSUER_TOKEN}"),
-        ],
-        &[],
-        tmp.path(),
-    )
-    .await;
+    let directory = ap2_e2e::key_directory(tmp.path(), ISSUER, ISSUER_TOKEN).await;
     let mut merchants = Vec::new();
     for i in 0..3 {
         let data = tmp.path().join(format!("merchant-{i}"));
@@ -130,15 +95,7 @@ async fn spec11_three_instances_share_sessions_and_spend_a_mandate_once() {
         m.wait_ready().await;
     }
     let http = reqwest::Client::new();
-    let user = LocalSigner::generate().unwrap();
-    let r = http
-        .post(format!("{}/v1/keys", directory.url()))
-        .bearer_auth(ISSUER_TOKEN)
-        .json(&json!({"subject": "alice", "jwk": user.public_key().to_jwk(user.kid())}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
+    let user = ap2_e2e::register_user(&directory, ISSUER_TOKEN, "alice").await;
 
     // Opened at A, read at B and C, completed at B, seen completed at C.
     let (session, cart) = open_session(&http, &merchants[0]).await;
@@ -229,15 +186,7 @@ async fn spec11_two_key_directories_over_one_database_tell_each_others_revocatio
         );
     }
     let http = reqwest::Client::new();
-    let user = LocalSigner::generate().unwrap();
-    let r = http
-        .post(format!("{}/v1/keys", directories[0].url()))
-        .bearer_auth(ISSUER_TOKEN)
-        .json(&json!({"subject": "alice", "jwk": user.public_key().to_jwk(user.kid())}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
+    let user = ap2_e2e::register_user(&directories[0], ISSUER_TOKEN, "alice").await;
     let at_b: Value = http
         .get(format!("{}/v1/keys/{}", directories[1].url(), user.kid()))
         .send()
@@ -281,19 +230,7 @@ async fn spec11_postgres_restarted_mid_run_is_503_then_recovers_with_nothing_hal
     let tmp = tempfile::tempdir().unwrap();
     let mut pg = ap2_testkit::PgServer::start();
     let redis = RedisServer::start();
-    let keys = tmp.path().join("keys.db");
-    let directory = Service::start(
-        "key-directory",
-        &[
-            "--db",
-            keys.to_str().unwrap(),
-            "--issuer-token",
-            &format!("{ISSUER}={ISSUER_TOKEN}"),
-        ],
-        &[],
-        tmp.path(),
-    )
-    .await;
+    let directory = ap2_e2e::key_directory(tmp.path(), ISSUER, ISSUER_TOKEN).await;
     let data = tmp.path().join("merchant");
     let merchant = Service::start(
         "merchant",
@@ -317,15 +254,7 @@ async fn spec11_postgres_restarted_mid_run_is_503_then_recovers_with_nothing_hal
     .await;
     merchant.wait_ready().await;
     let http = reqwest::Client::new();
-    let user = LocalSigner::generate().unwrap();
-    let r = http
-        .post(format!("{}/v1/keys", directory.url()))
-        .bearer_auth(ISSUER_TOKEN)
-        .json(&json!({"subject": "alice", "jwk": user.public_key().to_jwk(user.kid())}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
+    let user = ap2_e2e::register_user(&directory, ISSUER_TOKEN, "alice").await;
     let mut sessions = Vec::new();
     for _ in 0..40 {
         sessions.push(open_session(&http, &merchant).await);
