@@ -55,8 +55,10 @@ impl PgDb {
             .max_size(max_connections.max(1))
             .min_idle(Some(1))
             .connection_timeout(CONNECT_TIMEOUT)
-            // A connection the server dropped (a restart) is found and replaced on checkout.
-            .test_on_check_out(true)
+            // No test query per checkout (a round trip on every store call): a connection the
+            // server dropped (a restart) fails its next query, is found closed on return, and
+            // is replaced.
+            .test_on_check_out(false)
             .build(PostgresConnectionManager::new(config, NoTls))
             .map_err(|e| anyhow::anyhow!("PostgreSQL: {e}"))?;
         let db = Self { pool };
