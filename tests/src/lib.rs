@@ -250,3 +250,26 @@ pub fn unbound_mandate(
     )
     .expect("minted")
 }
+
+/// The merchant acme-corp binary, its data and log in `dir` (made if missing), talking to
+/// `directory`, with `extra` flags and `envs` on top (e.g. `--require-agent-binding false`).
+pub async fn merchant(
+    dir: &Path,
+    directory: &Service,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> Service {
+    std::fs::create_dir_all(dir).expect("the merchant's directory");
+    let data = dir.join("data");
+    let url = directory.url();
+    let mut args = vec![
+        "--merchant-id",
+        "acme-corp",
+        "--data-dir",
+        data.to_str().expect("a UTF-8 path"),
+        "--key-directory-url",
+        &url,
+    ];
+    args.extend_from_slice(extra);
+    Service::start("merchant", &args, envs, dir).await
+}

@@ -38,17 +38,11 @@ impl World {
         let cluster = RedisCluster::start();
         let tmp = tempfile::tempdir().unwrap();
         let directory = ap2_e2e::key_directory(tmp.path(), ISSUER, ISSUER_TOKEN).await;
-        let data = tmp.path().join("merchant");
         let nodes = cluster.urls().join(",");
-        let merchant = Service::start(
-            "merchant",
+        let merchant = ap2_e2e::merchant(
+            &tmp.path().join("merchant"),
+            &directory,
             &[
-                "--merchant-id",
-                "acme-corp",
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--key-directory-url",
-                &directory.url(),
                 "--require-agent-binding",
                 "false",
                 "--backend-token",
@@ -57,7 +51,6 @@ impl World {
                 min_replicas,
             ],
             &[("REDIS_CLUSTER_NODES", &nodes), ("REDIS_TIMEOUT_MS", "500")],
-            tmp.path(),
         )
         .await;
         merchant.wait_ready().await;

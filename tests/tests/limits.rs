@@ -235,18 +235,7 @@ async fn spec9_an_oversized_content_length_is_413_before_any_body_byte() {
 }
 
 async fn merchant(tmp: &tempfile::TempDir, directory: &Service, extra: &[&str]) -> Service {
-    let data = tmp.path().join("merchant");
-    let mut args = vec![
-        "--merchant-id",
-        "acme-corp",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--key-directory-url",
-    ];
-    let url = directory.url();
-    args.push(&url);
-    args.extend_from_slice(extra);
-    Service::start("merchant", &args, &[], tmp.path()).await
+    ap2_e2e::merchant(&tmp.path().join("merchant"), directory, extra, &[]).await
 }
 
 fn verify_body() -> Value {

@@ -34,24 +34,17 @@ impl World {
     async fn start() -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let directory = ap2_e2e::key_directory(tmp.path(), ISSUER, ISSUER_TOKEN).await;
-        let data = tmp.path().join("merchant");
         // The key cache's default, 60 s: only the stream can make a revocation felt sooner.
-        let merchant = Service::start(
-            "merchant",
+        let merchant = ap2_e2e::merchant(
+            &tmp.path().join("merchant"),
+            &directory,
             &[
-                "--merchant-id",
-                "acme-corp",
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--key-directory-url",
-                &directory.url(),
                 "--require-agent-binding",
                 "false",
                 "--backend-token",
                 &format!("backend={BACKEND_TOKEN}"),
             ],
             &[],
-            tmp.path(),
         )
         .await;
         Self {

@@ -67,26 +67,17 @@ async fn spec11_three_instances_share_sessions_and_spend_a_mandate_once() {
     let directory = ap2_e2e::key_directory(tmp.path(), ISSUER, ISSUER_TOKEN).await;
     let mut merchants = Vec::new();
     for i in 0..3 {
-        let data = tmp.path().join(format!("merchant-{i}"));
-        let logs = tmp.path().join(format!("log-{i}"));
-        std::fs::create_dir_all(&logs).unwrap();
         merchants.push(
-            Service::start(
-                "merchant",
+            ap2_e2e::merchant(
+                &tmp.path().join(format!("merchant-{i}")),
+                &directory,
                 &[
-                    "--merchant-id",
-                    "acme-corp",
-                    "--data-dir",
-                    data.to_str().unwrap(),
-                    "--key-directory-url",
-                    &directory.url(),
                     "--redis-url",
                     &redis.url(),
                     "--require-agent-binding",
                     "false",
                 ],
                 &[("DATABASE_URL", db.url()), ("REDIS_TIMEOUT_MS", "2000")],
-                &logs,
             )
             .await,
         );
@@ -231,16 +222,10 @@ async fn spec11_postgres_restarted_mid_run_is_503_then_recovers_with_nothing_hal
     let mut pg = ap2_testkit::PgServer::start();
     let redis = RedisServer::start();
     let directory = ap2_e2e::key_directory(tmp.path(), ISSUER, ISSUER_TOKEN).await;
-    let data = tmp.path().join("merchant");
-    let merchant = Service::start(
-        "merchant",
+    let merchant = ap2_e2e::merchant(
+        &tmp.path().join("merchant"),
+        &directory,
         &[
-            "--merchant-id",
-            "acme-corp",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--key-directory-url",
-            &directory.url(),
             "--redis-url",
             &redis.url(),
             "--require-agent-binding",
@@ -249,7 +234,6 @@ async fn spec11_postgres_restarted_mid_run_is_503_then_recovers_with_nothing_hal
             "3",
         ],
         &[("DATABASE_URL", &pg.url())],
-        tmp.path(),
     )
     .await;
     merchant.wait_ready().await;
