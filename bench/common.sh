@@ -47,7 +47,7 @@ start_merchant() {
   RUST_LOG=warn "$BIN/merchant" --listen "127.0.0.1:$MERCHANT_PORT" --merchant-id acme-corp \
     --backend-token "bench=$BACKEND_TOKEN" "${database[@]}" --max-open-sessions-per-agent 1000000 \
     --data-dir "$WORK/merchant" --key-directory-url "http://127.0.0.1:$KD_PORT" \
-    --redis-url "redis://127.0.0.1:$REDIS_PORT" --require-agent-binding false 2>"$WORK/merchant.log" &
+    --redis-url "redis://127.0.0.1:$REDIS_PORT" --require-agent-binding false ${MERCHANT_ARGS:-} 2>"$WORK/merchant.log" &
   MERCHANT_PID=$!
   PIDS+=($MERCHANT_PID)
   wait_ready "http://127.0.0.1:$MERCHANT_PORT"

@@ -18,6 +18,8 @@
 #        SCENARIOS=all bench/load.sh ... also runs scenario 2 (checkout completion, unbound),
 #                                      2b (bound completion: sessions opened and completed
 #                                      with proofs) and scenario 3 (wallet minting, bound)
+#        SCENARIOS=complete (or wallet) bench/load.sh ... runs only scenarios 2 and 2b (or 3)
+#        MERCHANT_ARGS="--flag value" bench/load.sh ... passes more flags to the merchant
 #        ROUNDS=3 bench/load.sh ...    alternates scenarios 0 and 1 three times, prints medians
 #        PROFILE=1 bench/load.sh ...   also samples each server with `perf record` (cpu-clock)
 #                                      (PROFILE_DIR=dir keeps each full profile there)
@@ -192,6 +194,7 @@ run_merchant() {
 }
 # Odd rounds run the floor first, even rounds the merchant first, so neither always gets the
 # quieter minute.
+[ "${SCENARIOS:-1}" = complete ] && ROUNDS=0
 for round in $(seq 1 "${ROUNDS:-1}"); do
   [ "${ROUNDS:-1}" = 1 ] || echo "==== round $round of $ROUNDS"
   [ "$round" = 1 ] || make_tokens
@@ -199,7 +202,7 @@ for round in $(seq 1 "${ROUNDS:-1}"); do
   python3 -c "import sys; print(f'ratio merchant (consume=true) / bare handler = {float(sys.argv[1]) / float(sys.argv[2]):.3f}')" "${TRUE_ALL[-1]}" "${BARE_ALL[-1]}"
   python3 -c "import sys; print(f'ratio bound verify / unbound verify (both consume=true) = {float(sys.argv[1]) / float(sys.argv[2]):.3f}')" "${BOUND_ALL[-1]}" "${TRUE_ALL[-1]}"
 done
-if [ "${ROUNDS:-1}" != 1 ]; then
+if [ "${ROUNDS:-1}" -gt 1 ]; then
   echo "== medians over $ROUNDS rounds (ratios to openssl verify/s $OPENSSL_VERIFY)"
   python3 - "$OPENSSL_VERIFY" "${BARE_ALL[*]}" "${TRUE_ALL[*]}" "${FALSE_ALL[*]}" "${BOUND_ALL[*]}" <<'PY'
 import statistics, sys
@@ -217,7 +220,7 @@ print(f"bound / unbound verify, per round: {', '.join(f'{r:.3f}' for r in per_ro
 PY
 fi
 
-if [ "${SCENARIOS:-1}" = all ]; then
+if [ "${SCENARIOS:-1}" = all ] || [ "${SCENARIOS:-1}" = complete ]; then
   echo "== scenario 2: POST /v1/checkout-sessions/{id}/complete, c=$CONNECTIONS, ${DURATION}s"
   # One fresh session per request, created first (sessions are durable: each is a commit).
   wrk -t"$THREADS" -c"$CONNECTIONS" -d"$(( DURATION * 2 ))s" -s bench/sessions.lua \
@@ -261,6 +264,8 @@ if [ "${SCENARIOS:-1}" = all ]; then
   eval "$(echo "$RESULT" | sed 's/^RESULT //')"
   report "merchant bound complete" "$requests" "$duration_us" "$non2xx" "$p50_us" "$p99_us" "$before" "$after"
 
+fi
+if [ "${SCENARIOS:-1}" = all ] || [ "${SCENARIOS:-1}" = wallet ]; then
   echo "== scenario 3: wallet minting (request + notifications + approve), c=16, ${DURATION}s"
   WALLET_LINE=$("$BIN/examples/wallet_load" "http://127.0.0.1:$WALLET_PORT" bench-admin bench-agent "$DURATION" 16)
   echo "$WALLET_LINE"

@@ -2,18 +2,82 @@
 //! service's own schema, and versioned migrations applied at start under an advisory lock, so
 //! that instances starting together migrate once.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use postgres::NoTls;
-use r2d2_postgres::PostgresConnectionManager;
+use postgres::{Client, NoTls, Statement};
 
 /// A pooled connection.
-pub type PgConnection = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
+pub type PgConnection = r2d2::PooledConnection<Manager>;
+
+/// One connection and the statements prepared on it: a statement prepared once is executed
+/// in one round trip afterwards, where an unprepared one takes two (parse, then execute).
+pub struct PgConn {
+    client: Client,
+    prepared: HashMap<&'static str, Statement>,
+}
+
+impl PgConn {
+    /// `sql` prepared on this connection: the first call prepares it, later ones reuse it.
+    pub fn prepared(&mut self, sql: &'static str) -> Result<Statement, postgres::Error> {
+        if let Some(statement) = self.prepared.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql)?;
+        self.prepared.insert(sql, statement.clone());
+        Ok(statement)
+    }
+}
+
+impl std::ops::Deref for PgConn {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for PgConn {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+}
+
+/// Makes the pool's connections.
+pub struct Manager {
+    config: postgres::Config,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The configuration holds the password: not printed.
+        f.debug_struct("Manager").finish_non_exhaustive()
+    }
+}
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = PgConn;
+    type Error = postgres::Error;
+
+    fn connect(&self) -> Result<PgConn, postgres::Error> {
+        Ok(PgConn {
+            client: self.config.connect(NoTls)?,
+            prepared: HashMap::new(),
+        })
+    }
+
+    fn is_valid(&self, conn: &mut PgConn) -> Result<(), postgres::Error> {
+        conn.client.simple_query("").map(|_| ())
+    }
+
+    fn has_broken(&self, conn: &mut PgConn) -> bool {
+        conn.client.is_closed()
+    }
+}
 
 /// The pool of one service's connections.
 #[derive(Clone)]
 pub struct PgDb {
-    pool: r2d2::Pool<PostgresConnectionManager<NoTls>>,
+    pool: r2d2::Pool<Manager>,
 }
 
 impl std::fmt::Debug for PgDb {
@@ -59,7 +123,7 @@ impl PgDb {
             // server dropped (a restart) fails its next query, is found closed on return, and
             // is replaced.
             .test_on_check_out(false)
-            .build(PostgresConnectionManager::new(config, NoTls))
+            .build(Manager { config })
             .map_err(|e| anyhow::anyhow!("PostgreSQL: {e}"))?;
         let db = Self { pool };
         db.migrate(schema, migrations)?;

@@ -116,7 +116,7 @@ impl KeyStore for PgStore {
 
     fn get(&self, kid: &str) -> Result<Option<KeyEntry>, StoreError> {
         let mut conn = self.db.get().map_err(StoreError::Backend)?;
-        select_by(&mut *conn, "kid", kid, false)
+        select_by(&mut **conn, "kid", kid, false)
     }
 
     fn revoke(&self, kid: &str, issuer: &str, now: i64) -> Result<KeyEntry, StoreError> {

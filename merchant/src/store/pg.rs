@@ -39,8 +39,52 @@ CREATE TABLE orders (
 );
 "];
 
-const SESSION_COLUMNS: &str = "id, cart, cart_hash, status, created_at, order_id, owner_jkt";
-const ORDER_COLUMNS: &str = "id, session_id, amount, currency, mandate, claims, iss, jti, sub, kid, agent_id, charge_id, created_at, agent_jkt";
+macro_rules! session_columns {
+    () => {
+        "id, cart, cart_hash, status, created_at, order_id, owner_jkt"
+    };
+}
+macro_rules! order_columns {
+    () => {
+        "id, session_id, amount, currency, mandate, claims, iss, jti, sub, kid, agent_id, \
+         charge_id, created_at, agent_jkt"
+    };
+}
+
+const INSERT_SESSION: &str = concat!(
+    "INSERT INTO sessions (",
+    session_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7)"
+);
+const SELECT_SESSION: &str = concat!(
+    "SELECT ",
+    session_columns!(),
+    " FROM sessions WHERE id = $1"
+);
+/// One statement, so one round trip and one commit: the session's row is locked (of two
+/// completions racing at two instances, the second waits, then sees `charging`), the order is
+/// inserted only if the session was ready (the unique `(iss, jti)` refuses a spent mandate),
+/// and the session is marked `charging`. The row answered is the session's status before.
+const BEGIN_ORDER: &str = concat!(
+    "WITH s AS (SELECT status FROM sessions WHERE id = $2 FOR UPDATE),
+     o AS (INSERT INTO orders (",
+    order_columns!(),
+    ") SELECT $1::text, $2::text, $3::bigint, $4::text, $5::text, $6::text, $7::text,
+                 $8::text, $9::text, $10::text, $11::text, NULL, $12::bigint, $13::text
+          FROM s WHERE s.status = 'ready_for_complete' RETURNING session_id),
+     u AS (UPDATE sessions SET status = 'charging', order_id = $1
+           WHERE id IN (SELECT session_id FROM o))
+     SELECT status FROM s"
+);
+/// The charge recorded and the session completed, in one statement.
+const FINISH_ORDER: &str =
+    "WITH o AS (UPDATE orders SET charge_id = $2 WHERE id = $1 RETURNING session_id)
+     UPDATE sessions SET status = 'completed' WHERE id IN (SELECT session_id FROM o)";
+/// The order removed and its session reopened, in one statement.
+const ABORT_ORDER: &str = "WITH o AS (DELETE FROM orders WHERE id = $1 RETURNING session_id)
+     UPDATE sessions SET status = 'ready_for_complete', order_id = NULL
+     WHERE id IN (SELECT session_id FROM o)";
+const SELECT_ORDER: &str = concat!("SELECT ", order_columns!(), " FROM orders WHERE id = $1");
 
 /// Sessions and orders in PostgreSQL, schema `merchant`.
 #[derive(Debug, Clone)]
@@ -98,38 +142,37 @@ impl PgStore {
 impl MerchantStore for PgStore {
     fn create_session(&self, s: &SessionRow, cap: Option<(u32, i64)>) -> Result<(), StoreError> {
         let mut conn = self.db.get().map_err(StoreError::Backend)?;
+        let insert = conn.prepared(INSERT_SESSION).map_err(backend)?;
+        let params: [&(dyn postgres::types::ToSql + Sync); 7] = [
+            &s.id,
+            &s.cart,
+            &s.cart_hash,
+            &s.status.as_str(),
+            &s.created_at,
+            &s.order_id,
+            &s.owner_jkt,
+        ];
+        let (Some(owner), Some((max, opened_after))) = (&s.owner_jkt, cap) else {
+            // Nothing to count: one statement, its own transaction.
+            conn.execute(&insert, &params).map_err(backend)?;
+            return Ok(());
+        };
         let mut tx = conn.transaction().map_err(backend)?;
-        if let (Some(owner), Some((max, opened_after))) = (&s.owner_jkt, cap) {
-            // One owner's sessions are counted one insert at a time, across instances.
-            tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[owner])
-                .map_err(backend)?;
-            let open: i64 = tx
-                .query_one(
-                    "SELECT COUNT(*) FROM sessions WHERE owner_jkt = $1
-                     AND status = 'ready_for_complete' AND created_at > $2",
-                    &[owner, &opened_after],
-                )
-                .map_err(backend)?
-                .get(0);
-            if open >= i64::from(max) {
-                return Err(StoreError::TooManySessions);
-            }
+        // One owner's sessions are counted one insert at a time, across instances.
+        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[owner])
+            .map_err(backend)?;
+        let open: i64 = tx
+            .query_one(
+                "SELECT COUNT(*) FROM sessions WHERE owner_jkt = $1
+                 AND status = 'ready_for_complete' AND created_at > $2",
+                &[owner, &opened_after],
+            )
+            .map_err(backend)?
+            .get(0);
+        if open >= i64::from(max) {
+            return Err(StoreError::TooManySessions);
         }
-        tx.execute(
-            &format!(
-                "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-            ),
-            &[
-                &s.id,
-                &s.cart,
-                &s.cart_hash,
-                &s.status.as_str(),
-                &s.created_at,
-                &s.order_id,
-                &s.owner_jkt,
-            ],
-        )
-        .map_err(backend)?;
+        tx.execute(&insert, &params).map_err(backend)?;
         tx.commit().map_err(backend)
     }
 
@@ -146,37 +189,19 @@ impl MerchantStore for PgStore {
 
     fn session(&self, id: &str) -> Result<Option<SessionRow>, StoreError> {
         let mut conn = self.db.get().map_err(StoreError::Backend)?;
-        conn.query_opt(
-            &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"),
-            &[&id],
-        )
-        .map_err(backend)?
-        .as_ref()
-        .map(session_row)
-        .transpose()
+        let select = conn.prepared(SELECT_SESSION).map_err(backend)?;
+        conn.query_opt(&select, &[&id])
+            .map_err(backend)?
+            .as_ref()
+            .map(session_row)
+            .transpose()
     }
 
     fn begin_order(&self, o: &OrderRow) -> Result<(), StoreError> {
         let mut conn = self.db.get().map_err(StoreError::Backend)?;
-        let mut tx = conn.transaction().map_err(backend)?;
-        // The session's row lock: of two completions racing at two instances, one goes on.
-        let status: Option<String> = tx
-            .query_opt(
-                "SELECT status FROM sessions WHERE id = $1 FOR UPDATE",
-                &[&o.session_id],
-            )
-            .map_err(backend)?
-            .map(|row| row.get(0));
-        match status.as_deref().and_then(SessionStatus::parse) {
-            None => return Err(StoreError::NotFound),
-            Some(SessionStatus::ReadyForComplete) => {}
-            Some(other) => return Err(StoreError::NotReady(other)),
-        }
-        let inserted = tx.execute(
-            &format!(
-                "INSERT INTO orders ({ORDER_COLUMNS}) VALUES
-                 ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL, $12, $13)"
-            ),
+        let begin = conn.prepared(BEGIN_ORDER).map_err(backend)?;
+        let before = conn.query_opt(
+            &begin,
             &[
                 &o.id,
                 &o.session_id,
@@ -193,60 +218,41 @@ impl MerchantStore for PgStore {
                 &o.agent_jkt,
             ],
         );
-        match inserted {
-            Ok(_) => {}
+        let status: Option<String> = match before {
+            Ok(row) => row.map(|row| row.get(0)),
             Err(e) if is_unique_violation(&e) => return Err(StoreError::MandateUsed),
             Err(e) => return Err(backend(e)),
+        };
+        match status.as_deref().and_then(SessionStatus::parse) {
+            None => Err(StoreError::NotFound),
+            Some(SessionStatus::ReadyForComplete) => Ok(()),
+            Some(other) => Err(StoreError::NotReady(other)),
         }
-        tx.execute(
-            "UPDATE sessions SET status = 'charging', order_id = $2 WHERE id = $1",
-            &[&o.session_id, &o.id],
-        )
-        .map_err(backend)?;
-        tx.commit().map_err(backend)
     }
 
     fn finish_order(&self, order_id: &str, charge_id: &str) -> Result<(), StoreError> {
         let mut conn = self.db.get().map_err(StoreError::Backend)?;
-        let mut tx = conn.transaction().map_err(backend)?;
-        tx.execute(
-            "UPDATE orders SET charge_id = $2 WHERE id = $1",
-            &[&order_id, &charge_id],
-        )
-        .map_err(backend)?;
-        tx.execute(
-            "UPDATE sessions SET status = 'completed'
-             WHERE id = (SELECT session_id FROM orders WHERE id = $1)",
-            &[&order_id],
-        )
-        .map_err(backend)?;
-        tx.commit().map_err(backend)
+        let finish = conn.prepared(FINISH_ORDER).map_err(backend)?;
+        conn.execute(&finish, &[&order_id, &charge_id])
+            .map_err(backend)?;
+        Ok(())
     }
 
     fn abort_order(&self, order_id: &str) -> Result<(), StoreError> {
         let mut conn = self.db.get().map_err(StoreError::Backend)?;
-        let mut tx = conn.transaction().map_err(backend)?;
-        tx.execute(
-            "UPDATE sessions SET status = 'ready_for_complete', order_id = NULL
-             WHERE id = (SELECT session_id FROM orders WHERE id = $1)",
-            &[&order_id],
-        )
-        .map_err(backend)?;
-        tx.execute("DELETE FROM orders WHERE id = $1", &[&order_id])
-            .map_err(backend)?;
-        tx.commit().map_err(backend)
+        let abort = conn.prepared(ABORT_ORDER).map_err(backend)?;
+        conn.execute(&abort, &[&order_id]).map_err(backend)?;
+        Ok(())
     }
 
     fn order(&self, id: &str) -> Result<Option<OrderRow>, StoreError> {
         let mut conn = self.db.get().map_err(StoreError::Backend)?;
-        conn.query_opt(
-            &format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1"),
-            &[&id],
-        )
-        .map_err(backend)?
-        .as_ref()
-        .map(order_row)
-        .transpose()
+        let select = conn.prepared(SELECT_ORDER).map_err(backend)?;
+        conn.query_opt(&select, &[&id])
+            .map_err(backend)?
+            .as_ref()
+            .map(order_row)
+            .transpose()
     }
 
     fn stuck_orders(&self, begun_before: i64) -> Result<Vec<OrderRow>, StoreError> {
@@ -255,7 +261,7 @@ impl MerchantStore for PgStore {
             &format!(
                 "SELECT {} FROM orders o JOIN sessions s ON s.id = o.session_id
                  WHERE s.status = 'charging' AND o.charge_id IS NULL AND o.created_at < $1",
-                ORDER_COLUMNS
+                order_columns!()
                     .split(", ")
                     .map(|c| format!("o.{c}"))
                     .collect::<Vec<_>>()

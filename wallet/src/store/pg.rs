@@ -278,11 +278,11 @@ impl WalletStore for PgStore {
     }
 
     fn user(&self, user_id: &str) -> Result<Option<UserRow>, StoreError> {
-        select_user(&mut *self.conn()?, "user_id", user_id)
+        select_user(&mut **self.conn()?, "user_id", user_id)
     }
 
     fn user_by_token_hash(&self, token_hash: &str) -> Result<Option<String>, StoreError> {
-        Ok(select_user(&mut *self.conn()?, "token_hash", token_hash)?.map(|u| u.user_id))
+        Ok(select_user(&mut **self.conn()?, "token_hash", token_hash)?.map(|u| u.user_id))
     }
 
     fn create_request(
@@ -353,7 +353,7 @@ impl WalletStore for PgStore {
     }
 
     fn request(&self, id: &str) -> Result<Option<RequestRow>, StoreError> {
-        select_request(&mut *self.conn()?, id, false)
+        select_request(&mut **self.conn()?, id, false)
     }
 
     fn pending_for_user(
