@@ -86,6 +86,33 @@ pub(crate) struct RawClaims {
     pub ap2_intent: Field<bool>,
     pub ap2_scope: RawScope,
     pub cnf: RawCnf,
+    pub amr: RawAmr,
+}
+
+/// `amr` (RFC 8176, SPEC §12): how the user approved.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) enum RawAmr {
+    #[default]
+    Absent,
+    Methods(Vec<String>),
+    /// Not an array of 1..=[`AMR_MAX_METHODS`] strings of 1..=[`AMR_MAX_LEN`] characters of
+    /// `[A-Za-z0-9_-]`.
+    Invalid,
+}
+
+/// At most this many `amr` values.
+pub(crate) const AMR_MAX_METHODS: usize = 8;
+/// An `amr` value is at most this long.
+pub(crate) const AMR_MAX_LEN: usize = 32;
+
+/// Whether `amr` follows the rule the verifier holds it to.
+pub(crate) fn amr_is_valid(amr: &[String]) -> bool {
+    (1..=AMR_MAX_METHODS).contains(&amr.len()) && amr.iter().all(|m| amr_method_is_valid(m))
+}
+
+fn amr_method_is_valid(m: &str) -> bool {
+    (1..=AMR_MAX_LEN).contains(&m.len())
+        && m.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// `cnf` (RFC 7800): SPEC §8 allows exactly `{"jkt": "<thumbprint>"}`.
@@ -601,6 +628,7 @@ impl<'de> Visitor<'de> for ClaimsSeed<'_> {
                 "aud" => claims.aud = access.next_value_seed(AudSeed(flag))?,
                 "ap2_scope" => claims.ap2_scope = access.next_value_seed(ScopeSeed(flag))?,
                 "cnf" => claims.cnf = access.next_value_seed(CnfSeed(flag))?,
+                "amr" => claims.amr = access.next_value_seed(AmrSeed(flag))?,
                 _ => access.next_value_seed(Skip(flag))?,
             }
         }
@@ -642,6 +670,46 @@ impl<'de> Visitor<'de> for CnfSeed<'_> {
         Ok(match jkt {
             Field::Present(jkt) if !other => RawCnf::Jkt(jkt),
             _ => RawCnf::Invalid,
+        })
+    }
+}
+
+/// `amr`: an array of short method names; anything else is walked and marked invalid.
+#[derive(Clone, Copy)]
+struct AmrSeed<'c>(Flag<'c>);
+
+any_value_seed!(AmrSeed, RawAmr);
+
+impl<'de> Visitor<'de> for AmrSeed<'_> {
+    type Value = RawAmr;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_str<E>(self, _: &str) -> Result<RawAmr, E> {
+        Ok(RawAmr::Invalid)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<RawAmr, E> {
+        Ok(RawAmr::Invalid)
+    }
+    other_scalars!(RawAmr, RawAmr::Invalid);
+    other_map!(RawAmr, RawAmr::Invalid);
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawAmr, A::Error> {
+        let mut methods = Vec::new();
+        let mut valid = true;
+        while let Some(method) = seq.next_element_seed(Text(self.0))? {
+            match method {
+                Field::Present(m)
+                    if valid && methods.len() < AMR_MAX_METHODS && amr_method_is_valid(&m) =>
+                {
+                    methods.push(m);
+                }
+                _ => valid = false,
+            }
+        }
+        Ok(if valid && !methods.is_empty() {
+            RawAmr::Methods(methods)
+        } else {
+            RawAmr::Invalid
         })
     }
 }
@@ -814,6 +882,32 @@ mod tests {
             parse_header(br#"{"x5c":[{"a":1,"a":1}]}"#, "t", FORBIDDEN).unwrap_err(),
             StrictJsonError::DuplicateMember
         );
+    }
+
+    #[test]
+    fn spec12_amr_is_an_array_of_short_method_names() {
+        let amr = |json: &str| parse_claims(json.as_bytes(), "I").unwrap().amr;
+        assert_eq!(amr("{}"), RawAmr::Absent);
+        assert_eq!(
+            amr(r#"{"amr":["hwk","user","mfa"]}"#),
+            RawAmr::Methods(vec!["hwk".into(), "user".into(), "mfa".into()])
+        );
+        let long = format!(r#"{{"amr":["{}"]}}"#, "a".repeat(AMR_MAX_LEN + 1));
+        let many = format!(r#"{{"amr":[{}]}}"#, vec![r#""otp""#; AMR_MAX_METHODS + 1].join(","));
+        for bad in [
+            r#"{"amr":null}"#,
+            r#"{"amr":"otp"}"#,
+            r#"{"amr":[]}"#,
+            r#"{"amr":[1]}"#,
+            r#"{"amr":["otp",["x"]]}"#,
+            r#"{"amr":[""]}"#,
+            r#"{"amr":["o t p"]}"#,
+            r#"{"amr":{"otp":true}}"#,
+            long.as_str(),
+            many.as_str(),
+        ] {
+            assert_eq!(amr(bad), RawAmr::Invalid, "{bad}");
+        }
     }
 
     #[test]

@@ -117,6 +117,26 @@ impl EcPublicKey {
         }
     }
 
+    /// The SEC1 uncompressed form, `0x04 || x || y`.
+    pub fn to_sec1_uncompressed(&self) -> [u8; 65] {
+        let mut out = [0u8; 65];
+        out[0] = 0x04;
+        out[1..33].copy_from_slice(&self.x);
+        out[33..].copy_from_slice(&self.y);
+        out
+    }
+
+    /// Verifies an ECDSA P-256 SHA-256 signature in ASN.1 DER form (WebAuthn's, not JOSE's)
+    /// over `message`.
+    pub fn verify_es256_der(&self, message: &[u8], signature: &[u8]) -> bool {
+        aws_lc_rs::signature::UnparsedPublicKey::new(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1,
+            self.to_sec1_uncompressed(),
+        )
+        .verify(message, signature)
+        .is_ok()
+    }
+
     /// The RFC 7638 thumbprint input: the required members in lexicographic order.
     pub fn thumbprint_input(&self) -> String {
         format!(

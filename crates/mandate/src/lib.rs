@@ -14,6 +14,7 @@
 mod b64;
 pub mod cart;
 pub mod dpop;
+pub mod evidence;
 pub mod ids;
 mod json;
 pub mod keys;

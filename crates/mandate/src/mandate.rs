@@ -48,6 +48,10 @@ pub struct IntentMandate {
     /// The agent key the mandate is bound to (`cnf.jkt`, SPEC §8): only a request with a
     /// DPoP proof signed by that key may present it. `None` for an unbound mandate.
     pub cnf: Option<Jkt>,
+    /// How the user approved (RFC 8176, SPEC §12): `["hwk", "user"]` (plus `"mfa"` when the
+    /// authenticator verified the user) for a passkey, `["otp"]` for the one-time code. `None`
+    /// when the issuer does not say.
+    pub amr: Option<Vec<String>>,
 }
 
 #[derive(Serialize)]
@@ -58,7 +62,7 @@ struct Cnf<'a> {
 /// The SPEC §2 payload, members in the SPEC's order.
 impl Serialize for IntentMandate {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("IntentMandate", 10)?;
+        let mut s = serializer.serialize_struct("IntentMandate", 11)?;
         s.serialize_field("iss", &self.iss)?;
         s.serialize_field("sub", &self.sub)?;
         s.serialize_field("aud", &self.aud)?;
@@ -76,6 +80,11 @@ impl Serialize for IntentMandate {
             s.serialize_field("cnf", &Cnf { jkt })?;
         } else {
             s.skip_field("cnf")?;
+        }
+        if let Some(amr) = &self.amr {
+            s.serialize_field("amr", amr)?;
+        } else {
+            s.skip_field("amr")?;
         }
         s.end()
     }
@@ -125,6 +134,13 @@ pub fn mint(signer: &dyn Signer, claims: &IntentMandate) -> Result<String, MintE
     }
     if claims.nbf.is_some_and(|nbf| nbf < 0 || nbf >= claims.exp) {
         return Err(MintError::InvalidClaims("0 <= nbf < exp"));
+    }
+    if let Some(amr) = &claims.amr
+        && !crate::json::amr_is_valid(amr)
+    {
+        return Err(MintError::InvalidClaims(
+            "amr is 1..=8 strings of 1..=32 characters of [A-Za-z0-9_-]",
+        ));
     }
     let header = serde_json::to_vec(&Header {
         alg: "ES256",

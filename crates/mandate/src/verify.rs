@@ -11,7 +11,7 @@ use crate::cart::{Cart, CartHash};
 use crate::dpop::{DEFAULT_DPOP_MAX_AGE_SECS, DpopNonces, DpopProof, Htu, Jkt, ProofCheck};
 use crate::ids::{AgentId, Jti, Kid, MerchantId};
 use crate::json::{
-    Aud, Field, RawClaims, RawCnf, RawHeader, RawScope, StrictJsonError, parse_claims, parse_header,
+    Aud, Field, RawAmr, RawClaims, RawCnf, RawHeader, RawScope, StrictJsonError, parse_claims, parse_header,
 };
 use crate::keys::VerificationKey;
 use crate::mandate::{Ap2Scope, INTENT_CART_PURCHASE_V1, IntentMandate, MANDATE_TYP};
@@ -943,6 +943,15 @@ fn check_claims(
             ));
         }
     };
+    let amr = match payload.amr {
+        RawAmr::Absent => None,
+        RawAmr::Methods(methods) => Some(methods),
+        RawAmr::Invalid => {
+            return Err(VerifyError::Malformed(
+                "amr is an array of 1..=8 strings of 1..=32 characters of [A-Za-z0-9_-]",
+            ));
+        }
+    };
     Ok(IntentMandate {
         iss,
         sub,
@@ -953,6 +962,7 @@ fn check_claims(
         jti,
         scope,
         cnf,
+        amr,
     })
 }
 
