@@ -143,6 +143,7 @@ impl World {
                 allow_agent_id: AgentId::parse(AGENT).unwrap(),
             },
             cnf: None,
+            amr: None,
         }
     }
 

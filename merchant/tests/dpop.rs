@@ -200,6 +200,7 @@ impl World {
     fn mandate(&self, cart: &Cart, cnf: Option<&LocalSigner>) -> String {
         let claims = IntentMandate {
             cnf: cnf.map(|key| Jkt::of(key.public_key())),
+            amr: None,
             ..claims_of(self, cart)
         };
         ap2_mandate::mint(&self.user, &claims).unwrap()
@@ -866,6 +867,7 @@ fn claims_of(w: &World, cart: &Cart) -> IntentMandate {
             cart_hash: cart.hash().clone(),
             allow_agent_id: AgentId::parse(AGENT).unwrap(),
         },
+        amr: None,
         cnf: None,
     }
 }

@@ -246,6 +246,7 @@ pub fn unbound_mandate(
                 allow_agent_id: AgentId::parse("agent-7").expect("an agent id"),
             },
             cnf: None,
+            amr: None,
         },
     )
     .expect("minted")

@@ -76,6 +76,22 @@ pub struct Config {
     /// How old a DPoP proof's `iat` may be, in seconds (it may be 5 s ahead).
     #[arg(long, env = "DPOP_MAX_AGE_SECS", default_value_t = ap2_mandate::dpop::DEFAULT_DPOP_MAX_AGE_SECS)]
     pub dpop_max_age_secs: i64,
+    /// How users may approve (SPEC §12): `passkey` (passkeys only; the code is neither shown
+    /// nor accepted), `otp` (the one-time code only) or `either` (a passkey when the user has
+    /// one, the code otherwise).
+    #[arg(long, env = "WALLET_APPROVAL", value_enum, default_value_t = crate::approval::ApprovalMode::Either)]
+    pub approval: crate::approval::ApprovalMode,
+    /// How long an enrolment link from `POST /v1/users/{id}/enrollment-links` stays valid, in
+    /// seconds.
+    #[arg(long, env = "WALLET_ENROLLMENT_LINK_TTL_SECS", default_value_t = 900)]
+    pub enrollment_link_ttl_secs: i64,
+    /// Also POST every notification to this URL as JSON, signed with `--notify-secret`
+    /// (`AP2-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "<t>.<body>">`), retried with backoff.
+    #[arg(long, env = "WALLET_NOTIFY_URL", requires = "notify_secret")]
+    pub notify_url: Option<String>,
+    /// The webhook's signing secret.
+    #[arg(long, env = "WALLET_NOTIFY_SECRET", hide_env_values = true)]
+    pub notify_secret: Option<SecretString>,
     /// The master key, base64 of 32 bytes (environment only). Without it the wallet creates
     /// `master.key` in the data directory, readable only by its owner.
     #[arg(skip)]
@@ -110,6 +126,10 @@ impl Config {
             public_url: None,
             allow_unbound_mandates: false,
             dpop_max_age_secs: ap2_mandate::dpop::DEFAULT_DPOP_MAX_AGE_SECS,
+            approval: crate::approval::ApprovalMode::Either,
+            enrollment_link_ttl_secs: 900,
+            notify_url: None,
+            notify_secret: None,
             master_key: None,
         }
     }

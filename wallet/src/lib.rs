@@ -3,8 +3,10 @@
 //! one-time code.
 #![forbid(unsafe_code)]
 
+pub mod approval;
 pub mod config;
 pub mod crypto;
+pub mod notify;
 pub mod routes;
 pub mod store;
 
@@ -77,6 +79,39 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
         None => Arc::new(tokio::task::spawn_blocking(move || SqliteStore::open(&data_dir)).await??),
     };
     let directory_url = config.key_directory_url.trim_end_matches('/').to_owned();
+    anyhow::ensure!(
+        (60..=86_400).contains(&config.enrollment_link_ttl_secs),
+        "--enrollment-link-ttl-secs is 60..=86400"
+    );
+    let webauthn = approval::relying_party(public_url.as_str());
+    let (webauthn, rp_id) = match webauthn {
+        Ok(rp) => rp,
+        Err(e) if config.approval == approval::ApprovalMode::Passkey => {
+            anyhow::bail!("--approval passkey: {e}")
+        }
+        Err(e) => {
+            // Passkeys cannot work at this URL; the code still does.
+            tracing::warn!(error = %e, "passkeys are off: the public URL does not name a host");
+            approval::relying_party("http://localhost")?
+        }
+    };
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let notifier = match (&config.notify_url, &config.notify_secret) {
+        (Some(url), Some(secret)) => {
+            reqwest::Url::parse(url).map_err(|e| anyhow::anyhow!("--notify-url: {e}"))?;
+            anyhow::ensure!(has_secret(secret), "--notify-secret must not be empty");
+            Some(notify::Notifier::start(
+                url.clone(),
+                secret.clone(),
+                http.clone(),
+                clock.clone(),
+            ))
+        }
+        (Some(_), None) => anyhow::bail!("--notify-url needs --notify-secret"),
+        _ => None,
+    };
     let state = AppState {
         store,
         master: Arc::new(master),
@@ -94,9 +129,12 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
         dpop_max_age_secs: config.dpop_max_age_secs,
         max_pending_per_user: config.max_pending_per_user,
         key_directory_url: directory_url,
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()?,
+        http,
+        webauthn: Arc::new(webauthn),
+        webauthn_rp_id: rp_id,
+        approval: config.approval,
+        enrollment_link_ttl_secs: config.enrollment_link_ttl_secs,
+        notifier,
     };
     register_pending_keys(&state).await;
     retry_retired_revocations(state.clone());
@@ -270,6 +308,36 @@ pub fn router(state: AppState, limits: Limits) -> Router {
             "/v1/mandate-requests/{id}/deny",
             post(routes::requests::deny),
         )
+        .route(
+            "/v1/mandate-requests/{id}/evidence",
+            get(routes::requests::evidence),
+        )
+        .route(
+            "/v1/users/{id}/enrollment-links",
+            post(routes::users::enrollment_link),
+        )
+        // The pages a person sees (SPEC §12).
+        .route("/approve/{id}", get(routes::pages::approval_page))
+        .route("/approve/{id}/otp", post(routes::pages::approve_otp))
+        .route("/approve/{id}/deny", post(routes::pages::deny))
+        .route(
+            "/approve/{id}/passkey/options",
+            post(routes::pages::passkey_options),
+        )
+        .route(
+            "/approve/{id}/passkey",
+            post(routes::pages::passkey_approve),
+        )
+        .route(
+            "/enroll/{id}",
+            get(routes::pages::enrollment_page).post(routes::pages::enroll),
+        )
+        .route(
+            "/enroll/{id}/options",
+            post(routes::pages::enrollment_options),
+        )
+        .route("/assets/wallet.js", get(routes::pages::script))
+        .route("/assets/wallet.css", get(routes::pages::style))
         .route("/healthz", get(ap2_service::http::healthz))
         .route("/readyz", get(routes::health::readyz))
         .route("/metrics", get(ap2_service::http::metrics_handler))

@@ -94,12 +94,12 @@ fn contract(store: Arc<dyn WalletStore>) {
     let mut mint = |_: &RequestRow| Ok(("mandate".to_owned(), 2000));
     assert!(matches!(
         store
-            .approve("r1", "alice", &|_| false, 1003, 3, &mut mint)
+            .approve("r1", "alice", &|_| false, 1003, 3, &mut mint, None)
             .unwrap(),
         Approval::WrongCode { remaining: 2 }
     ));
     assert!(matches!(
-        store.approve("r1", "bob", &|_| true, 1003, 3, &mut mint),
+        store.approve("r1", "bob", &|_| true, 1003, 3, &mut mint, None),
         Err(StoreError::NotYours)
     ));
     let minted = AtomicUsize::new(0);
@@ -118,6 +118,7 @@ fn contract(store: Arc<dyn WalletStore>) {
                     1004,
                     3,
                     &mut mint,
+                    Some(r#"{"evidence":1}"#),
                 );
             });
         }
@@ -132,6 +133,23 @@ fn contract(store: Arc<dyn WalletStore>) {
         ),
         (Status::Approved, "", Some("mandate"))
     );
+    // The evidence went in with the approval, once (SPEC §12).
+    assert_eq!(
+        store.evidence("r1").unwrap().as_deref(),
+        Some(r#"{"evidence":1}"#)
+    );
+    assert_eq!(store.evidence("r2").unwrap(), None);
+
+    // Passkeys: per user, oldest first, one credential id once for anyone.
+    store.add_passkey("alice", "c1", "{\"n\":1}", 1010).unwrap();
+    store.add_passkey("alice", "c2", "{\"n\":2}", 1011).unwrap();
+    assert!(matches!(
+        store.add_passkey("alice", "c1", "{}", 1012),
+        Err(StoreError::CredentialExists)
+    ));
+    store.update_passkey("c1", "{\"n\":3}").unwrap();
+    assert_eq!(store.passkeys("alice").unwrap(), ["{\"n\":3}", "{\"n\":2}"]);
+    assert!(store.passkeys("nobody").unwrap().is_empty());
     let denied = store.deny("r2", "alice", 1005).unwrap().unwrap();
     assert_eq!(denied.status, Status::Denied);
     assert_eq!(

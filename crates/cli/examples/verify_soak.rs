@@ -69,6 +69,7 @@ async fn main() {
             allow_agent_id: AgentId::parse(agent).unwrap(),
         },
         cnf: None,
+        amr: None,
     };
     let ttl: i64 = ttl.parse().unwrap();
     let secs: u64 = secs.parse().unwrap();

@@ -297,6 +297,7 @@ fn run(command: Command) -> Result<ExitCode> {
                     allow_agent_id: AgentId::parse(&agent).context("--agent")?,
                 },
                 cnf,
+                amr: None,
             };
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             for i in 0..count {

@@ -51,6 +51,7 @@ fn claims(cart: &Cart) -> IntentMandate {
             allow_agent_id: AgentId::parse("agent-7").unwrap(),
         },
         cnf: None,
+        amr: None,
     }
 }
 

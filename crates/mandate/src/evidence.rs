@@ -211,18 +211,24 @@ pub fn verify_evidence(evidence: &Evidence) -> Result<VerifiedEvidence, Evidence
         return Err(EvidenceError::ClientData("another origin"));
     }
     let auth_data = b64(&evidence.assertion.authenticator_data, "authenticator_data")?;
-    if auth_data.len() < 37 {
+    // rpIdHash (32 bytes), flags (1), signCount (4, big-endian), then what may follow.
+    let Some((rp_id_hash, rest)) = auth_data.split_first_chunk::<32>() else {
         return Err(EvidenceError::AuthenticatorData("shorter than 37 bytes"));
-    }
-    if auth_data[..32] != Sha256::digest(evidence.rp_id.as_bytes())[..] {
+    };
+    let Some((&flags, rest)) = rest.split_first() else {
+        return Err(EvidenceError::AuthenticatorData("shorter than 37 bytes"));
+    };
+    let Some((count, _)) = rest.split_first_chunk::<4>() else {
+        return Err(EvidenceError::AuthenticatorData("shorter than 37 bytes"));
+    };
+    if rp_id_hash[..] != Sha256::digest(evidence.rp_id.as_bytes())[..] {
         return Err(EvidenceError::AuthenticatorData("another relying party"));
     }
-    let flags = auth_data[32];
     let (user_present, user_verified) = (flags & 0x01 != 0, flags & 0x04 != 0);
     if !user_present {
         return Err(EvidenceError::AuthenticatorData("the user was not present"));
     }
-    let sign_count = u32::from_be_bytes([auth_data[33], auth_data[34], auth_data[35], auth_data[36]]);
+    let sign_count = u32::from_be_bytes(*count);
     if amr_for(user_verified) != evidence.amr {
         return Err(EvidenceError::Amr);
     }
@@ -294,8 +300,8 @@ mod tests {
         let rng = aws_lc_rs::rand::SystemRandom::new();
         let pkcs8 =
             EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).expect("key");
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref())
-            .expect("key");
+        let pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref()).expect("key");
         let public = EcPublicKey::from_sec1_uncompressed(pair.public_key().as_ref()).expect("pub");
         let mut message = auth_data.clone();
         message.extend_from_slice(&Sha256::digest(client.as_bytes()));
@@ -361,7 +367,10 @@ mod tests {
         ));
         let mut e = good.clone();
         e.origin = "http://evil.example".into();
-        assert!(matches!(verify_evidence(&e), Err(EvidenceError::ClientData(_))));
+        assert!(matches!(
+            verify_evidence(&e),
+            Err(EvidenceError::ClientData(_))
+        ));
         let mut e = good.clone();
         e.amr = amr_otp();
         assert_eq!(verify_evidence(&e), Err(EvidenceError::Amr));

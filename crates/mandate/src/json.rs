@@ -112,7 +112,8 @@ pub(crate) fn amr_is_valid(amr: &[String]) -> bool {
 
 fn amr_method_is_valid(m: &str) -> bool {
     (1..=AMR_MAX_LEN).contains(&m.len())
-        && m.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && m.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// `cnf` (RFC 7800): SPEC §8 allows exactly `{"jkt": "<thumbprint>"}`.
@@ -893,7 +894,10 @@ mod tests {
             RawAmr::Methods(vec!["hwk".into(), "user".into(), "mfa".into()])
         );
         let long = format!(r#"{{"amr":["{}"]}}"#, "a".repeat(AMR_MAX_LEN + 1));
-        let many = format!(r#"{{"amr":[{}]}}"#, vec![r#""otp""#; AMR_MAX_METHODS + 1].join(","));
+        let many = format!(
+            r#"{{"amr":[{}]}}"#,
+            [r#""otp""#; AMR_MAX_METHODS + 1].join(",")
+        );
         for bad in [
             r#"{"amr":null}"#,
             r#"{"amr":"otp"}"#,

@@ -11,7 +11,8 @@ use crate::cart::{Cart, CartHash};
 use crate::dpop::{DEFAULT_DPOP_MAX_AGE_SECS, DpopNonces, DpopProof, Htu, Jkt, ProofCheck};
 use crate::ids::{AgentId, Jti, Kid, MerchantId};
 use crate::json::{
-    Aud, Field, RawAmr, RawClaims, RawCnf, RawHeader, RawScope, StrictJsonError, parse_claims, parse_header,
+    Aud, Field, RawAmr, RawClaims, RawCnf, RawHeader, RawScope, StrictJsonError, parse_claims,
+    parse_header,
 };
 use crate::keys::VerificationKey;
 use crate::mandate::{Ap2Scope, INTENT_CART_PURCHASE_V1, IntentMandate, MANDATE_TYP};

@@ -133,6 +133,7 @@ fn claims(now: i64, jkt: Option<&Jkt>) -> IntentMandate {
             allow_agent_id: ap2_mandate::AgentId::parse(AGENT).unwrap(),
         },
         cnf: jkt.cloned(),
+        amr: None,
     }
 }
 
@@ -202,6 +203,7 @@ fn spec8_vector_mandate_payload_is_what_we_mint_for_its_claims() {
                 allow_agent_id: ap2_mandate::AgentId::parse(AGENT).unwrap(),
             },
             cnf: Some(Jkt::parse(c["cnf"]["jkt"].as_str().unwrap()).unwrap()),
+            amr: None,
         }
     };
     assert_eq!(serde_json::to_vec(&claims).unwrap(), payload);

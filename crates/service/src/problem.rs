@@ -97,6 +97,11 @@ impl Problem {
     pub fn code(&self) -> &'static str {
         self.code
     }
+
+    /// The human detail.
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
 }
 
 impl IntoResponse for Problem {

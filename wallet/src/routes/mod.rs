@@ -1,6 +1,7 @@
 //! The HTTP API (SPEC §5, wallet) and what its handlers share.
 
 pub mod health;
+pub mod pages;
 pub mod requests;
 pub mod users;
 
@@ -57,6 +58,16 @@ pub struct AppState {
     pub key_directory_url: String,
     /// For `/readyz`.
     pub http: reqwest::Client,
+    /// The WebAuthn relying party (SPEC §12).
+    pub webauthn: Arc<webauthn_rs::Webauthn>,
+    /// Its id: the host of the public URL.
+    pub webauthn_rp_id: String,
+    /// How users may approve.
+    pub approval: crate::approval::ApprovalMode,
+    /// How long an enrolment link lives.
+    pub enrollment_link_ttl_secs: i64,
+    /// The notification webhook, when configured.
+    pub notifier: Option<crate::notify::Notifier>,
 }
 
 /// Wrong codes before a request locks.
@@ -170,6 +181,11 @@ pub async fn blocking<T: Send + 'static>(
             StoreError::UserExists => {
                 Problem::new(StatusCode::CONFLICT, "user_exists", "this user id is taken")
             }
+            StoreError::CredentialExists => Problem::new(
+                StatusCode::CONFLICT,
+                "credential_exists",
+                "this passkey is enrolled already",
+            ),
             StoreError::Mint(why) => Problem::internal(format!("minting failed: {why}")),
             StoreError::TooManyPending => Problem::new(
                 StatusCode::TOO_MANY_REQUESTS,

@@ -168,13 +168,25 @@ pub async fn create(
         "mandate requested; approval code sent to the user"
     );
     let max_pending = state.max_pending_per_user;
+    let stored = row.clone();
     blocking(&state, move |store| {
         let proof = binding
             .as_ref()
             .map(|(_, key, until)| (key.as_str(), *until));
-        store.create_request(&row, proof, max_pending)
+        store.create_request(&stored, proof, max_pending)
     })
     .await?;
+    if let Some(notifier) = &state.notifier {
+        let user_id = row.user_id.clone();
+        match super::users::notification(&state, row) {
+            Ok(notification) => notifier.send(&serde_json::json!({
+                "type": "mandate_request",
+                "user_id": user_id,
+                "notification": notification,
+            })),
+            Err(_) => tracing::warn!("a notification could not be made for the webhook"),
+        }
+    }
     Ok((StatusCode::CREATED, ApiJson(created)))
 }
 
@@ -217,7 +229,7 @@ fn view(row: RequestRow, now: i64) -> View {
     }
 }
 
-async fn load(state: &AppState, id: String) -> Result<RequestRow, Problem> {
+pub(crate) async fn load(state: &AppState, id: String) -> Result<RequestRow, Problem> {
     blocking(state, move |store| store.request(&id))
         .await?
         .ok_or_else(request_not_found)
@@ -257,19 +269,61 @@ pub async fn approve(
     ApiJson(body): ApiJson<Approve>,
 ) -> Result<ApiJson<View>, Problem> {
     let user_id = caller.user()?;
-    let row = load(&state, id.clone()).await?;
+    let row = finish_approval(&state, id, user_id, Check::Otp(body.otp)).await?;
+    Ok(ApiJson(view(row, state.clock.now_unix())))
+}
+
+/// How an approval was made.
+pub enum Check {
+    /// The one-time code the user typed.
+    Otp(String),
+    /// A passkey assertion, verified before: its `amr` and the evidence to keep.
+    Passkey {
+        /// `["hwk","user"]`, plus `"mfa"` when the user was verified.
+        amr: Vec<String>,
+        /// The evidence's JSON.
+        evidence: String,
+    },
+}
+
+/// 403 `otp_not_allowed`: this wallet approves with passkeys only (`--approval passkey`).
+pub fn otp_not_allowed() -> Problem {
+    Problem::new(
+        StatusCode::FORBIDDEN,
+        "otp_not_allowed",
+        "this wallet approves with passkeys only",
+    )
+}
+
+/// Approves `user_id`'s request `id` by `check` and mints the mandate, once; the shared part of
+/// the code endpoint and the approval page.
+pub async fn finish_approval(
+    state: &AppState,
+    id: String,
+    user_id: String,
+    check: Check,
+) -> Result<RequestRow, Problem> {
+    if matches!(check, Check::Otp(_)) && !state.approval.otp() {
+        return Err(otp_not_allowed());
+    }
+    let row = load(state, id.clone()).await?;
     if row.user_id != user_id {
         return Err(Problem::forbidden("this request belongs to another user"));
     }
-    let signer = signer_for(&state, &user_id).await?;
+    let signer = signer_for(state, &user_id).await?;
     let issuer = state.issuer.clone();
     let now = state.clock.now_unix();
     let master = state.master.clone();
-    let outcome = blocking(&state, move |store| {
+    let (otp, amr, evidence) = match check {
+        Check::Otp(code) => (Some(code), ap2_mandate::evidence::amr_otp(), None),
+        Check::Passkey { amr, evidence } => (None, amr, Some(evidence)),
+    };
+    let outcome = blocking(state, move |store| {
         let request_id = id.clone();
-        let code_matches = move |stored: &str| {
-            crypto::open_code(&master, &request_id, stored)
-                .is_some_and(|code| crypto::ct_eq(&body.otp, &code))
+        let code_matches = move |stored: &str| match &otp {
+            Some(typed) => crypto::open_code(&master, &request_id, stored)
+                .is_some_and(|code| crypto::ct_eq(typed, &code)),
+            None => true,
         };
         store.approve(
             &id,
@@ -278,18 +332,19 @@ pub async fn approve(
             now,
             MAX_OTP_ATTEMPTS,
             &mut |row| {
-                let claims = claims_for(row, &issuer, now)?;
+                let claims = claims_for(row, &issuer, now, amr.clone())?;
                 let token =
                     ap2_mandate::mint(signer.as_ref(), &claims).map_err(|e| e.to_string())?;
                 Ok((token, claims.exp))
             },
+            evidence.as_deref(),
         )
     })
     .await?;
     match outcome {
         Approval::Approved(row) => {
             tracing::info!(request_id = %row.id, user_id = %row.user_id, "request approved; mandate minted");
-            Ok(ApiJson(view(*row, now)))
+            Ok(*row)
         }
         Approval::WrongCode { remaining } => Err(unprocessable(
             "otp_invalid",
@@ -314,7 +369,12 @@ pub async fn approve(
 }
 
 /// The claims for an approved request: issued now, living `ttl_secs`.
-fn claims_for(row: &RequestRow, issuer: &str, now: i64) -> Result<IntentMandate, String> {
+fn claims_for(
+    row: &RequestRow,
+    issuer: &str,
+    now: i64,
+    amr: Vec<String>,
+) -> Result<IntentMandate, String> {
     let currency = ap2_mandate::Currency::parse(&row.currency).map_err(|e| e.to_string())?;
     Ok(IntentMandate {
         iss: issuer.to_owned(),
@@ -335,6 +395,7 @@ fn claims_for(row: &RequestRow, issuer: &str, now: i64) -> Result<IntentMandate,
             .map(Jkt::parse)
             .transpose()
             .map_err(|e| e.to_string())?,
+        amr: Some(amr),
     })
 }
 
@@ -345,17 +406,59 @@ pub async fn deny(
     ApiPath(id): ApiPath<String>,
 ) -> Result<ApiJson<View>, Problem> {
     let user_id = caller.user()?;
-    let row = load(&state, id.clone()).await?;
+    let row = finish_denial(&state, id, user_id).await?;
+    Ok(ApiJson(view(row, state.clock.now_unix())))
+}
+
+/// Denies `user_id`'s pending request `id`.
+pub async fn finish_denial(
+    state: &AppState,
+    id: String,
+    user_id: String,
+) -> Result<RequestRow, Problem> {
+    let row = load(state, id.clone()).await?;
     if row.user_id != user_id {
         return Err(Problem::forbidden("this request belongs to another user"));
     }
     let now = state.clock.now_unix();
-    match blocking(&state, move |store| store.deny(&id, &user_id, now)).await? {
-        Ok(row) => Ok(ApiJson(view(row, now))),
+    match blocking(state, move |store| store.deny(&id, &user_id, now)).await? {
+        Ok(row) => {
+            tracing::info!(request_id = %row.id, user_id = %row.user_id, "request denied");
+            Ok(row)
+        }
         Err(status) => Err(Problem::new(
             StatusCode::CONFLICT,
             "request_not_pending",
             format!("the request is {}", status.as_str()),
         )),
     }
+}
+
+/// `GET /v1/mandate-requests/{id}/evidence` (SPEC §12): the stored assertion of a passkey
+/// approval, for the request's user or the admin. 404 `evidence_not_found` when the request
+/// was not approved with a passkey.
+pub async fn evidence(
+    State(state): State<AppState>,
+    caller: super::AdminOrCaller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<ApiJson<Value>, Problem> {
+    let row = load(&state, id.clone()).await?;
+    match caller {
+        super::AdminOrCaller::Admin => {}
+        super::AdminOrCaller::Caller(caller) => {
+            if caller.user()? != row.user_id {
+                return Err(Problem::forbidden("this request belongs to another user"));
+            }
+        }
+    }
+    let stored = blocking(&state, move |store| store.evidence(&id)).await?;
+    let stored = stored.ok_or_else(|| {
+        Problem::not_found(
+            "evidence_not_found",
+            "the request was not approved with a passkey",
+        )
+    })?;
+    serde_json::from_str(&stored)
+        .map(ApiJson)
+        .map_err(Problem::internal)
 }

@@ -194,7 +194,11 @@ pub struct Notification {
     cart: Value,
     max_amount: String,
     currency: String,
-    otp: String,
+    /// Absent when the wallet approves with passkeys only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    otp: Option<String>,
+    /// The approval page of this request (SPEC §12).
+    approval_url: String,
     expires_at: String,
     /// The agent key the mandate will be bound to, so the user can tell a request made with
     /// an unfamiliar key.
@@ -267,24 +271,71 @@ pub async fn notifications(
     let next_cursor = pending.last().filter(|_| more).map(cursor_of);
     let notifications: Vec<Notification> = pending
         .into_iter()
-        .map(|r| Notification {
-            otp: crate::crypto::open_code(&state.master, &r.id, &r.otp)
-                .map(|code| code.to_string())
-                .unwrap_or_default(),
-            cart: serde_json::from_str(&r.cart).unwrap_or(Value::Null),
-            request_id: r.id,
-            merchant_id: r.merchant_id,
-            agent_id: r.agent_id,
-            max_amount: r.max_amount,
-            currency: r.currency,
-            expires_at: ap2_service::rfc3339(r.expires_at),
-            cnf_jkt: r.cnf_jkt,
-        })
-        .collect();
+        .map(|r| notification(&state, r))
+        .collect::<Result<_, _>>()?;
     Ok(ApiJson(match next_cursor {
         Some(cursor) => {
             serde_json::json!({ "notifications": notifications, "next_cursor": cursor })
         }
         None => serde_json::json!({ "notifications": notifications }),
     }))
+}
+
+/// A pending request as the user is told of it: what is bought, the page to approve it at,
+/// and the code unless the wallet approves with passkeys only.
+pub fn notification(
+    state: &AppState,
+    r: crate::store::RequestRow,
+) -> Result<Notification, Problem> {
+    let approval_url = crate::approval::approval_url(&state.master, state.public_url.as_str(), &r)
+        .map_err(Problem::internal)?;
+    Ok(Notification {
+        otp: if state.approval.otp() {
+            crate::crypto::open_code(&state.master, &r.id, &r.otp).map(|code| code.to_string())
+        } else {
+            None
+        },
+        approval_url,
+        cart: serde_json::from_str(&r.cart).unwrap_or(Value::Null),
+        request_id: r.id,
+        merchant_id: r.merchant_id,
+        agent_id: r.agent_id,
+        max_amount: r.max_amount,
+        currency: r.currency,
+        expires_at: ap2_service::rfc3339(r.expires_at),
+        cnf_jkt: r.cnf_jkt,
+    })
+}
+
+/// `POST /v1/users/{id}/enrollment-links` (admin): a link to the page where the user enrols a
+/// passkey (SPEC §12), valid for `--enrollment-link-ttl-secs`.
+pub async fn enrollment_link(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiPath(user_id): ApiPath<String>,
+) -> Result<(StatusCode, ApiJson<Value>), Problem> {
+    let id = user_id.clone();
+    let user = blocking(&state, move |store| store.user(&id)).await?;
+    if !user.is_some_and(|u| u.registered) {
+        return Err(Problem::not_found("user_not_found", "no such user"));
+    }
+    let expires_at = state
+        .clock
+        .now_unix()
+        .saturating_add(state.enrollment_link_ttl_secs);
+    let url = crate::approval::enrollment_url(
+        &state.master,
+        state.public_url.as_str(),
+        &user_id,
+        expires_at,
+    )
+    .map_err(Problem::internal)?;
+    Ok((
+        StatusCode::CREATED,
+        ApiJson(serde_json::json!({
+            "user_id": user_id,
+            "url": url,
+            "expires_at": ap2_service::rfc3339(expires_at),
+        })),
+    ))
 }

@@ -156,6 +156,9 @@ pub enum StoreError {
     /// The request's DPoP proof was seen before.
     #[error("the DPoP proof was already used")]
     ProofReplayed,
+    /// The passkey credential is enrolled already.
+    #[error("the credential is enrolled already")]
+    CredentialExists,
     /// Minting failed; nothing changed.
     #[error("minting failed: {0}")]
     Mint(String),
@@ -215,8 +218,11 @@ pub trait WalletStore: Send + Sync + 'static {
     ) -> Result<Vec<RequestRow>, StoreError>;
     /// Checks the code for `user_id`'s request with `code_matches` (given the stored, sealed
     /// code) and, when right, mints with `mint` (which returns the token and its `exp`) and
-    /// stores the mandate, all in one transaction: concurrent approvals mint once. A request
-    /// that ends (approved, locked, expired) loses its code.
+    /// stores the mandate, and `evidence` when given (SPEC §12), all in one transaction:
+    /// concurrent approvals mint once. A request that ends (approved, locked, expired) loses
+    /// its code. A passkey approval passes a `code_matches` that is always true: the
+    /// assertion was checked before.
+    #[allow(clippy::too_many_arguments)]
     fn approve(
         &self,
         id: &str,
@@ -225,7 +231,23 @@ pub trait WalletStore: Send + Sync + 'static {
         now: i64,
         max_attempts: i64,
         mint: Minter<'_>,
+        evidence: Option<&str>,
     ) -> Result<Approval, StoreError>;
+    /// The evidence of a passkey approval (SPEC §12), the JSON stored with it.
+    fn evidence(&self, request_id: &str) -> Result<Option<String>, StoreError>;
+    /// Enrols a passkey (`passkey` is the credential as `webauthn-rs` serialises it);
+    /// `CredentialExists` when its id is enrolled already, for anyone.
+    fn add_passkey(
+        &self,
+        user_id: &str,
+        cred_id: &str,
+        passkey: &str,
+        now: i64,
+    ) -> Result<(), StoreError>;
+    /// A user's passkeys, oldest first.
+    fn passkeys(&self, user_id: &str) -> Result<Vec<String>, StoreError>;
+    /// Stores a passkey's new state (its sign counter) after an assertion.
+    fn update_passkey(&self, cred_id: &str, passkey: &str) -> Result<(), StoreError>;
     /// Denies a pending request.
     fn deny(
         &self,

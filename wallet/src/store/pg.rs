@@ -8,7 +8,8 @@ use postgres::GenericClient;
 use super::{Approval, Minter, RequestRow, Status, StoreError, UserRow, WalletStore};
 
 /// The versioned schema: migration `i` is version `i + 1`; never edit one that shipped.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE users (
     user_id        TEXT PRIMARY KEY,
     kid            TEXT NOT NULL UNIQUE,
@@ -49,7 +50,21 @@ CREATE TABLE retired_keys (
     retired_at BIGINT NOT NULL,
     revoked    BOOLEAN NOT NULL
 );
-"];
+",
+    "
+CREATE TABLE passkeys (
+    cred_id    TEXT PRIMARY KEY,
+    user_id    TEXT NOT NULL REFERENCES users (user_id),
+    passkey    TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE INDEX passkeys_by_user ON passkeys (user_id, created_at);
+CREATE TABLE evidence (
+    request_id TEXT PRIMARY KEY REFERENCES requests (id),
+    evidence   TEXT NOT NULL
+);
+",
+];
 
 const USER_COLUMNS: &str =
     "user_id, kid, token_hash, sealed_key, registered, created_at, key_revoked_at";
@@ -387,6 +402,7 @@ impl WalletStore for PgStore {
         now: i64,
         max_attempts: i64,
         mint: Minter<'_>,
+        evidence: Option<&str>,
     ) -> Result<Approval, StoreError> {
         let mut conn = self.conn()?;
         let mut tx = conn.transaction().map_err(backend)?;
@@ -409,6 +425,13 @@ impl WalletStore for PgStore {
                     &[&id, &mandate, &exp],
                 )
                 .map_err(backend)?;
+                if let Some(evidence) = evidence {
+                    tx.execute(
+                        "INSERT INTO evidence (request_id, evidence) VALUES ($1, $2)",
+                        &[&id, &evidence],
+                    )
+                    .map_err(backend)?;
+                }
                 request.status = Status::Approved;
                 request.mandate = Some(mandate);
                 request.mandate_exp = Some(exp);
@@ -434,6 +457,54 @@ impl WalletStore for PgStore {
         };
         tx.commit().map_err(backend)?;
         Ok(outcome)
+    }
+
+    fn evidence(&self, request_id: &str) -> Result<Option<String>, StoreError> {
+        let mut conn = self.conn()?;
+        conn.query_opt(
+            "SELECT evidence FROM evidence WHERE request_id = $1",
+            &[&request_id],
+        )
+        .map(|row| row.map(|row| row.get(0)))
+        .map_err(backend)
+    }
+
+    fn add_passkey(
+        &self,
+        user_id: &str,
+        cred_id: &str,
+        passkey: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        match conn.execute(
+            "INSERT INTO passkeys (cred_id, user_id, passkey, created_at) VALUES ($1, $2, $3, $4)",
+            &[&cred_id, &user_id, &passkey, &now],
+        ) {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::CredentialExists),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    fn passkeys(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn()?;
+        conn.query(
+            "SELECT passkey FROM passkeys WHERE user_id = $1 ORDER BY created_at, cred_id",
+            &[&user_id],
+        )
+        .map(|rows| rows.iter().map(|row| row.get(0)).collect())
+        .map_err(backend)
+    }
+
+    fn update_passkey(&self, cred_id: &str, passkey: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        conn.execute(
+            "UPDATE passkeys SET passkey = $2 WHERE cred_id = $1",
+            &[&cred_id, &passkey],
+        )
+        .map(|_| ())
+        .map_err(backend)
     }
 
     fn deny(

@@ -56,6 +56,17 @@ CREATE TABLE IF NOT EXISTS dpop_proofs (
     until INTEGER NOT NULL
 ) STRICT;
 CREATE INDEX IF NOT EXISTS dpop_proofs_by_until ON dpop_proofs(until);
+CREATE TABLE IF NOT EXISTS passkeys (
+    cred_id    TEXT PRIMARY KEY NOT NULL,
+    user_id    TEXT NOT NULL REFERENCES users(user_id),
+    passkey    TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS passkeys_by_user ON passkeys(user_id, created_at);
+CREATE TABLE IF NOT EXISTS evidence (
+    request_id TEXT PRIMARY KEY NOT NULL REFERENCES requests(id),
+    evidence   TEXT NOT NULL
+) STRICT;
 CREATE TABLE IF NOT EXISTS retired_keys (
     kid        TEXT PRIMARY KEY NOT NULL,
     user_id    TEXT NOT NULL REFERENCES users(user_id),
@@ -406,6 +417,7 @@ impl WalletStore for SqliteStore {
         now: i64,
         max_attempts: i64,
         mint: Minter<'_>,
+        evidence: Option<&str>,
     ) -> Result<Approval, StoreError> {
         self.db.with(|conn| {
             let tx = conn
@@ -429,6 +441,13 @@ impl WalletStore for SqliteStore {
                         params![id, mandate, exp],
                     )
                     .map_err(backend)?;
+                    if let Some(evidence) = evidence {
+                        tx.execute(
+                            "INSERT INTO evidence (request_id, evidence) VALUES (?1, ?2)",
+                            params![id, evidence],
+                        )
+                        .map_err(backend)?;
+                    }
                     request.status = Status::Approved;
                     request.mandate = Some(mandate);
                     request.mandate_exp = Some(exp);
@@ -457,6 +476,66 @@ impl WalletStore for SqliteStore {
             };
             tx.commit().map_err(backend)?;
             Ok(outcome)
+        })
+    }
+
+    fn evidence(&self, request_id: &str) -> Result<Option<String>, StoreError> {
+        self.db.with(|conn| {
+            conn.query_row(
+                "SELECT evidence FROM evidence WHERE request_id = ?1",
+                params![request_id],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(backend)
+        })
+    }
+
+    fn add_passkey(
+        &self,
+        user_id: &str,
+        cred_id: &str,
+        passkey: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.db.with(|conn| {
+            match conn.execute(
+                "INSERT INTO passkeys (cred_id, user_id, passkey, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![cred_id, user_id, passkey, now],
+            ) {
+                Ok(_) => Ok(()),
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    Err(StoreError::CredentialExists)
+                }
+                Err(e) => Err(backend(e)),
+            }
+        })
+    }
+
+    fn passkeys(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
+        self.db.with(|conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT passkey FROM passkeys WHERE user_id = ?1 ORDER BY created_at, cred_id",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![user_id], |row| row.get(0))
+                .map_err(backend)?;
+            rows.collect::<Result<_, _>>().map_err(backend)
+        })
+    }
+
+    fn update_passkey(&self, cred_id: &str, passkey: &str) -> Result<(), StoreError> {
+        self.db.with(|conn| {
+            conn.execute(
+                "UPDATE passkeys SET passkey = ?2 WHERE cred_id = ?1",
+                params![cred_id, passkey],
+            )
+            .map(|_| ())
+            .map_err(backend)
         })
     }
 
