@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use ap2_mandate::{LocalSigner, Signer};
 pub use ap2_testkit::{RedisServer, free_port};
 
+pub mod webdriver;
+
 /// Where cargo put the service binaries: next to this test's own `deps/` directory.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
@@ -58,9 +60,20 @@ impl Service {
         envs: &[(&str, &str)],
         log_dir: &Path,
     ) -> Self {
+        Self::start_on(name, free_port(), args, envs, log_dir).await
+    }
+
+    /// As [`Service::start`], on `port` (for a service that must know its own URL first).
+    pub async fn start_on(
+        name: &'static str,
+        port: u16,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        log_dir: &Path,
+    ) -> Self {
         let mut service = Self {
             name,
-            port: free_port(),
+            port,
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             envs: envs
                 .iter()

@@ -30,6 +30,14 @@ enum Command {
     /// story, then the attacks (uses Redis for the replay set when REDIS_URL is set). With
     /// the four URLs it plays against running services instead.
     Demo(demo::Endpoints),
+    /// Re-verify, offline, the evidence of a passkey approval (SPEC §12, as
+    /// `GET /v1/mandate-requests/{id}/evidence` returns it): that the credential's key signed
+    /// the challenge derived from the request's terms and the cart. Exits 0 when it verifies,
+    /// 1 with the reason when it does not.
+    VerifyEvidence {
+        /// The evidence's JSON file; `-` or nothing for standard input.
+        file: Option<PathBuf>,
+    },
     /// Print the cart_hash of a SPEC §3 cart (JSON from FILE, or standard input).
     CartHash {
         /// The cart's JSON file; `-` or nothing for standard input.
@@ -194,6 +202,38 @@ fn run(command: Command) -> Result<ExitCode> {
             } else {
                 ExitCode::from(REFUSED)
             })
+        }
+        Command::VerifyEvidence { file } => {
+            let text = read_input(file.as_deref())?;
+            let evidence: ap2_mandate::evidence::Evidence =
+                serde_json::from_str(&text).context("the evidence is not its JSON")?;
+            match ap2_mandate::evidence::verify_evidence(&evidence) {
+                Ok(verified) => {
+                    println!(
+                        "valid: request {} for {} at {} (at most {} {}), cart {}, signed by                          credential {} at {}; user present, {}; sign count {}; amr {}",
+                        evidence.terms.request_id,
+                        evidence.terms.agent_id,
+                        evidence.terms.merchant_id,
+                        evidence.terms.max_amount,
+                        evidence.terms.currency,
+                        evidence.terms.cart_hash,
+                        evidence.credential.id,
+                        evidence.rp_id,
+                        if verified.user_verified {
+                            "user verified"
+                        } else {
+                            "user not verified"
+                        },
+                        verified.sign_count,
+                        evidence.amr.join(",")
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("invalid: {e}");
+                    Ok(ExitCode::from(REFUSED))
+                }
+            }
         }
         Command::CartHash { file, canonical } => {
             let text = read_input(file.as_deref())?;
