@@ -692,6 +692,52 @@ pub fn cases(keys: &Keys, now: i64) -> Vec<Case> {
             Box::new(|c: &mut Value| c["ap2_intent"] = json!("CART_PURCHASE_V2")),
             "mandate_intent_unsupported",
         ),
+        // SPEC §12: amr says how the user approved; parsing it must not weaken SPEC §4.
+        (
+            "amr of a passkey (valid)",
+            Box::new(|c: &mut Value| c["amr"] = json!(["hwk", "user", "mfa"])),
+            "ok",
+        ),
+        (
+            "amr of a code (valid)",
+            Box::new(|c: &mut Value| c["amr"] = json!(["otp"])),
+            "ok",
+        ),
+        (
+            "amr as a string",
+            Box::new(|c: &mut Value| c["amr"] = json!("otp")),
+            "mandate_malformed",
+        ),
+        (
+            "amr empty",
+            Box::new(|c: &mut Value| c["amr"] = json!([])),
+            "mandate_malformed",
+        ),
+        (
+            "amr with a number",
+            Box::new(|c: &mut Value| c["amr"] = json!(["otp", 1])),
+            "mandate_malformed",
+        ),
+        (
+            "amr as an object",
+            Box::new(|c: &mut Value| c["amr"] = json!({"otp": true})),
+            "mandate_malformed",
+        ),
+        (
+            "amr with nine methods",
+            Box::new(|c: &mut Value| c["amr"] = json!(vec!["otp"; 9])),
+            "mandate_malformed",
+        ),
+        (
+            "amr with a 33-character method",
+            Box::new(|c: &mut Value| c["amr"] = json!(["a".repeat(33)])),
+            "mandate_malformed",
+        ),
+        (
+            "amr with a space in a method",
+            Box::new(|c: &mut Value| c["amr"] = json!(["hwk user"])),
+            "mandate_malformed",
+        ),
     ] {
         add("claims", name, signed(&header, &claims(&*edit)), code);
     }

@@ -363,6 +363,6 @@ pub async fn complete(
         "order_id": order.id,
         "amount": amount.minor_units(),
         "currency": amount.currency(),
-        "mandate": {"jti": claims.jti, "sub": claims.sub, "kid": verified.kid},
+        "mandate": {"jti": claims.jti, "sub": claims.sub, "kid": verified.kid, "amr": claims.amr},
     })))
 }
