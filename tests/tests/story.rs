@@ -550,6 +550,8 @@ async fn nothing_is_lost_when_each_service_restarts_in_the_middle() {
     w.merchant.wait_ready().await;
     let (status, paid) = w.complete(&w.merchant, &session, &mandate, AGENT).await;
     assert_eq!(status, StatusCode::OK, "{paid}");
+    // SPEC §12: the order keeps how the user approved (here, by the code).
+    assert_eq!(paid["mandate"]["amr"], serde_json::json!(["otp"]), "{paid}");
     let order = paid["order_id"].as_str().unwrap().to_owned();
 
     // The merchant and Redis (AOF) restart after the order: the order is kept and the spent

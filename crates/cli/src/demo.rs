@@ -54,6 +54,10 @@ pub struct Endpoints {
     /// uses, as the merchant's backend would, to watch a mandate's state without spending it.
     #[arg(long, env = "AP2_BACKEND_TOKEN", default_value = BACKEND_TOKEN, hide_env_values = true)]
     pub backend_token: String,
+    /// Wait for a person to approve the first purchase on its approval page (SPEC §12: with
+    /// the code the demo prints, or a passkey) instead of approving it by code.
+    #[arg(long)]
+    pub interactive: bool,
 }
 
 /// The URLs the story talks to.
@@ -88,7 +92,7 @@ impl Services {
         ))
         .await
         .context("starting the key directory")?;
-        let wallet = wallet::spawn(wallet::Config::local(
+        let mut wallet_config = wallet::Config::local(
             ISSUER,
             data.path().join("wallet"),
             &directory.url(),
@@ -102,9 +106,17 @@ impl Services {
                     .parse()
                     .map_err(anyhow::Error::msg)?,
             ],
-        ))
-        .await
-        .context("starting the wallet")?;
+        );
+        // The approval page's passkeys need a host name (a WebAuthn relying party id is never
+        // an IP address): the wallet is reached as localhost, on a port chosen first.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        wallet_config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        wallet_config.public_url = Some(format!("http://localhost:{port}"));
+        let wallet = wallet::spawn(wallet_config)
+            .await
+            .context("starting the wallet")?;
         let redis = std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty());
         let backend: ap2_service::NamedToken = format!("demo-backend={BACKEND_TOKEN}")
             .parse()
@@ -142,7 +154,8 @@ impl Services {
     fn urls(&self) -> Urls {
         Urls {
             directory: self.directory.url(),
-            wallet: self.wallet.url(),
+            // As its public URL names it (the base of the proofs' htu and of its links).
+            wallet: self.wallet.url().replace("127.0.0.1", "localhost"),
             merchant: self.merchant.url(),
             other_merchant: self.other_merchant.url(),
             replay: self.replay.to_owned(),
@@ -294,7 +307,17 @@ impl Story {
     /// The agent asks for a mandate (with a proof of its key), the user reads the code and
     /// approves; returns the request, the code and the mandate.
     async fn approved_mandate(&self, cart: &Value, ttl: u32) -> Result<(Value, String, String)> {
-        let (request, id, otp) = self.ask(cart, ttl).await?;
+        let (request, otp, mandate, _) = self.approved_mandate_with_link(cart, ttl).await?;
+        Ok((request, otp, mandate))
+    }
+
+    /// As [`Story::approved_mandate`], with the approval page's link as well.
+    async fn approved_mandate_with_link(
+        &self,
+        cart: &Value,
+        ttl: u32,
+    ) -> Result<(Value, String, String, String)> {
+        let (request, id, otp, link) = self.ask_with_link(cart, ttl).await?;
         let wallet = &self.urls.wallet;
         self.http
             .expect(
@@ -306,7 +329,7 @@ impl Story {
                 StatusCode::OK,
             )
             .await?;
-        Ok((request, otp, self.mandate_of(&id).await?))
+        Ok((request, otp, self.mandate_of(&id).await?, link))
     }
 
     /// The mandate of approved request `id`, as the agent collects it.
@@ -328,6 +351,16 @@ impl Story {
     /// The agent asks for a mandate for `cart`; returns the request, its id, and the code
     /// from the user's notifications.
     async fn ask(&self, cart: &Value, ttl: u32) -> Result<(Value, String, String)> {
+        let (request, id, otp, _) = self.ask_with_link(cart, ttl).await?;
+        Ok((request, id, otp))
+    }
+
+    /// As [`Story::ask`], with the approval page's link of the notification.
+    async fn ask_with_link(
+        &self,
+        cart: &Value,
+        ttl: u32,
+    ) -> Result<(Value, String, String, String)> {
         let wallet = &self.urls.wallet;
         let agent = self.secrets.agent_token.as_str();
         let url = format!("{wallet}/v1/mandate-requests");
@@ -355,13 +388,50 @@ impl Story {
                 StatusCode::OK,
             )
             .await?;
-        let otp = inbox["notifications"]
+        let note = inbox["notifications"]
             .as_array()
             .and_then(|all| all.iter().find(|n| n["request_id"] == id.as_str()))
-            .and_then(|n| n["otp"].as_str())
-            .context("the request is not in the user's notifications")?
+            .context("the request is not in the user's notifications")?;
+        let otp = note["otp"]
+            .as_str()
+            .context("the notification has no code (the wallet approves with passkeys only)")?
             .to_owned();
-        Ok((request, id, otp))
+        let link = text(note, "approval_url")?.to_owned();
+        Ok((request, id, otp, link))
+    }
+
+    /// The agent asks; a person approves on the page (or denies, or lets it expire); returns
+    /// the request, the code and the mandate.
+    async fn approved_by_person(&self, cart: &Value, ttl: u32) -> Result<(Value, String, String)> {
+        let (request, id, otp, link) = self.ask_with_link(cart, ttl).await?;
+        println!("   Open the approval page and approve (code {otp}, or a passkey once enrolled):");
+        println!("   {link}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(600);
+        loop {
+            let state = self
+                .http
+                .expect(
+                    reqwest::Method::GET,
+                    format!("{}/v1/mandate-requests/{id}", self.urls.wallet),
+                    Auth::Bearer(&self.secrets.agent_token),
+                    &[],
+                    None,
+                    StatusCode::OK,
+                )
+                .await?;
+            match state["status"].as_str() {
+                Some("approved") => {
+                    return Ok((request, otp, text(&state, "mandate")?.to_owned()));
+                }
+                Some("pending_approval") if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                other => bail!(
+                    "the request was not approved: {}",
+                    other.unwrap_or("unknown")
+                ),
+            }
+        }
     }
 
     /// The user enters the code of request `id`: the wallet's answer.
@@ -592,17 +662,30 @@ async fn story(urls: Urls, secrets: Endpoints, user_id: String) -> Result<bool> 
     );
     println!("   cart_hash {}", text(&session, "cart_hash")?);
 
-    let (request, otp, mandate) = story.approved_mandate(&cart, 120).await?;
+    let (request, otp, mandate, link) = if story.secrets.interactive {
+        println!("3. {AGENT} asks the wallet for a mandate for that cart, with a proof");
+        println!("4. {user_id} is notified (acme-corp, {AGENT}, {total}).");
+        let (request, otp, mandate) = story.approved_by_person(&cart, 120).await?;
+        (request, otp, mandate, None)
+    } else {
+        let (request, otp, mandate, link) = story.approved_mandate_with_link(&cart, 120).await?;
+        (request, otp, mandate, Some(link))
+    };
     println!(
         "3. {AGENT} asks the wallet for a mandate for that cart, with a proof: request {}",
         text(&request, "id")?
     );
-    println!("4. {user_id} reads the notification (acme-corp, {AGENT}, {total}) with code {otp}");
     println!(
-        "   and approves with it: the wallet mints an ES256 mandate valid 120 s, bound to\n   \
-         cnf.jkt {}",
-        text(&request, "cnf_jkt")?
+        "4. {user_id} reads the notification (acme-corp, {AGENT}, {total}, code {otp}, and\n   \
+         the link of its approval page) and approves: the wallet mints an ES256 mandate valid\n   \
+         120 s, bound to cnf.jkt {}, saying how the user approved (amr {})",
+        text(&request, "cnf_jkt")?,
+        claims_of(&mandate)?["amr"]
     );
+    if let Some(link) = link {
+        println!("   The approval page (`ap2 demo --interactive` waits for a person there):");
+        println!("   {link}");
+    }
     let session_id = text(&session, "id")?.to_owned();
     let paid = story
         .complete(&merchant, &session_id, &mandate, AGENT, &keys.agent)
@@ -883,4 +966,12 @@ async fn story(urls: Urls, secrets: Endpoints, user_id: String) -> Result<bool> 
         println!("Some steps did NOT behave as expected.");
     }
     Ok(all)
+}
+
+/// The claims of a compact JWS (no signature check: for printing what was minted).
+fn claims_of(token: &str) -> Result<Value> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).context("not a compact JWS")?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload)?;
+    Ok(serde_json::from_slice(&bytes)?)
 }
