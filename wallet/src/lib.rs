@@ -1,6 +1,6 @@
-//! The AP2 wallet (SPEC §1, §2, §5): holds each user's P-256 key, shows the user what an agent
-//! wants to buy, and mints a short-lived intent mandate only after the user approves with a
-//! one-time code.
+//! The AP2 wallet (SPEC §1, §2, §5, §12): holds each user's P-256 key, shows the user what an
+//! agent wants to buy on an approval page, and mints a short-lived intent mandate only after
+//! the user approves there, with a passkey or a one-time code.
 #![forbid(unsafe_code)]
 
 pub mod approval;
