@@ -4,6 +4,7 @@
 //! error (`key_directory_unavailable`), never an accept. Each key is parsed once, when it is
 //! fetched. The wallet uses the same client to register and revoke keys.
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,4 +1,32 @@
 //! The merchant's cart (SPEC §3) and its `cart_hash`: SHA-256 over the RFC 8785 form.
+//!
+//! The order of members and the spacing of the JSON do not change the hash; every value does.
+//! The SPEC's first vector:
+//!
+//! ```
+//! use ap2_mandate::Cart;
+//!
+//! # fn main() -> Result<(), ap2_mandate::CartError> {
+//! let cart = Cart::from_json(br#"{"merchant_id": "acme-corp", "currency": "USD",
+//!     "line_items": [{"id": "shoe-001", "title": "Trail Runner", "quantity": 1,
+//!                     "unit_price": 8999}], "total": 8999}"#)?;
+//! assert_eq!(
+//!     cart.canonical_json()?,
+//!     br#"{"currency":"USD","line_items":[{"id":"shoe-001","quantity":1,"title":"Trail Runner","unit_price":8999}],"merchant_id":"acme-corp","total":8999}"#
+//! );
+//! assert_eq!(cart.hash().as_str(), "sha256-ZCIE6aIobKWPU-oIQf8CSNtobWOoxjVv9FXkDlla3wE");
+//!
+//! // The same cart written differently hashes the same; another quantity does not, and a
+//! // total that is not the sum of the lines is refused.
+//! let reordered = Cart::from_json(br#"{"total":8999,"currency":"USD","merchant_id":"acme-corp",
+//!     "line_items":[{"unit_price":8999,"quantity":1,"title":"Trail Runner","id":"shoe-001"}]}"#)?;
+//! assert_eq!(reordered.hash(), cart.hash());
+//! assert!(Cart::from_json(br#"{"merchant_id":"acme-corp","currency":"USD","total":8999,
+//!     "line_items":[{"id":"shoe-001","title":"Trail Runner","quantity":2,"unit_price":8999}]}"#)
+//!     .is_err());
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::HashSet;
 use std::fmt;

@@ -4,7 +4,7 @@
 //!
 //! hyper's own `header_read_timeout` also runs while a keep-alive connection waits for its next
 //! request, so it cannot tell a slow header (10 s) from an idle connection (60 s). Each
-//! connection here has a [`Watch`] instead, fed by what the connection does: bytes read while
+//! connection here has a `Watch` instead, fed by what the connection does: bytes read while
 //! no request is in flight start a request head; the router being called ends it; a request
 //! answered, or any byte written, restarts the idle time. One task per server looks at every
 //! watch four times a second and closes the connections past a deadline, so a request costs

@@ -1,6 +1,7 @@
 //! What the three AP2 services share: configuration helpers, telemetry, problem+json errors,
 //! the HTTP layers every router gets, and graceful shutdown.
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod auth;
 pub mod conn;

@@ -2,6 +2,7 @@
 //! and stopped by the test, and forged mandates ([`forge`]). When `redis-server` is missing the test fails with how to
 //! install it; it is never skipped.
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 #![allow(clippy::expect_used, clippy::panic)]
 
 mod cluster;
