@@ -10,7 +10,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    ap2_service::telemetry::init_logs();
+    let _telemetry = ap2_service::telemetry::init("key-directory");
     let config = Config::parse();
     let app = key_directory::build(config).await?;
     tracing::info!(addr = %app.local_addr()?, "key-directory listening");

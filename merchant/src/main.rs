@@ -10,7 +10,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    ap2_service::telemetry::init_logs();
+    let _telemetry = ap2_service::telemetry::init("merchant");
     let config = Config::parse().with_nonce_secret_from_env();
     let app = merchant::build(config).await?;
     tracing::info!(addr = %app.local_addr()?, "merchant listening");

@@ -10,7 +10,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    ap2_service::telemetry::init_logs();
+    let _telemetry = ap2_service::telemetry::init("wallet");
     let config = Config::parse().with_master_key_from_env();
     anyhow::ensure!(
         wallet::has_secret(&config.admin_token),

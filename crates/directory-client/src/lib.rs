@@ -185,6 +185,7 @@ impl DirectoryClient {
             .inner
             .http
             .post(format!("{}/v1/keys", self.inner.base))
+            .headers(trace_headers())
             .bearer_auth(issuer_token.expose_secret())
             .json(&serde_json::json!({ "subject": subject, "jwk": jwk }))
             .send()
@@ -204,6 +205,7 @@ impl DirectoryClient {
             .inner
             .http
             .post(format!("{}/v1/keys/{kid}/revoke", self.inner.base))
+            .headers(trace_headers())
             .bearer_auth(issuer_token.expose_secret())
             .send()
             .await
@@ -234,6 +236,7 @@ impl DirectoryClient {
             .inner
             .http
             .get(format!("{}/v1/keys/{kid}", self.inner.base))
+            .headers(trace_headers())
             .send()
             .await
             .map_err(|e| unavailable(e.to_string()))?;
@@ -461,9 +464,14 @@ impl KeyResolver for DirectoryClient {
             }
             None => {
                 metrics::counter!("ap2_key_cache_misses_total").increment(1);
+                // Its own span, child of the request's: the directory's span joins the trace.
+                let fetch = tracing::Instrument::instrument(
+                    self.fetch(kid),
+                    tracing::info_span!("key_directory_fetch", %kid),
+                );
                 self.inner
                     .cache
-                    .try_get_with_by_ref(kid, self.fetch(kid))
+                    .try_get_with_by_ref(kid, fetch)
                     .await
                     .map_err(|e| ResolveError::clone(&e))?
             }
@@ -482,6 +490,13 @@ impl KeyResolver for DirectoryClient {
             Entry::Unknown { .. } => Err(ResolveError::Unknown),
         }
     }
+}
+
+/// The current span's `traceparent`, when traces are exported (SPEC §13).
+fn trace_headers() -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    ap2_service::telemetry::send_trace(&mut headers);
+    headers
 }
 
 fn to_record(view: KeyView, kid: &Kid) -> Result<KeyRecord, String> {

@@ -126,7 +126,11 @@ where
             method = %req.method(),
             path = %req.uri().path(),
             request_id = request_id.to_str().unwrap_or("-"),
+            status = tracing::field::Empty,
+            code = tracing::field::Empty,
         );
+        // A `traceparent` from the caller makes this request part of its trace.
+        crate::telemetry::accept_trace(&span, req.headers());
         let method = method_label(req.method());
         if declared_length(&req).is_some_and(|len| len > self.layer.0.max_body_bytes) {
             // Refused on its headers, before a byte of the body is read (SPEC §9).
@@ -202,6 +206,10 @@ impl<F: Future<Output = Result<Response, Infallible>>> Future for Observed<F> {
         }
         let elapsed = this.started.elapsed();
         let status = response.status();
+        this.span.record("status", status.as_u16());
+        if let Some(code) = response.extensions().get::<crate::problem::ProblemCode>() {
+            this.span.record("code", code.0);
+        }
         let labels = [
             ("service", *this.service),
             ("route", *this.route),

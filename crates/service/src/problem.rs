@@ -126,9 +126,15 @@ impl IntoResponse for Problem {
         if let Some(secs) = self.retry_after_secs {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        // For the request's span (the SPEC code on traces), not sent.
+        response.extensions_mut().insert(ProblemCode(self.code));
         response
     }
 }
+
+/// The stable code of a problem answer, kept in the response's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProblemCode(pub &'static str);
 
 /// `axum::Json`, with every rejection answered as a problem: 400 `invalid_body`, 413
 /// `body_too_large`, 415 `unsupported_media_type`.
