@@ -102,6 +102,64 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         .route("/healthz", get(ap2_service::http::healthz))
         .route("/readyz", get(routes::health::readyz))
         .route("/metrics", get(ap2_service::http::metrics_handler))
+        .route("/openapi.json", get(openapi_json))
         .with_state(state);
     with_standard_layers(api, "key-directory", limits)
+}
+
+/// The key directory's API (SPEC §5, §10), derived from its handlers.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "AP2 key directory",
+        description = "Users' public keys: register, fetch by kid, revoke, follow revocations (SPEC §5, §10)."
+    ),
+    paths(
+        routes::keys::register,
+        routes::keys::get,
+        routes::keys::revoke,
+        routes::keys::jwks,
+        routes::events::events,
+        routes::health::readyz,
+        ap2_service::http::healthz,
+        ap2_service::http::metrics_handler,
+        openapi_json,
+    ),
+    components(schemas(ap2_service::openapi::ProblemSchema))
+)]
+pub struct ApiDoc;
+
+/// Every problem code the key directory answers.
+pub const PROBLEM_CODES: &[&str] = &[
+    "forbidden",
+    "invalid_last_event_id",
+    "jwk_invalid",
+    "jwk_invalid_coordinates",
+    "jwk_invalid_usage",
+    "jwk_not_on_curve",
+    "jwk_private_member",
+    "jwk_unsupported_curve",
+    "jwk_unsupported_key_type",
+    "key_conflict",
+    "key_not_found",
+    "key_revoked",
+    "kid_invalid",
+    "store_unavailable",
+    "subject_invalid",
+    "unauthorized",
+];
+
+/// The OpenAPI 3.1 document (SPEC §13).
+pub fn openapi() -> &'static serde_json::Value {
+    static DOC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    DOC.get_or_init(|| {
+        ap2_service::openapi::finish(<ApiDoc as utoipa::OpenApi>::openapi(), PROBLEM_CODES)
+    })
+}
+
+/// `GET /openapi.json`.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "this document", body = Object)))]
+async fn openapi_json() -> axum::response::Response {
+    ap2_service::openapi::serve(openapi())
 }

@@ -334,6 +334,8 @@ async fn method_not_allowed() -> Problem {
 }
 
 /// `GET /metrics`: the Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 pub async fn metrics_handler() -> Response {
     let handle = crate::telemetry::metrics();
     handle.run_upkeep();
@@ -346,6 +348,8 @@ pub async fn metrics_handler() -> Response {
 }
 
 /// `GET /healthz`: the process is alive.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "alive: `{\"status\":\"ok\"}`", body = Object)))]
 pub async fn healthz() -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({"status": "ok"}))
 }

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod conn;
 pub mod dpop;
 pub mod http;
+pub mod openapi;
 pub mod pg;
 pub mod problem;
 pub mod rate;

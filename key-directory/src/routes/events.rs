@@ -62,6 +62,12 @@ impl EventHub {
 }
 
 /// `GET /v1/events`.
+#[utoipa::path(get, path = "/v1/events", tag = "keys",
+    params(("Last-Event-ID" = Option<String>, Header, pattern = "^[0-9]{1,18}$", description = "resume after this event's id")),
+    responses(
+        (status = 200, description = "Server-Sent Events: `id: <seq>`, `data: {\"kid\",\"revoked_at\"}`", content_type = "text/event-stream", body = String),
+        (status = 400, description = "`invalid_last_event_id`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
 pub async fn events(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -15,26 +15,47 @@ use crate::store::{KeyEntry, Registered, StoreError};
 pub const MAX_SUBJECT_LEN: usize = 256;
 
 /// `POST /v1/keys` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
-    /// The user the key belongs to.
+    /// The user the key belongs to (1..=256 bytes, no control characters).
+    #[schema(min_length = 1, max_length = 256, pattern = "^[^\\x00-\\x1f\\x7f]+$")]
     pub subject: String,
-    /// The public JWK.
+    /// The public JWK: `kty` `EC`, `crv` `P-256`, `x`, `y`; `kid` optional (default: its RFC
+    /// 7638 thumbprint).
+    #[schema(value_type = Object)]
     pub jwk: Value,
 }
 
 /// A key as served.
-#[derive(Debug, Serialize)]
-struct KeyView<'a> {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct KeyView<'a> {
+    /// Its id.
     kid: &'a str,
+    /// The wallet that registered it.
     issuer: &'a str,
+    /// Its user.
     subject: &'a str,
+    /// `active` or `revoked`.
+    #[schema(value_type = String, pattern = "^(active|revoked)$")]
     status: &'static str,
+    /// RFC 3339.
     created_at: String,
+    /// RFC 3339, once revoked.
     #[serde(skip_serializing_if = "Option::is_none")]
     revoked_at: Option<String>,
+    /// The public JWK.
+    #[schema(value_type = Object)]
     jwk: &'a Value,
+}
+
+/// `GET /.well-known/jwks.json`: the active keys (RFC 7517 JWK Set).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct Jwks {
+    /// The public JWKs.
+    #[schema(value_type = Vec<Object>)]
+    keys: Vec<Value>,
 }
 
 impl<'a> KeyView<'a> {
@@ -98,6 +119,18 @@ fn with_max_age(mut response: Response, max_age: u32) -> Response {
 }
 
 /// Registers a key under the caller's issuer.
+#[utoipa::path(post, path = "/v1/keys", tag = "keys", request_body = RegisterRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "registered", body = KeyView),
+        (status = 200, description = "the same key, issuer and subject again", body = KeyView),
+        (status = 400, description = "`invalid_body`: not JSON, or not this object", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthorized`: not an issuer's token", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 413, description = "`body_too_large`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`: not `application/json`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 409, description = "`key_conflict`, `key_revoked`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 422, description = "`subject_invalid`, `jwk_*`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
 pub async fn register(
     State(state): State<AppState>,
     Issuer(issuer): Issuer,
@@ -154,6 +187,13 @@ pub async fn register(
 }
 
 /// Fetches a key by kid, active or revoked.
+#[utoipa::path(get, path = "/v1/keys/{kid}", tag = "keys",
+    params(("kid" = String, Path, pattern = "^[A-Za-z0-9._:-]{1,128}$", description = "1..=128 characters of [A-Za-z0-9._:-]")),
+    responses(
+        (status = 200, description = "the key (`Cache-Control: max-age`)", body = KeyView),
+        (status = 400, description = "`kid_invalid`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 404, description = "`key_not_found`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
 pub async fn get(
     State(state): State<AppState>,
     ApiPath(kid): ApiPath<String>,
@@ -170,6 +210,16 @@ pub async fn get(
 }
 
 /// Revokes a key; only its issuer may.
+#[utoipa::path(post, path = "/v1/keys/{kid}/revoke", tag = "keys",
+    params(("kid" = String, Path, pattern = "^[A-Za-z0-9._:-]{1,128}$", description = "the key's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "revoked (again: unchanged)", body = KeyView),
+        (status = 400, description = "`kid_invalid`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthorized`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`: another issuer's key", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 404, description = "`key_not_found`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
 pub async fn revoke(
     State(state): State<AppState>,
     Issuer(issuer): Issuer,
@@ -199,6 +249,10 @@ pub async fn revoke(
 }
 
 /// The active keys as a JWK Set.
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "keys",
+    responses(
+        (status = 200, description = "the active keys", body = Jwks),
+        (status = 503, description = "`store_unavailable`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
 pub async fn jwks(State(state): State<AppState>) -> Result<Response, Problem> {
     match blocking(&state, |store| store.active()).await? {
         Ok(entries) => {
