@@ -314,6 +314,7 @@ pub fn router(state: AppState, limits: Limits, with_verify: bool) -> Router {
         .route("/healthz", get(ap2_service::http::healthz))
         .route("/readyz", get(routes::health::readyz))
         .route("/metrics", get(ap2_service::http::metrics_handler))
+        .route("/openapi.json", get(openapi_json))
         .with_state(state);
     with_standard_layers(api, "merchant", limits)
 }
@@ -341,4 +342,68 @@ fn with_nonces(routes: Router<AppState>, state: &AppState) -> Router<AppState> {
     } else {
         routes
     }
+}
+
+/// The merchant's API (SPEC §4, §5, §8), derived from its handlers.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "AP2 merchant",
+        description = "Checkout sessions priced by the merchant, completed with an intent mandate and the agent's proof (SPEC §4, §5, §8); mandate verification for the merchant's backend."
+    ),
+    paths(
+        routes::products::list,
+        routes::sessions::create,
+        routes::sessions::get,
+        routes::sessions::complete,
+        routes::mandates::verify_mandate,
+        routes::health::readyz,
+        ap2_service::http::healthz,
+        ap2_service::http::metrics_handler,
+        openapi_json,
+    ),
+    components(schemas(ap2_service::openapi::ProblemSchema))
+)]
+pub struct ApiDoc;
+
+/// The merchant's own problem codes (SPEC §4 and §8's come from [`ap2_mandate::ProblemCode`]).
+pub const PROBLEM_CODES: &[&str] = &[
+    "agent_id_invalid",
+    "agent_id_required",
+    "cart_invalid",
+    "currency_mixed",
+    "dpop_request_incomplete",
+    "forbidden",
+    "htu_invalid",
+    "key_directory_unavailable",
+    "line_item_duplicate",
+    "line_items_empty",
+    "payment_failed",
+    "product_unknown",
+    "quantity_invalid",
+    "replay_store_unavailable",
+    "session_completed",
+    "session_expired",
+    "session_not_found",
+    "store_unavailable",
+    "too_many_line_items",
+    "too_many_sessions",
+    "unauthorized",
+];
+
+/// The OpenAPI 3.1 document (SPEC §13).
+pub fn openapi() -> &'static serde_json::Value {
+    static DOC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    DOC.get_or_init(|| {
+        let mut codes: Vec<&str> = PROBLEM_CODES.to_vec();
+        codes.extend(ap2_mandate::ProblemCode::ALL.iter().map(|c| c.as_str()));
+        ap2_service::openapi::finish(<ApiDoc as utoipa::OpenApi>::openapi(), &codes)
+    })
+}
+
+/// `GET /openapi.json`.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "this document", body = Object)))]
+async fn openapi_json() -> axum::response::Response {
+    ap2_service::openapi::serve(openapi())
 }

@@ -7,6 +7,7 @@
 
 mod cluster;
 pub mod forge;
+pub mod openapi;
 mod pg;
 
 pub use cluster::RedisCluster;

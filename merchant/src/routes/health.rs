@@ -13,6 +13,9 @@ fn down(code: &'static str, detail: &str) -> Problem {
 }
 
 /// Ready when every dependency answers.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "ready", body = Object),
+    (status = 503, description = "a dependency does not answer", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, Problem> {
     blocking(&state, |store| store.ping())
         .await?

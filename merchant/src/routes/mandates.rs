@@ -28,11 +28,13 @@ impl FromRequestParts<AppState> for Backend {
 }
 
 /// The request body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyRequest {
     mandate: String,
     agent_id: String,
+    /// The merchant's own SPEC §3 cart.
+    #[schema(value_type = Object)]
     cart: Box<RawValue>,
     #[serde(default)]
     consume: Option<bool>,
@@ -60,6 +62,16 @@ struct Verified<'a> {
 /// Verifies a mandate against a cart and an agent, and the agent's proof when the backend
 /// passes it on (`dpop`, `htm`, `htu`: a bound mandate needs them); with `consume` (default
 /// true) a success also spends the mandate and the proof.
+#[utoipa::path(post, path = "/v1/mandates/verify", tag = "backend", request_body = VerifyRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "`{valid, consumed, kid, claims, proof_jkt?}`", body = Object),
+        (status = 422, description = "`cart_invalid`, `dpop_request_incomplete`, `htu_invalid`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 400, description = "`invalid_body`, `agent_id_required`, `agent_id_invalid`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 401, description = "a SPEC §4 or §8 code (`mandate_*`, `dpop_*`), with `WWW-Authenticate`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 413, description = "`body_too_large`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 503, description = "`key_directory_unavailable`, `replay_store_unavailable`, `store_unavailable`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
 pub async fn verify_mandate(
     Backend(backend): Backend,
     State(state): State<AppState>,

@@ -19,14 +19,14 @@ use crate::store::{OrderRow, SessionRow, SessionStatus, StoreError};
 pub const AGENT_HEADER: &str = "ap2-agent-id";
 
 /// `POST /v1/checkout-sessions` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSession {
     line_items: Vec<RequestedItem>,
 }
 
 /// A product and how many.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestedItem {
     id: String,
@@ -34,10 +34,14 @@ pub struct RequestedItem {
 }
 
 /// A session as served.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SessionView {
     id: String,
+    /// `ready_for_complete`, `charging`, `completed`.
+    #[schema(value_type = String)]
     status: &'static str,
+    /// The SPEC §3 cart the merchant priced.
+    #[schema(value_type = Object)]
     cart: Value,
     cart_hash: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -67,6 +71,17 @@ fn random_id(prefix: &str) -> Result<String, Problem> {
 
 /// Prices the requested items from the catalog and opens a session for the cart, owned by
 /// the key of the agent's proof.
+#[utoipa::path(post, path = "/v1/checkout-sessions", tag = "checkout", request_body = CreateSession,
+    params(("DPoP" = Option<String>, Header, description = "the agent's proof (SPEC §8); the session is its key's")),
+    responses(
+        (status = 201, description = "opened", body = SessionView),
+        (status = 422, description = "`product_unknown`, `quantity_invalid`, `line_items_empty`, `line_item_duplicate`, `too_many_line_items`, `currency_mixed`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 429, description = "`too_many_sessions`: the key's open sessions are at the cap", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 400, description = "`invalid_body`, `agent_id_required`, `agent_id_invalid`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 401, description = "a SPEC §4 or §8 code (`mandate_*`, `dpop_*`), with `WWW-Authenticate`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 413, description = "`body_too_large`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 503, description = "`key_directory_unavailable`, `replay_store_unavailable`, `store_unavailable`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -194,6 +209,17 @@ async fn load(state: &AppState, id: String, caller: Option<&str>) -> Result<Sess
 }
 
 /// `GET /v1/checkout-sessions/{id}`.
+#[utoipa::path(get, path = "/v1/checkout-sessions/{id}", tag = "checkout",
+    params(("id" = String, Path, description = "the session"),
+           ("DPoP" = Option<String>, Header, description = "a proof of the opener's key")),
+    responses(
+        (status = 200, description = "the session", body = SessionView),
+        (status = 404, description = "`session_not_found` (also another key's session)", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 400, description = "`invalid_body`, `agent_id_required`, `agent_id_invalid`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 401, description = "a SPEC §4 or §8 code (`mandate_*`, `dpop_*`), with `WWW-Authenticate`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 413, description = "`body_too_large`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 503, description = "`key_directory_unavailable`, `replay_store_unavailable`, `store_unavailable`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
 pub async fn get(
     State(state): State<AppState>,
     uri: Uri,
@@ -216,6 +242,21 @@ fn already_done(status: SessionStatus) -> Problem {
 /// `POST /v1/checkout-sessions/{id}/complete`: verify the mandate and the agent's proof
 /// against this session's cart (SPEC §4, §8), charge exactly the cart's total, complete the
 /// session, once.
+#[utoipa::path(post, path = "/v1/checkout-sessions/{id}/complete", tag = "checkout",
+    params(("id" = String, Path, description = "the session"),
+           ("AP2-Agent-Id" = String, Header, description = "the presenting agent"),
+           ("DPoP" = Option<String>, Header, description = "the agent's proof, with `ath`")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "`{status, order_id, amount, currency, mandate: {jti, sub, kid, amr}}`", body = Object),
+        (status = 402, description = "`payment_failed`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 404, description = "`session_not_found`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 409, description = "`session_completed`, `session_expired`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 400, description = "`invalid_body`, `agent_id_required`, `agent_id_invalid`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 401, description = "a SPEC §4 or §8 code (`mandate_*`, `dpop_*`), with `WWW-Authenticate`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 413, description = "`body_too_large`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 503, description = "`key_directory_unavailable`, `replay_store_unavailable`, `store_unavailable`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
 pub async fn complete(
     State(state): State<AppState>,
     uri: Uri,
