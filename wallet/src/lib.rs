@@ -338,6 +338,7 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         )
         .route("/assets/wallet.js", get(routes::pages::script))
         .route("/assets/wallet.css", get(routes::pages::style))
+        .route("/openapi.json", get(openapi_json))
         .route("/healthz", get(ap2_service::http::healthz))
         .route("/readyz", get(routes::health::readyz))
         .route("/metrics", get(ap2_service::http::metrics_handler))
@@ -348,4 +349,95 @@ pub fn router(state: AppState, limits: Limits) -> Router {
 /// Whether a configured secret is present (for start-up checks in `main`).
 pub fn has_secret(secret: &secrecy::SecretString) -> bool {
     !secret.expose_secret().is_empty()
+}
+
+/// The wallet's API (SPEC §5, §8, §10, §12), derived from its handlers.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "AP2 wallet",
+        description = "Users' keys, mandate requests, the approval page and passkeys, minting (SPEC §5, §8, §10, §12)."
+    ),
+    paths(
+        routes::users::create,
+        routes::users::rotate,
+        routes::users::notifications,
+        routes::users::enrollment_link,
+        routes::requests::create,
+        routes::requests::get,
+        routes::requests::approve,
+        routes::requests::deny,
+        routes::requests::evidence,
+        routes::pages::approval_page,
+        routes::pages::approve_otp,
+        routes::pages::deny,
+        routes::pages::passkey_options,
+        routes::pages::passkey_approve,
+        routes::pages::enrollment_page,
+        routes::pages::enrollment_options,
+        routes::pages::enroll,
+        routes::pages::script,
+        routes::pages::style,
+        routes::health::readyz,
+        ap2_service::http::healthz,
+        ap2_service::http::metrics_handler,
+        openapi_json,
+    ),
+    components(schemas(ap2_service::openapi::ProblemSchema))
+)]
+pub struct ApiDoc;
+
+/// Every problem code the wallet answers, besides SPEC §8's (from [`ap2_mandate::ProblemCode`]).
+pub const PROBLEM_CODES: &[&str] = &[
+    "cart_invalid",
+    "credential_exists",
+    "credential_invalid",
+    "credential_required",
+    "cross_origin_refused",
+    "evidence_not_found",
+    "forbidden",
+    "invalid_query",
+    "key_directory_refused",
+    "key_directory_unavailable",
+    "link_expired",
+    "link_invalid",
+    "max_amount_below_total",
+    "max_amount_invalid",
+    "merchant_id_invalid",
+    "merchant_mismatch",
+    "no_passkey",
+    "otp_invalid",
+    "otp_not_allowed",
+    "passkey_counter_regressed",
+    "passkey_not_allowed",
+    "passkey_refused",
+    "request_expired",
+    "request_locked",
+    "request_not_found",
+    "request_not_pending",
+    "store_unavailable",
+    "too_many_pending_requests",
+    "ttl_invalid",
+    "unauthorized",
+    "user_exists",
+    "user_id_invalid",
+    "user_key_revoked",
+    "user_not_found",
+];
+
+/// The OpenAPI 3.1 document (SPEC §13).
+pub fn openapi() -> &'static serde_json::Value {
+    static DOC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    DOC.get_or_init(|| {
+        let mut codes: Vec<&str> = PROBLEM_CODES.to_vec();
+        codes.extend(ap2_mandate::ProblemCode::ALL.iter().map(|c| c.as_str()));
+        ap2_service::openapi::finish(<ApiDoc as utoipa::OpenApi>::openapi(), &codes)
+    })
+}
+
+/// `GET /openapi.json`.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "this document", body = Object)))]
+async fn openapi_json() -> axum::response::Response {
+    ap2_service::openapi::serve(openapi())
 }

@@ -37,11 +37,13 @@ const SCRIPT: &str = include_str!("../assets/wallet.js");
 const STYLE: &str = include_str!("../assets/wallet.css");
 
 /// `GET /assets/wallet.js`.
+#[utoipa::path(get, path = "/assets/wallet.js", tag = "pages", responses((status = 200, description = "the pages' script", body = String, content_type = "text/javascript")))]
 pub async fn script() -> Response {
     asset("text/javascript; charset=utf-8", SCRIPT)
 }
 
 /// `GET /assets/wallet.css`.
+#[utoipa::path(get, path = "/assets/wallet.css", tag = "pages", responses((status = 200, description = "the pages' style", body = String, content_type = "text/css")))]
 pub async fn style() -> Response {
     asset("text/css; charset=utf-8", STYLE)
 }
@@ -187,6 +189,14 @@ async fn linked_request(state: &AppState, id: &str, t: &str) -> Result<RequestRo
 }
 
 /// `GET /approve/{id}?t=`: the approval page.
+#[utoipa::path(get, path = "/approve/{id}", tag = "pages", params(("id" = String, Path), ("t" = String, Query, description = "the link's tag")),
+    responses((status = 200, description = "the approval page", body = String, content_type = "text/html"), (status = 403, description = "`link_invalid`, `cross_origin_refused` (a page)", body = String, content_type = "text/html"),
+        (status = 404, description = "a page", body = String, content_type = "text/html"),
+        (status = 409, description = "the request is closed (a page)", body = String, content_type = "text/html"),
+        (status = 410, description = "expired (a page)", body = String, content_type = "text/html"),
+        (status = 422, description = "a wrong code (the page again, with how many tries are left)", body = String, content_type = "text/html"),
+        (status = 423, description = "locked (a page)", body = String, content_type = "text/html"),
+        (status = 503, description = "the store is unavailable (a page)", body = String, content_type = "text/html")))]
 pub async fn approval_page(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -340,7 +350,7 @@ async fn render_request(
 }
 
 /// The form of the code and of Deny.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct LinkForm {
     t: String,
     #[serde(default)]
@@ -348,6 +358,15 @@ pub struct LinkForm {
 }
 
 /// `POST /approve/{id}/otp` (a form): approves with the code, then shows the outcome.
+#[utoipa::path(post, path = "/approve/{id}/otp", tag = "pages", params(("id" = String, Path)),
+    request_body(content = LinkForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "the page, approved", body = String, content_type = "text/html"), (status = 403, description = "`link_invalid`, `cross_origin_refused` (a page)", body = String, content_type = "text/html"),
+        (status = 404, description = "a page", body = String, content_type = "text/html"),
+        (status = 409, description = "the request is closed (a page)", body = String, content_type = "text/html"),
+        (status = 410, description = "expired (a page)", body = String, content_type = "text/html"),
+        (status = 422, description = "a wrong code (the page again, with how many tries are left)", body = String, content_type = "text/html"),
+        (status = 423, description = "locked (a page)", body = String, content_type = "text/html"),
+        (status = 503, description = "the store is unavailable (a page)", body = String, content_type = "text/html")))]
 pub async fn approve_otp(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -368,6 +387,15 @@ pub async fn approve_otp(
 }
 
 /// `POST /approve/{id}/deny` (a form).
+#[utoipa::path(post, path = "/approve/{id}/deny", tag = "pages", params(("id" = String, Path)),
+    request_body(content = LinkForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "the page, denied", body = String, content_type = "text/html"), (status = 403, description = "`link_invalid`, `cross_origin_refused` (a page)", body = String, content_type = "text/html"),
+        (status = 404, description = "a page", body = String, content_type = "text/html"),
+        (status = 409, description = "the request is closed (a page)", body = String, content_type = "text/html"),
+        (status = 410, description = "expired (a page)", body = String, content_type = "text/html"),
+        (status = 422, description = "a wrong code (the page again, with how many tries are left)", body = String, content_type = "text/html"),
+        (status = 423, description = "locked (a page)", body = String, content_type = "text/html"),
+        (status = 503, description = "the store is unavailable (a page)", body = String, content_type = "text/html")))]
 pub async fn deny(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -415,13 +443,14 @@ async fn outcome_page(
 
 /// The body of the passkey calls: the link's tag, and for the second call the sealed state
 /// and the browser's credential.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasskeyCall {
     t: String,
     #[serde(default)]
     state: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     credential: Option<Value>,
     /// The enrolment link's deadline (enrolment only).
     #[serde(default)]
@@ -451,6 +480,15 @@ async fn user_passkeys(state: &AppState, user_id: &str) -> Result<Vec<Passkey>, 
 
 /// `POST /approve/{id}/passkey/options`: the assertion options, their challenge committing
 /// to the request (SPEC §12), and the sealed state.
+#[utoipa::path(post, path = "/approve/{id}/passkey/options", tag = "pages", params(("id" = String, Path)), request_body = PasskeyCall,
+    responses((status = 200, description = "`{options, state}`", body = Object),
+        (status = 403, description = "`link_invalid`, `cross_origin_refused`, `passkey_not_allowed`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 409, description = "`request_not_pending`, `no_passkey`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"), (status = 400, description = "`invalid_body`, `invalid_path`, `invalid_query`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthorized`, or a SPEC §8 `dpop_*` code", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 413, description = "`body_too_large`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`, `key_directory_unavailable`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
 pub async fn passkey_options(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -490,6 +528,17 @@ pub async fn passkey_options(
 
 /// `POST /approve/{id}/passkey`: checks the assertion (signature, challenge, origin, user
 /// verification, sign counter) and approves; the mandate says `amr` and the evidence is kept.
+#[utoipa::path(post, path = "/approve/{id}/passkey", tag = "pages", params(("id" = String, Path)), request_body = PasskeyCall,
+    responses((status = 200, description = "`{id, status, amr}`", body = Object),
+        (status = 403, description = "`link_invalid`, `cross_origin_refused`, `passkey_not_allowed`, `passkey_refused`, `passkey_counter_regressed`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 409, description = "`request_not_pending`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 410, description = "`request_expired`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 422, description = "`credential_required`, `credential_invalid` (400)", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"), (status = 400, description = "`invalid_body`, `invalid_path`, `invalid_query`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthorized`, or a SPEC §8 `dpop_*` code", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 413, description = "`body_too_large`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`, `key_directory_unavailable`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
 pub async fn passkey_approve(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -618,6 +667,14 @@ fn enrollment_check(
 }
 
 /// `GET /enroll/{user}?e=&t=`: the enrolment page.
+#[utoipa::path(get, path = "/enroll/{id}", tag = "pages", params(("id" = String, Path), ("e" = i64, Query), ("t" = String, Query)),
+    responses((status = 200, description = "the enrolment page", body = String, content_type = "text/html"), (status = 403, description = "`link_invalid`, `cross_origin_refused` (a page)", body = String, content_type = "text/html"),
+        (status = 404, description = "a page", body = String, content_type = "text/html"),
+        (status = 409, description = "the request is closed (a page)", body = String, content_type = "text/html"),
+        (status = 410, description = "expired (a page)", body = String, content_type = "text/html"),
+        (status = 422, description = "a wrong code (the page again, with how many tries are left)", body = String, content_type = "text/html"),
+        (status = 423, description = "locked (a page)", body = String, content_type = "text/html"),
+        (status = 503, description = "the store is unavailable (a page)", body = String, content_type = "text/html")))]
 pub async fn enrollment_page(
     State(state): State<AppState>,
     ApiPath(user_id): ApiPath<String>,
@@ -644,6 +701,15 @@ pub async fn enrollment_page(
 }
 
 /// `POST /enroll/{user}/options`: the creation options and the sealed state.
+#[utoipa::path(post, path = "/enroll/{id}/options", tag = "pages", params(("id" = String, Path)), request_body = PasskeyCall,
+    responses((status = 200, description = "`{options, state}`", body = Object),
+        (status = 403, description = "`link_invalid`, `cross_origin_refused`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 410, description = "`link_expired`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"), (status = 400, description = "`invalid_body`, `invalid_path`, `invalid_query`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthorized`, or a SPEC §8 `dpop_*` code", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 413, description = "`body_too_large`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`, `key_directory_unavailable`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
 pub async fn enrollment_options(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -662,6 +728,16 @@ pub async fn enrollment_options(
 }
 
 /// `POST /enroll/{user}`: checks the new credential and stores it.
+#[utoipa::path(post, path = "/enroll/{id}", tag = "pages", params(("id" = String, Path)), request_body = PasskeyCall,
+    responses((status = 201, description = "`{user_id, credential_id}`", body = Object),
+        (status = 403, description = "`link_invalid`, `cross_origin_refused`, `passkey_refused`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 409, description = "`credential_exists`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 410, description = "`link_expired`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"), (status = 400, description = "`invalid_body`, `invalid_path`, `invalid_query`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthorized`, or a SPEC §8 `dpop_*` code", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 413, description = "`body_too_large`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`, `key_directory_unavailable`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
 pub async fn enroll(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -25,11 +25,13 @@ fn request_not_found() -> Problem {
 }
 
 /// `POST /v1/mandate-requests` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
     user_id: String,
     merchant_id: String,
+    /// The merchant's SPEC §3 cart.
+    #[schema(value_type = Object)]
     cart: Box<RawValue>,
     #[serde(default)]
     max_amount: Option<String>,
@@ -89,6 +91,20 @@ fn agent_key(
 
 /// An agent asks for a mandate for itself, bound to the key of its proof; the user gets a
 /// code.
+#[utoipa::path(post, path = "/v1/mandate-requests", tag = "mandate-requests", request_body = CreateRequest,
+    params(("DPoP" = Option<String>, Header, description = "the agent's proof: the mandate is bound to its key")),
+    security(("bearer" = [])),
+    responses((status = 201, description = "`{id, status, cart_hash, expires_at, cnf_jkt?}`", body = Object),
+        (status = 404, description = "`user_not_found`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 409, description = "`user_key_revoked`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 422, description = "`cart_invalid`, `merchant_id_invalid`, `merchant_mismatch`, `max_amount_invalid`, `max_amount_below_total`, `ttl_invalid`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 429, description = "`too_many_pending_requests`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 400, description = "`invalid_body`, `invalid_path`, `invalid_query`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthorized`, or a SPEC §8 `dpop_*` code", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 413, description = "`body_too_large`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`, `key_directory_unavailable`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -236,6 +252,14 @@ pub(crate) async fn load(state: &AppState, id: String) -> Result<RequestRow, Pro
 }
 
 /// `GET /v1/mandate-requests/{id}`: for the agent that asked or the user it is for.
+#[utoipa::path(get, path = "/v1/mandate-requests/{id}", tag = "mandate-requests", params(("id" = String, Path)), security(("bearer" = [])),
+    responses((status = 200, description = "the request, with the mandate once approved", body = Object),
+        (status = 404, description = "`request_not_found`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"), (status = 400, description = "`invalid_body`, `invalid_path`, `invalid_query`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthorized`, or a SPEC §8 `dpop_*` code", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 413, description = "`body_too_large`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`, `key_directory_unavailable`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -255,13 +279,26 @@ pub async fn get(
 }
 
 /// `POST /v1/mandate-requests/{id}/approve` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Approve {
     otp: String,
 }
 
 /// The user approves with the code: the mandate is minted, once.
+#[utoipa::path(post, path = "/v1/mandate-requests/{id}/approve", tag = "mandate-requests", request_body = Approve, params(("id" = String, Path)), security(("bearer" = [])),
+    responses((status = 200, description = "approved: the request with its mandate", body = Object),
+        (status = 404, description = "`request_not_found`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 409, description = "`request_not_pending`, `user_key_revoked`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 410, description = "`request_expired`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 422, description = "`otp_invalid`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 423, description = "`request_locked`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 400, description = "`invalid_body`, `invalid_path`, `invalid_query`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthorized`, or a SPEC §8 `dpop_*` code", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 413, description = "`body_too_large`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`, `key_directory_unavailable`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
 pub async fn approve(
     State(state): State<AppState>,
     caller: Caller,
@@ -400,6 +437,15 @@ fn claims_for(
 }
 
 /// The user says no.
+#[utoipa::path(post, path = "/v1/mandate-requests/{id}/deny", tag = "mandate-requests", params(("id" = String, Path)), security(("bearer" = [])),
+    responses((status = 200, description = "denied", body = Object),
+        (status = 404, description = "`request_not_found`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 409, description = "`request_not_pending`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"), (status = 400, description = "`invalid_body`, `invalid_path`, `invalid_query`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthorized`, or a SPEC §8 `dpop_*` code", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 413, description = "`body_too_large`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`, `key_directory_unavailable`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
 pub async fn deny(
     State(state): State<AppState>,
     caller: Caller,
@@ -437,6 +483,14 @@ pub async fn finish_denial(
 /// `GET /v1/mandate-requests/{id}/evidence` (SPEC §12): the stored assertion of a passkey
 /// approval, for the request's user or the admin. 404 `evidence_not_found` when the request
 /// was not approved with a passkey.
+#[utoipa::path(get, path = "/v1/mandate-requests/{id}/evidence", tag = "mandate-requests", params(("id" = String, Path)), security(("bearer" = [])),
+    responses((status = 200, description = "the evidence of a passkey approval (SPEC §12)", body = Object),
+        (status = 404, description = "`request_not_found`, `evidence_not_found`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"), (status = 400, description = "`invalid_body`, `invalid_path`, `invalid_query`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthorized`, or a SPEC §8 `dpop_*` code", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 413, description = "`body_too_large`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`, `key_directory_unavailable`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
 pub async fn evidence(
     State(state): State<AppState>,
     caller: super::AdminOrCaller,

@@ -14,7 +14,7 @@ use crate::crypto;
 use crate::store::UserRow;
 
 /// `POST /v1/users` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
     user_id: String,
@@ -29,6 +29,17 @@ pub struct CreatedUser {
 }
 
 /// Creates a user: a fresh P-256 key, sealed at rest, registered at the key directory.
+#[utoipa::path(post, path = "/v1/users", tag = "users", request_body = CreateUser, security(("bearer" = [])),
+    responses((status = 201, description = "`{user_id, kid, user_token}`: the token is shown once", body = Object),
+        (status = 409, description = "`user_exists`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 422, description = "`user_id_invalid`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 502, description = "`key_directory_refused`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 400, description = "`invalid_body`, `invalid_path`, `invalid_query`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthorized`, or a SPEC §8 `dpop_*` code", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 413, description = "`body_too_large`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`, `key_directory_unavailable`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
 pub async fn create(
     State(state): State<AppState>,
     _: Admin,
@@ -118,6 +129,16 @@ pub struct Rotated {
 /// the directory first; only then does it replace the old one (in one transaction), and the
 /// old one is revoked at the directory. A directory that cannot be reached leaves everything
 /// as it was (503); a revocation that fails after the swap is retried in the background.
+#[utoipa::path(post, path = "/v1/users/{id}/keys/rotate", tag = "users", params(("id" = String, Path)), security(("bearer" = [])),
+    responses((status = 200, description = "`{user_id, kid, previous_kid, previous_revoked}`", body = Object),
+        (status = 404, description = "`user_not_found`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 502, description = "`key_directory_refused`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 400, description = "`invalid_body`, `invalid_path`, `invalid_query`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthorized`, or a SPEC §8 `dpop_*` code", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 413, description = "`body_too_large`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`, `key_directory_unavailable`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
 pub async fn rotate(
     State(state): State<AppState>,
     caller: super::AdminOrCaller,
@@ -237,6 +258,15 @@ fn parse_cursor(cursor: &str) -> Option<(i64, String)> {
 }
 
 /// The user's pending requests, oldest first, a page at a time.
+#[utoipa::path(get, path = "/v1/users/{id}/notifications", tag = "users",
+    params(("id" = String, Path), ("limit" = Option<u32>, Query, minimum = 1, maximum = 200), ("cursor" = Option<String>, Query)),
+    security(("bearer" = [])),
+    responses((status = 200, description = "`{notifications: [...], next_cursor?}`", body = Object), (status = 400, description = "`invalid_body`, `invalid_path`, `invalid_query`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthorized`, or a SPEC §8 `dpop_*` code", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 413, description = "`body_too_large`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`, `key_directory_unavailable`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
 pub async fn notifications(
     State(state): State<AppState>,
     caller: Caller,
@@ -309,6 +339,14 @@ pub fn notification(
 
 /// `POST /v1/users/{id}/enrollment-links` (admin): a link to the page where the user enrols a
 /// passkey (SPEC §12), valid for `--enrollment-link-ttl-secs`.
+#[utoipa::path(post, path = "/v1/users/{id}/enrollment-links", tag = "users", params(("id" = String, Path)), security(("bearer" = [])),
+    responses((status = 201, description = "`{user_id, url, expires_at}`", body = Object),
+        (status = 404, description = "`user_not_found`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"), (status = 400, description = "`invalid_body`, `invalid_path`, `invalid_query`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthorized`, or a SPEC §8 `dpop_*` code", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 413, description = "`body_too_large`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 415, description = "`unsupported_media_type`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 503, description = "`store_unavailable`, `key_directory_unavailable`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
 pub async fn enrollment_link(
     State(state): State<AppState>,
     _admin: Admin,
