@@ -206,9 +206,12 @@ impl<F: Future<Output = Result<Response, Infallible>>> Future for Observed<F> {
         }
         let elapsed = this.started.elapsed();
         let status = response.status();
-        this.span.record("status", status.as_u16());
-        if let Some(code) = response.extensions().get::<crate::problem::ProblemCode>() {
-            this.span.record("code", code.0);
+        // On the exported span only: recording into a logged span reformats its fields.
+        if crate::telemetry::tracing_enabled() {
+            this.span.record("status", status.as_u16());
+            if let Some(code) = response.extensions().get::<crate::problem::ProblemCode>() {
+                this.span.record("code", code.0);
+            }
         }
         let labels = [
             ("service", *this.service),
