@@ -37,10 +37,59 @@ pub struct ProblemSchema {
     detail: String,
 }
 
-/// `doc` as JSON, with the problem schema's `code` restricted to `codes` (and the common
-/// ones), sorted, and the `bearer` security scheme.
+/// The answers any operation may give, added to each one that does not describe them itself:
+/// the standard layers' and extractors' problems.
+const COMMON_RESPONSES: &[(&str, &str)] = &[
+    (
+        "400",
+        "`invalid_body`, `invalid_path`, `invalid_query`: the request is not what the operation takes",
+    ),
+    ("413", "`body_too_large`"),
+    ("415", "`unsupported_media_type`"),
+    ("500", "`internal_error`"),
+    (
+        "503",
+        "`timeout`, or a dependency is unavailable (`store_unavailable`, …)",
+    ),
+];
+
+/// What an operation that needs a bearer token may answer besides.
+const SECURED_RESPONSES: &[(&str, &str)] = &[
+    ("401", "`unauthorized`: no token, or not a valid one"),
+    (
+        "403",
+        "`forbidden`: the token's holder may not do this here",
+    ),
+];
+
+/// `doc` as JSON: the problem schema's `code` restricted to `codes` (and the common ones),
+/// sorted; the common problem answers on every operation (and 401, 403 on those that need a
+/// token) unless the operation describes them; the `bearer` security scheme.
 pub fn finish(doc: utoipa::openapi::OpenApi, codes: &[&str]) -> Value {
     let mut value = serde_json::to_value(&doc).unwrap_or(Value::Null);
+    let problem =
+        json!({"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}});
+    if let Some(paths) = value.get_mut("paths").and_then(Value::as_object_mut) {
+        for operation in paths
+            .values_mut()
+            .filter_map(Value::as_object_mut)
+            .flat_map(|item| item.values_mut())
+        {
+            let secured = operation.get("security").is_some();
+            let Some(responses) = operation
+                .get_mut("responses")
+                .and_then(Value::as_object_mut)
+            else {
+                continue;
+            };
+            let extra = if secured { SECURED_RESPONSES } else { &[] };
+            for (status, description) in COMMON_RESPONSES.iter().chain(extra) {
+                responses
+                    .entry(*status)
+                    .or_insert_with(|| json!({"description": description, "content": problem}));
+            }
+        }
+    }
     let mut all: Vec<&str> = codes.iter().chain(COMMON_CODES).copied().collect();
     all.sort_unstable();
     all.dedup();

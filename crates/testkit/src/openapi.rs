@@ -1,4 +1,5 @@
 //! Checks of a service's OpenAPI document against its own source (SPEC §13).
+#![allow(clippy::indexing_slicing)] // serde_json::Value indexing answers Null; slices end at char_indices boundaries
 
 /// Every problem code a service's `sources` can answer with: the first string literal of each
 /// `Problem::new(`, `Problem::not_found(`, `Problem::bad_request(` and `unprocessable(` call that
@@ -60,4 +61,37 @@ pub fn routes_in(source: &str) -> Vec<(String, String)> {
         }
     }
     routes
+}
+
+/// Panics unless every route of `router_source` (a service's `lib.rs`) is an operation of `doc`.
+pub fn assert_routes_documented(doc: &serde_json::Value, router_source: &str) {
+    let routes = routes_in(router_source);
+    assert!(!routes.is_empty(), "no routes found in the router's source");
+    assert_eq!(doc["openapi"], "3.1.0");
+    for (method, path) in &routes {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} is served but not in /openapi.json"
+        );
+    }
+}
+
+/// Panics unless every code `sources` answer with is in `doc`'s `Problem.code` enum.
+pub fn assert_codes_listed(doc: &serde_json::Value, sources: &[&str]) {
+    let listed: Vec<&str> = doc["components"]["schemas"]["Problem"]["properties"]["code"]["enum"]
+        .as_array()
+        .map(|codes| codes.iter().filter_map(serde_json::Value::as_str).collect())
+        .unwrap_or_default();
+    let answered = codes_in(sources);
+    assert!(!answered.is_empty(), "no codes found in the sources");
+    for code in answered
+        .iter()
+        .map(String::as_str)
+        .chain(["unauthorized", "body_too_large"])
+    {
+        assert!(
+            listed.contains(&code),
+            "{code} is answered but not in the document"
+        );
+    }
 }

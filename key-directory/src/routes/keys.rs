@@ -126,8 +126,6 @@ fn with_max_age(mut response: Response, max_age: u32) -> Response {
         (status = 200, description = "the same key, issuer and subject again", body = KeyView),
         (status = 400, description = "`invalid_body`: not JSON, or not this object", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
         (status = 401, description = "`unauthorized`: not an issuer's token", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 413, description = "`body_too_large`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 415, description = "`unsupported_media_type`: not `application/json`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
         (status = 409, description = "`key_conflict`, `key_revoked`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
         (status = 422, description = "`subject_invalid`, `jwk_*`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
         (status = 503, description = "`store_unavailable`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]

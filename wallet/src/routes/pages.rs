@@ -483,12 +483,7 @@ async fn user_passkeys(state: &AppState, user_id: &str) -> Result<Vec<Passkey>, 
 #[utoipa::path(post, path = "/approve/{id}/passkey/options", tag = "pages", params(("id" = String, Path)), request_body = PasskeyCall,
     responses((status = 200, description = "`{options, state}`", body = Object),
         (status = 403, description = "`link_invalid`, `cross_origin_refused`, `passkey_not_allowed`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 409, description = "`request_not_pending`, `no_passkey`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"), (status = 400, description = "`invalid_body`, `invalid_path`, `invalid_query`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 401, description = "`unauthorized`, or a SPEC §8 `dpop_*` code", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 403, description = "`forbidden`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 413, description = "`body_too_large`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 415, description = "`unsupported_media_type`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 503, description = "`store_unavailable`, `key_directory_unavailable`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
+        (status = 409, description = "`request_not_pending`, `no_passkey`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
 pub async fn passkey_options(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -533,12 +528,7 @@ pub async fn passkey_options(
         (status = 403, description = "`link_invalid`, `cross_origin_refused`, `passkey_not_allowed`, `passkey_refused`, `passkey_counter_regressed`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
         (status = 409, description = "`request_not_pending`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
         (status = 410, description = "`request_expired`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 422, description = "`credential_required`, `credential_invalid` (400)", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"), (status = 400, description = "`invalid_body`, `invalid_path`, `invalid_query`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 401, description = "`unauthorized`, or a SPEC §8 `dpop_*` code", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 403, description = "`forbidden`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 413, description = "`body_too_large`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 415, description = "`unsupported_media_type`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 503, description = "`store_unavailable`, `key_directory_unavailable`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
+        (status = 400, description = "`credential_required`, `credential_invalid`, `invalid_body`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
 pub async fn passkey_approve(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -704,12 +694,7 @@ pub async fn enrollment_page(
 #[utoipa::path(post, path = "/enroll/{id}/options", tag = "pages", params(("id" = String, Path)), request_body = PasskeyCall,
     responses((status = 200, description = "`{options, state}`", body = Object),
         (status = 403, description = "`link_invalid`, `cross_origin_refused`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 410, description = "`link_expired`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"), (status = 400, description = "`invalid_body`, `invalid_path`, `invalid_query`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 401, description = "`unauthorized`, or a SPEC §8 `dpop_*` code", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 403, description = "`forbidden`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 413, description = "`body_too_large`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 415, description = "`unsupported_media_type`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 503, description = "`store_unavailable`, `key_directory_unavailable`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
+        (status = 410, description = "`link_expired`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
 pub async fn enrollment_options(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -732,12 +717,7 @@ pub async fn enrollment_options(
     responses((status = 201, description = "`{user_id, credential_id}`", body = Object),
         (status = 403, description = "`link_invalid`, `cross_origin_refused`, `passkey_refused`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
         (status = 409, description = "`credential_exists`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 410, description = "`link_expired`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"), (status = 400, description = "`invalid_body`, `invalid_path`, `invalid_query`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 401, description = "`unauthorized`, or a SPEC §8 `dpop_*` code", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 403, description = "`forbidden`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 413, description = "`body_too_large`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 415, description = "`unsupported_media_type`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 503, description = "`store_unavailable`, `key_directory_unavailable`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
+        (status = 410, description = "`link_expired`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
 pub async fn enroll(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -98,13 +98,7 @@ fn agent_key(
         (status = 404, description = "`user_not_found`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
         (status = 409, description = "`user_key_revoked`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
         (status = 422, description = "`cart_invalid`, `merchant_id_invalid`, `merchant_mismatch`, `max_amount_invalid`, `max_amount_below_total`, `ttl_invalid`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 429, description = "`too_many_pending_requests`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 400, description = "`invalid_body`, `invalid_path`, `invalid_query`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 401, description = "`unauthorized`, or a SPEC §8 `dpop_*` code", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 403, description = "`forbidden`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 413, description = "`body_too_large`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 415, description = "`unsupported_media_type`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 503, description = "`store_unavailable`, `key_directory_unavailable`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
+        (status = 429, description = "`too_many_pending_requests`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -254,12 +248,7 @@ pub(crate) async fn load(state: &AppState, id: String) -> Result<RequestRow, Pro
 /// `GET /v1/mandate-requests/{id}`: for the agent that asked or the user it is for.
 #[utoipa::path(get, path = "/v1/mandate-requests/{id}", tag = "mandate-requests", params(("id" = String, Path)), security(("bearer" = [])),
     responses((status = 200, description = "the request, with the mandate once approved", body = Object),
-        (status = 404, description = "`request_not_found`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"), (status = 400, description = "`invalid_body`, `invalid_path`, `invalid_query`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 401, description = "`unauthorized`, or a SPEC §8 `dpop_*` code", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 403, description = "`forbidden`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 413, description = "`body_too_large`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 415, description = "`unsupported_media_type`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 503, description = "`store_unavailable`, `key_directory_unavailable`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
+        (status = 404, description = "`request_not_found`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -292,13 +281,7 @@ pub struct Approve {
         (status = 409, description = "`request_not_pending`, `user_key_revoked`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
         (status = 410, description = "`request_expired`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
         (status = 422, description = "`otp_invalid`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 423, description = "`request_locked`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 400, description = "`invalid_body`, `invalid_path`, `invalid_query`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 401, description = "`unauthorized`, or a SPEC §8 `dpop_*` code", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 403, description = "`forbidden`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 413, description = "`body_too_large`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 415, description = "`unsupported_media_type`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 503, description = "`store_unavailable`, `key_directory_unavailable`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
+        (status = 423, description = "`request_locked`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
 pub async fn approve(
     State(state): State<AppState>,
     caller: Caller,
@@ -440,12 +423,7 @@ fn claims_for(
 #[utoipa::path(post, path = "/v1/mandate-requests/{id}/deny", tag = "mandate-requests", params(("id" = String, Path)), security(("bearer" = [])),
     responses((status = 200, description = "denied", body = Object),
         (status = 404, description = "`request_not_found`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 409, description = "`request_not_pending`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"), (status = 400, description = "`invalid_body`, `invalid_path`, `invalid_query`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 401, description = "`unauthorized`, or a SPEC §8 `dpop_*` code", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 403, description = "`forbidden`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 413, description = "`body_too_large`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 415, description = "`unsupported_media_type`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 503, description = "`store_unavailable`, `key_directory_unavailable`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
+        (status = 409, description = "`request_not_pending`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
 pub async fn deny(
     State(state): State<AppState>,
     caller: Caller,
@@ -485,12 +463,7 @@ pub async fn finish_denial(
 /// was not approved with a passkey.
 #[utoipa::path(get, path = "/v1/mandate-requests/{id}/evidence", tag = "mandate-requests", params(("id" = String, Path)), security(("bearer" = [])),
     responses((status = 200, description = "the evidence of a passkey approval (SPEC §12)", body = Object),
-        (status = 404, description = "`request_not_found`, `evidence_not_found`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"), (status = 400, description = "`invalid_body`, `invalid_path`, `invalid_query`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 401, description = "`unauthorized`, or a SPEC §8 `dpop_*` code", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 403, description = "`forbidden`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 413, description = "`body_too_large`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 415, description = "`unsupported_media_type`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 503, description = "`store_unavailable`, `key_directory_unavailable`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
+        (status = 404, description = "`request_not_found`, `evidence_not_found`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
 pub async fn evidence(
     State(state): State<AppState>,
     caller: super::AdminOrCaller,

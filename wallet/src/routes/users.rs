@@ -33,13 +33,7 @@ pub struct CreatedUser {
     responses((status = 201, description = "`{user_id, kid, user_token}`: the token is shown once", body = Object),
         (status = 409, description = "`user_exists`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
         (status = 422, description = "`user_id_invalid`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 502, description = "`key_directory_refused`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 400, description = "`invalid_body`, `invalid_path`, `invalid_query`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 401, description = "`unauthorized`, or a SPEC §8 `dpop_*` code", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 403, description = "`forbidden`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 413, description = "`body_too_large`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 415, description = "`unsupported_media_type`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 503, description = "`store_unavailable`, `key_directory_unavailable`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
+        (status = 502, description = "`key_directory_refused`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
 pub async fn create(
     State(state): State<AppState>,
     _: Admin,
@@ -132,13 +126,7 @@ pub struct Rotated {
 #[utoipa::path(post, path = "/v1/users/{id}/keys/rotate", tag = "users", params(("id" = String, Path)), security(("bearer" = [])),
     responses((status = 200, description = "`{user_id, kid, previous_kid, previous_revoked}`", body = Object),
         (status = 404, description = "`user_not_found`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 502, description = "`key_directory_refused`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 400, description = "`invalid_body`, `invalid_path`, `invalid_query`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 401, description = "`unauthorized`, or a SPEC §8 `dpop_*` code", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 403, description = "`forbidden`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 413, description = "`body_too_large`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 415, description = "`unsupported_media_type`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 503, description = "`store_unavailable`, `key_directory_unavailable`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
+        (status = 502, description = "`key_directory_refused`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
 pub async fn rotate(
     State(state): State<AppState>,
     caller: super::AdminOrCaller,
@@ -261,12 +249,7 @@ fn parse_cursor(cursor: &str) -> Option<(i64, String)> {
 #[utoipa::path(get, path = "/v1/users/{id}/notifications", tag = "users",
     params(("id" = String, Path), ("limit" = Option<u32>, Query, minimum = 1, maximum = 200), ("cursor" = Option<String>, Query)),
     security(("bearer" = [])),
-    responses((status = 200, description = "`{notifications: [...], next_cursor?}`", body = Object), (status = 400, description = "`invalid_body`, `invalid_path`, `invalid_query`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 401, description = "`unauthorized`, or a SPEC §8 `dpop_*` code", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 403, description = "`forbidden`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 413, description = "`body_too_large`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 415, description = "`unsupported_media_type`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 503, description = "`store_unavailable`, `key_directory_unavailable`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
+    responses((status = 200, description = "`{notifications: [...], next_cursor?}`", body = Object)))]
 pub async fn notifications(
     State(state): State<AppState>,
     caller: Caller,
@@ -341,12 +324,7 @@ pub fn notification(
 /// passkey (SPEC §12), valid for `--enrollment-link-ttl-secs`.
 #[utoipa::path(post, path = "/v1/users/{id}/enrollment-links", tag = "users", params(("id" = String, Path)), security(("bearer" = [])),
     responses((status = 201, description = "`{user_id, url, expires_at}`", body = Object),
-        (status = 404, description = "`user_not_found`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"), (status = 400, description = "`invalid_body`, `invalid_path`, `invalid_query`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 401, description = "`unauthorized`, or a SPEC §8 `dpop_*` code", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 403, description = "`forbidden`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 413, description = "`body_too_large`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 415, description = "`unsupported_media_type`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 503, description = "`store_unavailable`, `key_directory_unavailable`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
+        (status = 404, description = "`user_not_found`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
 pub async fn enrollment_link(
     State(state): State<AppState>,
     _admin: Admin,
