@@ -429,9 +429,10 @@ pub const PROBLEM_CODES: &[&str] = &[
 pub fn openapi() -> &'static serde_json::Value {
     static DOC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
     DOC.get_or_init(|| {
-        let mut codes: Vec<&str> = PROBLEM_CODES.to_vec();
-        codes.extend(ap2_mandate::ProblemCode::ALL.iter().map(|c| c.as_str()));
-        ap2_service::openapi::finish(<ApiDoc as utoipa::OpenApi>::openapi(), &codes)
+        ap2_service::openapi::finish_with_spec_codes(
+            <ApiDoc as utoipa::OpenApi>::openapi(),
+            PROBLEM_CODES,
+        )
     })
 }
 

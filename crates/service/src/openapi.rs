@@ -114,3 +114,11 @@ pub fn serve(document: &Value) -> Response {
     );
     response
 }
+
+/// [`finish`] for a service that answers SPEC §4 and §8's codes ([`ap2_mandate::ProblemCode`])
+/// besides its own `codes`.
+pub fn finish_with_spec_codes(doc: utoipa::openapi::OpenApi, codes: &[&str]) -> Value {
+    let mut all: Vec<&str> = codes.to_vec();
+    all.extend(ap2_mandate::ProblemCode::ALL.iter().map(|c| c.as_str()));
+    finish(doc, &all)
+}
