@@ -416,6 +416,7 @@ pub const PROBLEM_CODES: &[&str] = &[
     "request_not_found",
     "request_not_pending",
     "store_unavailable",
+    "too_many_passkeys",
     "too_many_pending_requests",
     "ttl_invalid",
     "unauthorized",

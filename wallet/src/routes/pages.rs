@@ -694,7 +694,8 @@ pub async fn enrollment_page(
 #[utoipa::path(post, path = "/enroll/{id}/options", tag = "pages", params(("id" = String, Path)), request_body = PasskeyCall,
     responses((status = 200, description = "`{options, state}`", body = Object),
         (status = 403, description = "`link_invalid`, `cross_origin_refused`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 410, description = "`link_expired`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
+        (status = 409, description = "`too_many_passkeys`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+(status = 410, description = "`link_expired`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
 pub async fn enrollment_options(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -704,6 +705,7 @@ pub async fn enrollment_options(
     same_origin(&state, &headers)?;
     enrollment_check(&state, &user_id, call.e.unwrap_or_default(), &call.t)?;
     let existing = user_passkeys(&state, &user_id).await?;
+    check_passkey_room(&existing)?;
     let (options, sealed) =
         approval::start_enrollment(&state.webauthn, &state.master, &user_id, &existing)
             .map_err(Problem::internal)?;
@@ -712,11 +714,26 @@ pub async fn enrollment_options(
     ))
 }
 
+/// Passkeys one user may hold: an enrolment link's holder cannot add rows without bound.
+pub const MAX_PASSKEYS_PER_USER: usize = 10;
+
+/// 409 `too_many_passkeys` when the user holds [`MAX_PASSKEYS_PER_USER`] already.
+fn check_passkey_room(existing: &[Passkey]) -> Result<(), Problem> {
+    if existing.len() >= MAX_PASSKEYS_PER_USER {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "too_many_passkeys",
+            format!("a user holds at most {MAX_PASSKEYS_PER_USER} passkeys"),
+        ));
+    }
+    Ok(())
+}
+
 /// `POST /enroll/{user}`: checks the new credential and stores it.
 #[utoipa::path(post, path = "/enroll/{id}", tag = "pages", params(("id" = String, Path)), request_body = PasskeyCall,
     responses((status = 201, description = "`{user_id, credential_id}`", body = Object),
         (status = 403, description = "`link_invalid`, `cross_origin_refused`, `passkey_refused`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 409, description = "`credential_exists`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 409, description = "`credential_exists`, `too_many_passkeys`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
         (status = 410, description = "`link_expired`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
 pub async fn enroll(
     State(state): State<AppState>,
@@ -726,6 +743,7 @@ pub async fn enroll(
 ) -> Result<(StatusCode, ApiJson<Value>), Problem> {
     same_origin(&state, &headers)?;
     enrollment_check(&state, &user_id, call.e.unwrap_or_default(), &call.t)?;
+    check_passkey_room(&user_passkeys(&state, &user_id).await?)?;
     let registration = call
         .state
         .as_deref()
