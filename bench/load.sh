@@ -230,9 +230,17 @@ if [ "${SCENARIOS:-1}" = all ] || [ "${SCENARIOS:-1}" = complete ]; then
   "$BIN/ap2" mint --key "$WORK/user.pem" --iss https://wallet.example --sub bench-user \
     --agent agent-7 --cart "$WORK/cart.json" --ttl 300 --count "$(wc -l < "$WORK/sessions.txt")" > "$WORK/tokens2.txt"
   before=$(cpu_ticks "$MERCHANT_PID")
+  if [ "${PROFILE:-0}" = 1 ]; then
+    perf record -e cpu-clock -F 1999 -p "$MERCHANT_PID" -o "$WORK/perf.data" -- sleep "$DURATION" >/dev/null 2>&1 &
+    PERF_PID=$!
+  fi
   wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -s bench/complete.lua \
     "http://127.0.0.1:$MERCHANT_PORT" -- "$WORK/tokens2.txt" "$WORK/sessions.txt" "$THREADS" > "$WORK/wrk2.txt"
   after=$(cpu_ticks "$MERCHANT_PID")
+  if [ "${PROFILE:-0}" = 1 ]; then
+    wait "$PERF_PID" || true
+    SERVER_PID=$MERCHANT_PID show_profile
+  fi
   grep "^NON2XX" "$WORK/wrk2.txt" || true
   RESULT=$(grep "^RESULT" "$WORK/wrk2.txt")
   echo "$RESULT"

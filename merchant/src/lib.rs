@@ -156,7 +156,7 @@ pub async fn build_with(config: Config, parts: Parts) -> anyhow::Result<Server> 
     let store: Arc<dyn MerchantStore> = match config.database_url.clone() {
         Some(url) => {
             let max = config.database_max_connections;
-            Arc::new(tokio::task::spawn_blocking(move || PgStore::open(&url, max)).await??)
+            Arc::new(PgStore::open(&url, max).await?)
         }
         None => {
             let data_dir = config.data_dir.clone();
@@ -224,12 +224,10 @@ fn sweep_expired_sessions(
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
-            let (sweeper, before) = (store.clone(), clock.now_unix().saturating_sub(ttl_secs));
-            match tokio::task::spawn_blocking(move || sweeper.delete_expired_sessions(before)).await
-            {
-                Ok(Ok(0)) => {}
-                Ok(Ok(n)) => tracing::info!(deleted = n, "expired checkout sessions deleted"),
-                Ok(Err(e)) => tracing::warn!(error = %e, "expired sessions not deleted"),
+            let before = clock.now_unix().saturating_sub(ttl_secs);
+            match store.delete_expired_sessions(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "expired checkout sessions deleted"),
                 Err(e) => tracing::warn!(error = %e, "expired sessions not deleted"),
             }
             finish_stuck_orders(&store, payments.as_ref(), clock.now_unix() - stuck_secs).await;
@@ -246,10 +244,8 @@ async fn finish_stuck_orders(
     payments: &dyn PaymentProcessor,
     begun_before: i64,
 ) {
-    let finder = store.clone();
-    let stuck = match tokio::task::spawn_blocking(move || finder.stuck_orders(begun_before)).await {
-        Ok(Ok(stuck)) => stuck,
-        Ok(Err(e)) => return tracing::warn!(error = %e, "stuck orders not looked at"),
+    let stuck = match store.stuck_orders(begun_before).await {
+        Ok(stuck) => stuck,
         Err(e) => return tracing::warn!(error = %e, "stuck orders not looked at"),
     };
     for order in stuck {
@@ -262,23 +258,16 @@ async fn finish_stuck_orders(
             tracing::error!(order_id = %order.id, "a stuck order has an unreadable amount");
             continue;
         };
-        let (store, id) = (store.clone(), order.id.clone());
         let done = match payments.charge(&order.id, amount).await {
-            Ok(charge) => {
-                tokio::task::spawn_blocking(move || store.finish_order(&id, &charge.charge_id))
-                    .await
-            }
+            Ok(charge) => store.finish_order(&order.id, &charge.charge_id).await,
             Err(e) => {
                 tracing::warn!(order_id = %order.id, error = %e, "a stuck order's charge was refused; the session is open again");
-                tokio::task::spawn_blocking(move || store.abort_order(&id)).await
+                store.abort_order(&order.id).await
             }
         };
         match done {
-            Ok(Ok(())) => {
+            Ok(()) => {
                 tracing::warn!(order_id = %order.id, session_id = %order.session_id, "a charge cut short was finished")
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(order_id = %order.id, error = %e, "a stuck order is still stuck")
             }
             Err(e) => {
                 tracing::warn!(order_id = %order.id, error = %e, "a stuck order is still stuck")

@@ -46,8 +46,8 @@ fn order(id: &str, session_id: &str, jti: &str, created_at: i64) -> OrderRow {
 }
 
 /// The rules, on `store`.
-fn contract(store: Arc<dyn MerchantStore>) {
-    store.ping().unwrap();
+async fn contract(store: Arc<dyn MerchantStore>) {
+    store.ping().await.unwrap();
     // Sessions and the per-owner cap (open, unexpired sessions only).
     for i in 0..3 {
         store
@@ -55,135 +55,224 @@ fn contract(store: Arc<dyn MerchantStore>) {
                 &session(&format!("s{i}"), Some("jkt-a"), 100),
                 Some((3, 50)),
             )
+            .await
             .unwrap();
     }
     assert!(matches!(
-        store.create_session(&session("s3", Some("jkt-a"), 100), Some((3, 50))),
+        store
+            .create_session(&session("s3", Some("jkt-a"), 100), Some((3, 50)))
+            .await,
         Err(StoreError::TooManySessions)
     ));
     // Sessions created before `opened_after` do not count; other owners are not affected.
     store
         .create_session(&session("s4", Some("jkt-a"), 100), Some((3, 100)))
+        .await
         .unwrap();
     store
         .create_session(&session("s5", Some("jkt-b"), 100), Some((3, 50)))
+        .await
         .unwrap();
-    let got = store.session("s0").unwrap().unwrap();
+    let got = store.session("s0").await.unwrap().unwrap();
     assert_eq!(
         (got.status, got.owner_jkt.as_deref()),
         (SessionStatus::ReadyForComplete, Some("jkt-a"))
     );
-    assert!(store.session("nope").unwrap().is_none());
+    assert!(store.session("nope").await.unwrap().is_none());
 
     // One order per session, one session per (iss, jti).
-    store.begin_order(&order("o1", "s0", "j1", 200)).unwrap();
+    store
+        .begin_order(&order("o1", "s0", "j1", 200))
+        .await
+        .unwrap();
     assert!(matches!(
-        store.begin_order(&order("o2", "s0", "j2", 200)),
+        store.begin_order(&order("o2", "s0", "j2", 200)).await,
         Err(StoreError::NotReady(SessionStatus::Charging))
     ));
     assert!(matches!(
-        store.begin_order(&order("o3", "s1", "j1", 200)),
+        store.begin_order(&order("o3", "s1", "j1", 200)).await,
         Err(StoreError::MandateUsed)
     ));
     assert!(matches!(
-        store.begin_order(&order("o4", "nope", "j4", 200)),
+        store.begin_order(&order("o4", "nope", "j4", 200)).await,
         Err(StoreError::NotFound)
     ));
-    store.finish_order("o1", "ch_1").unwrap();
+    store.finish_order("o1", "ch_1").await.unwrap();
     assert_eq!(
-        store.session("s0").unwrap().unwrap().status,
+        store.session("s0").await.unwrap().unwrap().status,
         SessionStatus::Completed
     );
-    let paid = store.order("o1").unwrap().unwrap();
+    let paid = store.order("o1").await.unwrap().unwrap();
     assert_eq!(
         (paid.charge_id.as_deref(), paid.amount),
         (Some("ch_1"), 8999)
     );
 
     // A failed charge reopens the session and frees the jti.
-    store.begin_order(&order("o5", "s1", "j5", 200)).unwrap();
-    store.abort_order("o5").unwrap();
-    assert!(store.order("o5").unwrap().is_none());
-    let reopened = store.session("s1").unwrap().unwrap();
+    store
+        .begin_order(&order("o5", "s1", "j5", 200))
+        .await
+        .unwrap();
+    store.abort_order("o5").await.unwrap();
+    assert!(store.order("o5").await.unwrap().is_none());
+    let reopened = store.session("s1").await.unwrap().unwrap();
     assert_eq!(
         (reopened.status, reopened.order_id),
         (SessionStatus::ReadyForComplete, None)
     );
-    store.begin_order(&order("o6", "s1", "j5", 200)).unwrap();
+    store
+        .begin_order(&order("o6", "s1", "j5", 200))
+        .await
+        .unwrap();
 
-    // Racing completions of one session: exactly one begins.
+    // Racing completions of one session, all submitted at once (one group commit or several):
+    // exactly one begins, the others see it charging.
     store
         .create_session(&session("race", None, 300), None)
+        .await
         .unwrap();
-    let winners: usize = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..16)
-            .map(|i| {
-                let store = store.clone();
-                scope.spawn(move || {
-                    store
-                        .begin_order(&order(&format!("r{i}"), "race", &format!("rj{i}"), 300))
-                        .is_ok()
-                })
+    let racers: Vec<_> = (0..16)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .begin_order(&order(&format!("r{i}"), "race", &format!("rj{i}"), 300))
+                    .await
             })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| usize::from(h.join().unwrap()))
-            .sum()
-    });
+        })
+        .collect();
+    let mut winners = 0;
+    for racer in racers {
+        match racer.await.unwrap() {
+            Ok(()) => winners += 1,
+            Err(StoreError::NotReady(SessionStatus::Charging)) => {}
+            Err(e) => panic!("a racing completion failed with {e}"),
+        }
+    }
     assert_eq!(winners, 1);
 
+    // Many completions at once, each with its own answer: fresh sessions with fresh mandates
+    // begin; a mandate presented for two sessions pays one of them; an unknown session is
+    // not found; a paid session is not ready.
+    for i in 0..40 {
+        store
+            .create_session(&session(&format!("m{i}"), None, 300), None)
+            .await
+            .unwrap();
+    }
+    let calls: Vec<_> = (0..60)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let (session, jti) = match i {
+                    0..40 => (format!("m{i}"), format!("mj{i}")),
+                    // The mandates of m0..m9 again, for m10..m19 (which also have their own).
+                    40..50 => (format!("m{}", i - 30), format!("mj{}", i - 40)),
+                    50..55 => (format!("missing{i}"), format!("mj{i}")),
+                    _ => ("s0".to_owned(), format!("mj{i}")),
+                };
+                (
+                    i,
+                    store
+                        .begin_order(&order(&format!("mo{i}"), &session, &jti, 300))
+                        .await,
+                )
+            })
+        })
+        .collect();
+    let (mut begun, mut refused) = (Vec::new(), 0);
+    for call in calls {
+        let (i, result) = call.await.unwrap();
+        match (i, result) {
+            (0..50, Ok(())) => begun.push(i),
+            (0..50, Err(StoreError::MandateUsed)) => refused += 1,
+            (10..20 | 40..50, Err(StoreError::NotReady(SessionStatus::Charging))) => refused += 1,
+            (50..55, Err(StoreError::NotFound)) => {}
+            (55.., Err(StoreError::NotReady(SessionStatus::Completed))) => {}
+            (i, other) => panic!("completion {i}: {other:?}"),
+        }
+    }
+    // m10..m19 each had two orders and m0..m9's mandates two sessions: of each such trio one
+    // or two began, never three; every other session began.
+    assert_eq!(begun.len() + refused, 50);
+    assert!((30..=40).contains(&begun.len()), "{} began", begun.len());
+    // What was answered is what is stored: an order for each that began, none for the others.
+    for i in 0..50 {
+        let stored = store.order(&format!("mo{i}")).await.unwrap();
+        assert_eq!(stored.is_some(), begun.contains(&i), "order mo{i}");
+    }
+    for i in &begun {
+        let order = store.order(&format!("mo{i}")).await.unwrap().unwrap();
+        let session = store.session(&order.session_id).await.unwrap().unwrap();
+        assert_eq!(
+            (session.status, session.order_id.as_deref()),
+            (SessionStatus::Charging, Some(order.id.as_str()))
+        );
+    }
+
     // Expired open sessions go; charging and completed ones stay.
-    let deleted = store.delete_expired_sessions(150).unwrap();
+    let deleted = store.delete_expired_sessions(150).await.unwrap();
     // s2, s4, s5 (s3 was refused; s0 is completed, s1 charging).
     assert_eq!(deleted, 3);
-    assert!(store.session("s2").unwrap().is_none());
-    assert!(store.session("s0").unwrap().is_some());
-    assert!(store.session("s1").unwrap().is_some());
+    assert!(store.session("s2").await.unwrap().is_none());
+    assert!(store.session("s0").await.unwrap().is_some());
+    assert!(store.session("s1").await.unwrap().is_some());
+}
+
+/// How many of the contract's concurrent orders began (all still charging).
+async fn begun_in_contract(store: &Arc<dyn MerchantStore>) -> usize {
+    let mut n = 0;
+    for i in 0..50 {
+        n += usize::from(store.order(&format!("mo{i}")).await.unwrap().is_some());
+    }
+    n
 }
 
 /// After [`contract`]: orders whose charge never finished, found by age.
-fn stuck_orders(store: Arc<dyn MerchantStore>) {
+async fn stuck_orders(store: Arc<dyn MerchantStore>) {
     // An order whose charge never finished is found once it is old enough, not before.
     store
         .create_session(&session("stuck", None, 1000), None)
+        .await
         .unwrap();
     store
         .begin_order(&order("os", "stuck", "js", 1000))
+        .await
         .unwrap();
-    let stuck = |before| -> Vec<String> {
+    let stuck = async |before| -> Vec<String> {
         store
             .stuck_orders(before)
+            .await
             .unwrap()
             .into_iter()
             .map(|o| o.id)
             .collect()
     };
-    // Before 1000: the contract's two charges (begun at 200 and 300); this one too after it.
-    assert_eq!(stuck(1000).len(), 2);
-    assert!(stuck(1001).contains(&"os".to_owned()));
-    store.finish_order("os", "ch_late").unwrap();
-    assert!(!stuck(1001).contains(&"os".to_owned()));
+    // Before 1000: the contract's charges (begun at 200 and 300); this one too after it.
+    assert_eq!(stuck(1000).await.len(), 2 + begun_in_contract(&store).await);
+    assert!(stuck(1001).await.contains(&"os".to_owned()));
+    store.finish_order("os", "ch_late").await.unwrap();
+    assert!(!stuck(1001).await.contains(&"os".to_owned()));
 }
 
-#[test]
-fn spec11_the_sqlite_store_keeps_the_rules() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec11_the_sqlite_store_keeps_the_rules() {
     let tmp = tempfile::tempdir().unwrap();
     let store: Arc<dyn MerchantStore> = Arc::new(SqliteStore::open(tmp.path()).unwrap());
-    contract(store.clone());
-    stuck_orders(store);
+    contract(store.clone()).await;
+    stuck_orders(store).await;
 }
 
-#[test]
-fn spec11_the_postgres_store_keeps_the_rules() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec11_the_postgres_store_keeps_the_rules() {
     let db = PgDatabase::create();
-    let store = Arc::new(PgStore::open(db.url(), 8).unwrap());
-    contract(store.clone());
-    stuck_orders(store.clone());
+    let store = Arc::new(PgStore::open(db.url(), 8).await.unwrap());
+    contract(store.clone()).await;
+    stuck_orders(store.clone()).await;
     // Opening again (another instance starting) migrates nothing twice.
-    let again = PgStore::open(db.url(), 2).unwrap();
+    let again = PgStore::open(db.url(), 2).await.unwrap();
     assert_eq!(
-        again.session("stuck").unwrap().unwrap().status,
+        again.session("stuck").await.unwrap().unwrap().status,
         SessionStatus::Completed
     );
     let versions: i64 = db.with_client(|c| {

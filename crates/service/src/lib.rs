@@ -4,6 +4,7 @@
 #![deny(missing_docs)]
 
 pub mod auth;
+pub mod batch;
 pub mod conn;
 pub mod dpop;
 pub mod http;
@@ -83,6 +84,41 @@ impl SqliteDb {
         E: From<DbPoisoned> + From<WriteFailed> + Send + 'static,
     {
         let (tell, told) = std::sync::mpsc::sync_channel::<Result<T, E>>(1);
+        self.queue(f, move |result| {
+            let _ = tell.send(result);
+        })?;
+        told.recv()
+            .map_err(|_| E::from(WriteFailed("the writer thread is gone".into())))?
+    }
+
+    /// [`SqliteDb::write`] for asynchronous callers: the same group commit, and the caller's
+    /// task is woken when its group is durable instead of a thread waiting for it.
+    pub async fn write_async<T, E>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<DbPoisoned> + From<WriteFailed> + Send + 'static,
+    {
+        let (tell, told) = tokio::sync::oneshot::channel::<Result<T, E>>();
+        self.queue(f, move |result| {
+            let _ = tell.send(result);
+        })?;
+        told.await
+            .map_err(|_| E::from(WriteFailed("the writer thread is gone".into())))?
+    }
+
+    /// Gives `f` to the writer thread; `tell` receives its result once its group committed.
+    fn queue<T, E>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> Result<T, E> + Send + 'static,
+        tell: impl FnOnce(Result<T, E>) + Send + 'static,
+    ) -> Result<(), E>
+    where
+        T: Send + 'static,
+        E: From<DbPoisoned> + From<WriteFailed> + Send + 'static,
+    {
         let job: WriteJob = Box::new(move |conn| {
             let result = conn.map(f);
             let ok = matches!(result, Some(Ok(_)));
@@ -92,7 +128,7 @@ impl SqliteDb {
                     (Some(why), Some(Ok(_))) => Err(E::from(WriteFailed(why.to_owned()))),
                     (_, Some(result)) => result,
                 };
-                let _ = tell.send(result);
+                tell(result);
             });
             (ok, deliver)
         });
@@ -100,9 +136,7 @@ impl SqliteDb {
             .lock()
             .map_err(|_| DbPoisoned)?
             .send(job)
-            .map_err(|_| E::from(WriteFailed("the writer thread is gone".into())))?;
-        told.recv()
-            .map_err(|_| E::from(WriteFailed("the writer thread is gone".into())))?
+            .map_err(|_| E::from(WriteFailed("the writer thread is gone".into())))
     }
 
     /// Adds `column` (with its SQL declaration) to `table` unless it is there: how a schema

@@ -179,3 +179,69 @@ impl PgDb {
 pub fn is_unique_violation(e: &postgres::Error) -> bool {
     e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION)
 }
+
+/// A pooled asynchronous connection; [`deadpool_postgres::Client::prepare_cached`] keeps the
+/// statements it prepared.
+pub type PgAsyncConnection = deadpool_postgres::Object;
+
+/// The asynchronous pool a hot path uses (SPEC §11): queries run on the caller's task, with no
+/// hop to a blocking thread and back, and concurrent queries on one connection are pipelined.
+#[derive(Clone)]
+pub struct PgPool {
+    pool: deadpool_postgres::Pool,
+}
+
+impl std::fmt::Debug for PgPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The configuration holds the password: not printed.
+        f.debug_struct("PgPool")
+            .field("connections", &self.pool.status().size)
+            .finish()
+    }
+}
+
+impl PgPool {
+    /// Migrates `schema` as [`PgDb::open`] does (on a blocking thread, one connection), then
+    /// opens a pool of at most `max_connections` whose `search_path` is `schema`.
+    pub async fn open(
+        url: &str,
+        schema: &'static str,
+        migrations: &'static [&'static str],
+        max_connections: u32,
+    ) -> anyhow::Result<Self> {
+        let owned = url.to_owned();
+        // The synchronous client is dropped on the blocking thread too: it may not be dropped on a
+        // runtime's thread.
+        tokio::task::spawn_blocking(move || PgDb::open(&owned, schema, migrations, 1).map(drop))
+            .await??;
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--database-url: {e}"))?;
+        config
+            .options(format!("-c search_path={schema}"))
+            .connect_timeout(CONNECT_TIMEOUT)
+            .application_name(schema);
+        let manager = deadpool_postgres::Manager::from_config(
+            config,
+            NoTls,
+            deadpool_postgres::ManagerConfig {
+                // A connection the server dropped is found closed on return and replaced; no
+                // test query per checkout.
+                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+            },
+        );
+        let pool = deadpool_postgres::Pool::builder(manager)
+            .max_size(usize::try_from(max_connections.max(1))?)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| anyhow::anyhow!("PostgreSQL: {e}"))?;
+        Ok(Self { pool })
+    }
+
+    /// A connection from the pool; the error says why none could be had.
+    pub async fn get(&self) -> Result<PgAsyncConnection, String> {
+        self.pool.get().await.map_err(|e| e.to_string())
+    }
+}

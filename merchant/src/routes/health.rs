@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-use super::{AppState, blocking};
+use super::{AppState, stored};
 
 fn down(code: &'static str, detail: &str) -> Problem {
     Problem::new(StatusCode::SERVICE_UNAVAILABLE, code, detail.to_owned())
@@ -17,8 +17,7 @@ fn down(code: &'static str, detail: &str) -> Problem {
     (status = 200, description = "ready", body = Object),
     (status = 503, description = "a dependency does not answer", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, Problem> {
-    blocking(&state, |store| store.ping())
-        .await?
+    stored(state.store.ping().await)?
         .map_err(|_| down("store_unavailable", "the store does not answer"))?;
     let directory = state
         .http

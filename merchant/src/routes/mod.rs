@@ -120,15 +120,8 @@ pub async fn verify(
     })
 }
 
-/// Runs a store call on the blocking pool; a failing store is 503.
-pub async fn blocking<T: Send + 'static>(
-    state: &AppState,
-    f: impl FnOnce(&dyn MerchantStore) -> Result<T, StoreError> + Send + 'static,
-) -> Result<Result<T, StoreError>, Problem> {
-    let store = state.store.clone();
-    let result = tokio::task::spawn_blocking(move || f(store.as_ref()))
-        .await
-        .map_err(Problem::internal)?;
+/// A store call's result, with a failing store as 503 (`store_unavailable`).
+pub fn stored<T>(result: Result<T, StoreError>) -> Result<Result<T, StoreError>, Problem> {
     match result {
         Err(StoreError::Backend(why)) => {
             tracing::error!(error = %why, "merchant store failed");

@@ -12,7 +12,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{AppState, blocking, dpop, unprocessable, verify};
+use super::{AppState, dpop, stored, unprocessable, verify};
 use crate::store::{OrderRow, SessionRow, SessionStatus, StoreError};
 
 /// The header naming the presenting agent.
@@ -155,12 +155,11 @@ pub async fn create(
         order_id: None,
         owner_jkt: owner.map(|jkt| jkt.to_string()),
     };
-    let stored = row.clone();
     let cap = Some((
         state.max_open_sessions,
         row.created_at.saturating_sub(state.session_ttl_secs),
     ));
-    match blocking(&state, move |store| store.create_session(&stored, cap)).await? {
+    match stored(state.store.create_session(&row, cap).await)? {
         Ok(()) => {}
         Err(StoreError::TooManySessions) => {
             return Err(Problem::new(
@@ -185,8 +184,7 @@ fn session_not_found() -> Problem {
 /// The session, if the caller (the key of its proof, if any) may see it: a session opened
 /// with a proof is another key's business, and looks exactly like one that does not exist.
 async fn load(state: &AppState, id: String, caller: Option<&str>) -> Result<SessionRow, Problem> {
-    let session = blocking(state, move |store| store.session(&id))
-        .await?
+    let session = stored(state.store.session(&id).await)?
         .map_err(Problem::internal)?
         .ok_or_else(session_not_found)?;
     match &session.owner_jkt {
@@ -335,8 +333,7 @@ pub async fn complete(
         created_at: state.clock.now_unix(),
         agent_jkt: verified.proof_jkt.as_ref().map(|jkt| jkt.to_string()),
     };
-    let pending = order.clone();
-    match blocking(&state, move |store| store.begin_order(&pending)).await? {
+    match stored(state.store.begin_order(&order).await)? {
         Ok(()) => {}
         Err(StoreError::NotReady(status)) => return Err(already_done(status)),
         Err(StoreError::MandateUsed) => {
@@ -353,10 +350,7 @@ pub async fn complete(
     let charge = match state.payments.charge(&order.id, amount).await {
         Ok(charge) => charge,
         Err(e) => {
-            let order_id = order.id.clone();
-            blocking(&state, move |store| store.abort_order(&order_id))
-                .await?
-                .map_err(Problem::internal)?;
+            stored(state.store.abort_order(&order.id).await)?.map_err(Problem::internal)?;
             tracing::warn!(order_id = %order.id, error = %e, "charge failed");
             return Err(Problem::new(
                 StatusCode::PAYMENT_REQUIRED,
@@ -370,11 +364,7 @@ pub async fn complete(
     // finishes the order later (the same idempotency key charges once).
     let mut tries = 0u32;
     loop {
-        let (order_id, charge_id) = (order.id.clone(), charge.charge_id.clone());
-        let recorded = blocking(&state, move |store| {
-            store.finish_order(&order_id, &charge_id)
-        })
-        .await;
+        let recorded = stored(state.store.finish_order(&order.id, &charge.charge_id).await);
         match recorded {
             Ok(Ok(())) => break,
             Ok(Err(e)) => return Err(Problem::internal(e)),

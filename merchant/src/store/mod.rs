@@ -112,32 +112,34 @@ pub enum StoreError {
     Backend(String),
 }
 
-/// Sessions and orders.
+/// Sessions and orders. Every call is asynchronous: a store waits for its database on the
+/// caller's task (SQLite's writer thread or PostgreSQL's sockets), never on a blocking thread.
+#[async_trait::async_trait]
 pub trait MerchantStore: Send + Sync + 'static {
     /// Adds a session. With `cap` = `(max, opened_after)`, an owned session is refused
     /// (`TooManySessions`) when its owner already has `max` open sessions created after
     /// `opened_after`; the count and the insert are one transaction.
-    fn create_session(
+    async fn create_session(
         &self,
         session: &SessionRow,
         cap: Option<(u32, i64)>,
     ) -> Result<(), StoreError>;
     /// Deletes the open sessions created at or before `opened_before` (expired); how many.
-    fn delete_expired_sessions(&self, opened_before: i64) -> Result<usize, StoreError>;
+    async fn delete_expired_sessions(&self, opened_before: i64) -> Result<usize, StoreError>;
     /// A session.
-    fn session(&self, id: &str) -> Result<Option<SessionRow>, StoreError>;
+    async fn session(&self, id: &str) -> Result<Option<SessionRow>, StoreError>;
     /// Moves a ready session to charging and records its pending order, atomically: of two
     /// racing completions, one begins.
-    fn begin_order(&self, order: &OrderRow) -> Result<(), StoreError>;
+    async fn begin_order(&self, order: &OrderRow) -> Result<(), StoreError>;
     /// The charge went through: the order is paid and the session completed.
-    fn finish_order(&self, order_id: &str, charge_id: &str) -> Result<(), StoreError>;
+    async fn finish_order(&self, order_id: &str, charge_id: &str) -> Result<(), StoreError>;
     /// The charge failed: the order goes and the session is ready again.
-    fn abort_order(&self, order_id: &str) -> Result<(), StoreError>;
+    async fn abort_order(&self, order_id: &str) -> Result<(), StoreError>;
     /// An order.
-    fn order(&self, id: &str) -> Result<Option<OrderRow>, StoreError>;
+    async fn order(&self, id: &str) -> Result<Option<OrderRow>, StoreError>;
     /// The orders begun before `begun_before` whose charge never finished (a process died
     /// between beginning the order and recording the charge): their sessions are `charging`.
-    fn stuck_orders(&self, begun_before: i64) -> Result<Vec<OrderRow>, StoreError>;
+    async fn stuck_orders(&self, begun_before: i64) -> Result<Vec<OrderRow>, StoreError>;
     /// Whether the store answers.
-    fn ping(&self) -> Result<(), StoreError>;
+    async fn ping(&self) -> Result<(), StoreError>;
 }

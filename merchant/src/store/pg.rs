@@ -3,7 +3,9 @@
 //! safe across processes with row locks (a completion locks its session) and advisory locks
 //! (an owner's session count).
 
-use ap2_service::pg::{PgDb, is_unique_violation};
+use ap2_service::batch::Batcher;
+use ap2_service::pg::PgPool;
+use tokio_postgres::error::SqlState;
 
 use super::{MerchantStore, OrderRow, SessionRow, SessionStatus, StoreError};
 
@@ -85,18 +87,68 @@ const ABORT_ORDER: &str = "WITH o AS (DELETE FROM orders WHERE id = $1 RETURNING
      UPDATE sessions SET status = 'ready_for_complete', order_id = NULL
      WHERE id IN (SELECT session_id FROM o)";
 const SELECT_ORDER: &str = concat!("SELECT ", order_columns!(), " FROM orders WHERE id = $1");
+/// Many orders begun in one statement and one commit (group commit): the sessions are locked
+/// in id order (two batches at two instances cannot deadlock on them), each ready session's
+/// order is inserted (in `(iss, jti)` order, so two batches wait for each other's unique keys
+/// in one direction only; a key already used is skipped, not an error that would undo the
+/// batch), and those sessions move to `charging`. One row per input, in input order: the
+/// session's status before (NULL: no such session), whether this order was inserted, and
+/// whether another order of the batch took the session.
+const BEGIN_ORDERS: &str = concat!(
+    "WITH i AS (SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[],
+                  $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                  $11::text[], $12::bigint[], $13::text[]) WITH ORDINALITY
+                AS t(id, session_id, amount, currency, mandate, claims, iss, jti, sub, kid,
+                     agent_id, created_at, agent_jkt, n)),
+     s AS (SELECT id, status FROM sessions WHERE id IN (SELECT session_id FROM i)
+           ORDER BY id FOR UPDATE),
+     o AS (INSERT INTO orders (",
+    order_columns!(),
+    ") SELECT i.id, i.session_id, i.amount, i.currency, i.mandate, i.claims, i.iss, i.jti,
+                 i.sub, i.kid, i.agent_id, NULL, i.created_at, i.agent_jkt
+          FROM i JOIN s ON s.id = i.session_id WHERE s.status = 'ready_for_complete'
+          ORDER BY i.iss, i.jti
+          ON CONFLICT DO NOTHING RETURNING id, session_id),
+     u AS (UPDATE sessions SET status = 'charging', order_id = o.id FROM o
+           WHERE sessions.id = o.session_id)
+     SELECT s.status, o.id IS NOT NULL,
+            EXISTS (SELECT 1 FROM o AS other WHERE other.session_id = i.session_id)
+     FROM i LEFT JOIN s ON s.id = i.session_id LEFT JOIN o ON o.id = i.id
+     ORDER BY i.n"
+);
+/// Many charges recorded in one statement: the sessions locked in id order first (as
+/// `BEGIN_ORDERS` does), then the orders and sessions updated.
+const FINISH_ORDERS: &str = "
+WITH i AS (SELECT * FROM unnest($1::text[], $2::text[]) AS t(id, charge_id)),
+     l AS (SELECT sessions.id FROM sessions JOIN orders ON orders.session_id = sessions.id
+           WHERE orders.id IN (SELECT id FROM i) ORDER BY sessions.id FOR UPDATE OF sessions),
+     o AS (UPDATE orders SET charge_id = i.charge_id FROM i
+           WHERE orders.id = i.id AND orders.session_id IN (SELECT id FROM l)
+           RETURNING orders.session_id)
+UPDATE sessions SET status = 'completed' WHERE id IN (SELECT session_id FROM o)";
 
-/// Sessions and orders in PostgreSQL, schema `merchant`.
+/// Most orders in one statement.
+const BATCH_MAX: usize = 128;
+/// Batches in flight at once, each on its own connection.
+const BATCH_WRITERS: usize = 4;
+/// Orders waiting for a batch, at most; a completion past that waits for room.
+const BATCH_QUEUE: usize = 4096;
+
+/// Sessions and orders in PostgreSQL, schema `merchant`. Beginning and finishing orders, the
+/// two writes of every completion, are group-committed: what arrives while a batch is being
+/// written goes in the next one, one statement and one commit for many completions.
 #[derive(Debug, Clone)]
 pub struct PgStore {
-    db: PgDb,
+    db: PgPool,
+    begins: Batcher<OrderRow, Result<(), StoreError>>,
+    finishes: Batcher<(String, String), Result<(), StoreError>>,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
-fn session_row(row: &postgres::Row) -> Result<SessionRow, StoreError> {
+fn session_row(row: &tokio_postgres::Row) -> Result<SessionRow, StoreError> {
     let status: String = row.try_get(3).map_err(backend)?;
     Ok(SessionRow {
         id: row.try_get(0).map_err(backend)?,
@@ -110,7 +162,7 @@ fn session_row(row: &postgres::Row) -> Result<SessionRow, StoreError> {
     })
 }
 
-fn order_row(row: &postgres::Row) -> Result<OrderRow, StoreError> {
+fn order_row(row: &tokio_postgres::Row) -> Result<OrderRow, StoreError> {
     let get = |i: usize| -> Result<String, StoreError> { row.try_get(i).map_err(backend) };
     Ok(OrderRow {
         id: get(0)?,
@@ -130,77 +182,134 @@ fn order_row(row: &postgres::Row) -> Result<OrderRow, StoreError> {
     })
 }
 
+type Params<'a> = [&'a (dyn tokio_postgres::types::ToSql + Sync)];
+
+fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+}
+
+/// A database error a statement can be retried after: the batch as a whole failed (a
+/// deadlock, a serialisation failure), not the connection.
+fn retry_alone(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some() && !e.is_closed()
+}
+
 impl PgStore {
-    /// Connects (at most `max_connections`) and migrates the `merchant` schema.
-    pub fn open(url: &str, max_connections: u32) -> anyhow::Result<Self> {
+    /// Migrates the `merchant` schema and opens a pool of at most `max_connections`. Must be
+    /// called within a Tokio runtime: the batch writers are its tasks.
+    pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<Self> {
+        let db = PgPool::open(url, "merchant", MIGRATIONS, max_connections).await?;
+        let pool = db.clone();
+        let begins = Batcher::spawn(BATCH_WRITERS, BATCH_MAX, BATCH_QUEUE, move |orders| {
+            let pool = pool.clone();
+            async move { begin_orders(&pool, orders).await }
+        });
+        let pool = db.clone();
+        let finishes = Batcher::spawn(BATCH_WRITERS, BATCH_MAX, BATCH_QUEUE, move |charges| {
+            let pool = pool.clone();
+            async move { finish_orders(&pool, charges).await }
+        });
         Ok(Self {
-            db: PgDb::open(url, "merchant", MIGRATIONS, max_connections)?,
+            db,
+            begins,
+            finishes,
         })
+    }
+
+    async fn conn(&self) -> Result<ap2_service::pg::PgAsyncConnection, StoreError> {
+        self.db.get().await.map_err(StoreError::Backend)
     }
 }
 
-impl MerchantStore for PgStore {
-    fn create_session(&self, s: &SessionRow, cap: Option<(u32, i64)>) -> Result<(), StoreError> {
-        let mut conn = self.db.get().map_err(StoreError::Backend)?;
-        let insert = conn.prepared(INSERT_SESSION).map_err(backend)?;
-        let params: [&(dyn postgres::types::ToSql + Sync); 7] = [
-            &s.id,
-            &s.cart,
-            &s.cart_hash,
-            &s.status.as_str(),
-            &s.created_at,
-            &s.order_id,
-            &s.owner_jkt,
-        ];
-        let (Some(owner), Some((max, opened_after))) = (&s.owner_jkt, cap) else {
-            // Nothing to count: one statement, its own transaction.
-            conn.execute(&insert, &params).map_err(backend)?;
-            return Ok(());
-        };
-        let mut tx = conn.transaction().map_err(backend)?;
-        // One owner's sessions are counted one insert at a time, across instances.
-        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[owner])
-            .map_err(backend)?;
-        let open: i64 = tx
-            .query_one(
-                "SELECT COUNT(*) FROM sessions WHERE owner_jkt = $1
-                 AND status = 'ready_for_complete' AND created_at > $2",
-                &[owner, &opened_after],
-            )
-            .map_err(backend)?
-            .get(0);
-        if open >= i64::from(max) {
-            return Err(StoreError::TooManySessions);
+/// The outcome of one order of a batch, from its row of `BEGIN_ORDERS`.
+fn begun(row: &tokio_postgres::Row) -> Result<(), StoreError> {
+    let status: Option<String> = row.try_get(0).map_err(backend)?;
+    let inserted: bool = row.try_get(1).map_err(backend)?;
+    let taken_in_batch: bool = row.try_get(2).map_err(backend)?;
+    match status.as_deref().map(SessionStatus::parse) {
+        None => Err(StoreError::NotFound),
+        Some(None) => Err(backend(format!("unknown status {status:?}"))),
+        Some(Some(_)) if inserted => Ok(()),
+        Some(Some(SessionStatus::ReadyForComplete)) if taken_in_batch => {
+            Err(StoreError::NotReady(SessionStatus::Charging))
         }
-        tx.execute(&insert, &params).map_err(backend)?;
-        tx.commit().map_err(backend)
+        // Ready, and nothing else of the batch took it: the order's key was already used.
+        Some(Some(SessionStatus::ReadyForComplete)) => Err(StoreError::MandateUsed),
+        Some(Some(other)) => Err(StoreError::NotReady(other)),
     }
+}
 
-    fn delete_expired_sessions(&self, opened_before: i64) -> Result<usize, StoreError> {
-        let mut conn = self.db.get().map_err(StoreError::Backend)?;
-        let n = conn
-            .execute(
-                "DELETE FROM sessions WHERE status = 'ready_for_complete' AND created_at <= $1",
-                &[&opened_before],
-            )
-            .map_err(backend)?;
-        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+async fn begin_orders(db: &PgPool, orders: Vec<OrderRow>) -> Vec<Result<(), StoreError>> {
+    let all_fail = |why: String, n: usize| (0..n).map(|_| Err(backend(&why))).collect();
+    let conn = match db.get().await {
+        Ok(conn) => conn,
+        Err(why) => return all_fail(why, orders.len()),
+    };
+    let result = async {
+        let statement = conn.prepare_cached(BEGIN_ORDERS).await?;
+        let col = |f: fn(&OrderRow) -> &str| orders.iter().map(f).collect::<Vec<&str>>();
+        let (ids, sessions, currencies, mandates) = (
+            col(|o| &o.id),
+            col(|o| &o.session_id),
+            col(|o| &o.currency),
+            col(|o| &o.mandate),
+        );
+        let (claims, iss, jti, sub, kid, agents) = (
+            col(|o| &o.claims),
+            col(|o| &o.iss),
+            col(|o| &o.jti),
+            col(|o| &o.sub),
+            col(|o| &o.kid),
+            col(|o| &o.agent_id),
+        );
+        let amounts: Vec<i64> = orders.iter().map(|o| o.amount).collect();
+        let created: Vec<i64> = orders.iter().map(|o| o.created_at).collect();
+        let jkts: Vec<Option<&str>> = orders.iter().map(|o| o.agent_jkt.as_deref()).collect();
+        let params: &Params<'_> = &[
+            &ids,
+            &sessions,
+            &amounts,
+            &currencies,
+            &mandates,
+            &claims,
+            &iss,
+            &jti,
+            &sub,
+            &kid,
+            &agents,
+            &created,
+            &jkts,
+        ];
+        conn.query(&statement, params).await
     }
-
-    fn session(&self, id: &str) -> Result<Option<SessionRow>, StoreError> {
-        let mut conn = self.db.get().map_err(StoreError::Backend)?;
-        let select = conn.prepared(SELECT_SESSION).map_err(backend)?;
-        conn.query_opt(&select, &[&id])
-            .map_err(backend)?
-            .as_ref()
-            .map(session_row)
-            .transpose()
+    .await;
+    match result {
+        Ok(rows) if rows.len() == orders.len() => rows.iter().map(begun).collect(),
+        Ok(rows) => all_fail(
+            format!("{} rows for {} orders", rows.len(), orders.len()),
+            orders.len(),
+        ),
+        // The batch as a whole failed (a deadlock with another instance's batch is the one
+        // expected case): each order again, alone, so one cannot fail the others.
+        Err(e) if retry_alone(&e) => {
+            tracing::warn!(error = %e, orders = orders.len(), "order batch failed; beginning each alone");
+            let mut out = Vec::with_capacity(orders.len());
+            for order in &orders {
+                out.push(begin_order_alone(&conn, order).await);
+            }
+            out
+        }
+        Err(e) => all_fail(e.to_string(), orders.len()),
     }
+}
 
-    fn begin_order(&self, o: &OrderRow) -> Result<(), StoreError> {
-        let mut conn = self.db.get().map_err(StoreError::Backend)?;
-        let begin = conn.prepared(BEGIN_ORDER).map_err(backend)?;
-        let before = conn.query_opt(
+async fn begin_order_alone(
+    conn: &ap2_service::pg::PgAsyncConnection,
+    o: &OrderRow,
+) -> Result<(), StoreError> {
+    let begin = conn.prepare_cached(BEGIN_ORDER).await.map_err(backend)?;
+    let before = conn
+        .query_opt(
             &begin,
             &[
                 &o.id,
@@ -217,66 +326,177 @@ impl MerchantStore for PgStore {
                 &o.created_at,
                 &o.agent_jkt,
             ],
-        );
-        let status: Option<String> = match before {
-            Ok(row) => row.map(|row| row.get(0)),
-            Err(e) if is_unique_violation(&e) => return Err(StoreError::MandateUsed),
-            Err(e) => return Err(backend(e)),
-        };
-        match status.as_deref().and_then(SessionStatus::parse) {
-            None => Err(StoreError::NotFound),
-            Some(SessionStatus::ReadyForComplete) => Ok(()),
-            Some(other) => Err(StoreError::NotReady(other)),
+        )
+        .await;
+    let status: Option<String> = match before {
+        Ok(row) => row.map(|row| row.get(0)),
+        Err(e) if is_unique_violation(&e) => return Err(StoreError::MandateUsed),
+        Err(e) => return Err(backend(e)),
+    };
+    match status.as_deref().and_then(SessionStatus::parse) {
+        None => Err(StoreError::NotFound),
+        Some(SessionStatus::ReadyForComplete) => Ok(()),
+        Some(other) => Err(StoreError::NotReady(other)),
+    }
+}
+
+async fn finish_orders(db: &PgPool, charges: Vec<(String, String)>) -> Vec<Result<(), StoreError>> {
+    let n = charges.len();
+    let result = async {
+        let conn = db.get().await.map_err(StoreError::Backend)?;
+        let statement = conn.prepare_cached(FINISH_ORDERS).await.map_err(backend)?;
+        let ids: Vec<&str> = charges.iter().map(|(id, _)| id.as_str()).collect();
+        let charge_ids: Vec<&str> = charges.iter().map(|(_, c)| c.as_str()).collect();
+        match conn.execute(&statement, &[&ids, &charge_ids]).await {
+            Ok(_) => Ok(()),
+            Err(e) if retry_alone(&e) => {
+                tracing::warn!(error = %e, orders = n, "charge batch failed; recording each alone");
+                let alone = conn.prepare_cached(FINISH_ORDER).await.map_err(backend)?;
+                for (id, charge_id) in &charges {
+                    conn.execute(&alone, &[id, charge_id])
+                        .await
+                        .map_err(backend)?;
+                }
+                Ok(())
+            }
+            Err(e) => Err(backend(e)),
         }
     }
+    .await;
+    match result {
+        Ok(()) => (0..n).map(|_| Ok(())).collect(),
+        Err(e) => {
+            let why = e.to_string();
+            (0..n).map(|_| Err(backend(&why))).collect()
+        }
+    }
+}
 
-    fn finish_order(&self, order_id: &str, charge_id: &str) -> Result<(), StoreError> {
-        let mut conn = self.db.get().map_err(StoreError::Backend)?;
-        let finish = conn.prepared(FINISH_ORDER).map_err(backend)?;
-        conn.execute(&finish, &[&order_id, &charge_id])
+#[async_trait::async_trait]
+impl MerchantStore for PgStore {
+    async fn create_session(
+        &self,
+        s: &SessionRow,
+        cap: Option<(u32, i64)>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let insert = conn.prepare_cached(INSERT_SESSION).await.map_err(backend)?;
+        let status = s.status.as_str();
+        let params: &Params<'_> = &[
+            &s.id,
+            &s.cart,
+            &s.cart_hash,
+            &status,
+            &s.created_at,
+            &s.order_id,
+            &s.owner_jkt,
+        ];
+        let (Some(owner), Some((max, opened_after))) = (&s.owner_jkt, cap) else {
+            // Nothing to count: one statement, its own transaction.
+            conn.execute(&insert, params).await.map_err(backend)?;
+            return Ok(());
+        };
+        let tx = conn.transaction().await.map_err(backend)?;
+        // One owner's sessions are counted one insert at a time, across instances.
+        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[owner])
+            .await
             .map_err(backend)?;
-        Ok(())
+        let open: i64 = tx
+            .query_one(
+                "SELECT COUNT(*) FROM sessions WHERE owner_jkt = $1
+                 AND status = 'ready_for_complete' AND created_at > $2",
+                &[owner, &opened_after],
+            )
+            .await
+            .map_err(backend)?
+            .try_get(0)
+            .map_err(backend)?;
+        if open >= i64::from(max) {
+            return Err(StoreError::TooManySessions);
+        }
+        tx.execute(&insert, params).await.map_err(backend)?;
+        tx.commit().await.map_err(backend)
     }
 
-    fn abort_order(&self, order_id: &str) -> Result<(), StoreError> {
-        let mut conn = self.db.get().map_err(StoreError::Backend)?;
-        let abort = conn.prepared(ABORT_ORDER).map_err(backend)?;
-        conn.execute(&abort, &[&order_id]).map_err(backend)?;
-        Ok(())
+    async fn delete_expired_sessions(&self, opened_before: i64) -> Result<usize, StoreError> {
+        let conn = self.conn().await?;
+        let n = conn
+            .execute(
+                "DELETE FROM sessions WHERE status = 'ready_for_complete' AND created_at <= $1",
+                &[&opened_before],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
-    fn order(&self, id: &str) -> Result<Option<OrderRow>, StoreError> {
-        let mut conn = self.db.get().map_err(StoreError::Backend)?;
-        let select = conn.prepared(SELECT_ORDER).map_err(backend)?;
+    async fn session(&self, id: &str) -> Result<Option<SessionRow>, StoreError> {
+        let conn = self.conn().await?;
+        let select = conn.prepare_cached(SELECT_SESSION).await.map_err(backend)?;
         conn.query_opt(&select, &[&id])
+            .await
+            .map_err(backend)?
+            .as_ref()
+            .map(session_row)
+            .transpose()
+    }
+
+    async fn begin_order(&self, o: &OrderRow) -> Result<(), StoreError> {
+        self.begins
+            .submit(o.clone())
+            .await
+            .unwrap_or_else(|gone| Err(backend(gone)))
+    }
+
+    async fn finish_order(&self, order_id: &str, charge_id: &str) -> Result<(), StoreError> {
+        self.finishes
+            .submit((order_id.to_owned(), charge_id.to_owned()))
+            .await
+            .unwrap_or_else(|gone| Err(backend(gone)))
+    }
+
+    async fn abort_order(&self, order_id: &str) -> Result<(), StoreError> {
+        let conn = self.conn().await?;
+        let abort = conn.prepare_cached(ABORT_ORDER).await.map_err(backend)?;
+        conn.execute(&abort, &[&order_id]).await.map_err(backend)?;
+        Ok(())
+    }
+
+    async fn order(&self, id: &str) -> Result<Option<OrderRow>, StoreError> {
+        let conn = self.conn().await?;
+        let select = conn.prepare_cached(SELECT_ORDER).await.map_err(backend)?;
+        conn.query_opt(&select, &[&id])
+            .await
             .map_err(backend)?
             .as_ref()
             .map(order_row)
             .transpose()
     }
 
-    fn stuck_orders(&self, begun_before: i64) -> Result<Vec<OrderRow>, StoreError> {
-        let mut conn = self.db.get().map_err(StoreError::Backend)?;
-        conn.query(
-            &format!(
-                "SELECT {} FROM orders o JOIN sessions s ON s.id = o.session_id
-                 WHERE s.status = 'charging' AND o.charge_id IS NULL AND o.created_at < $1",
-                order_columns!()
-                    .split(", ")
-                    .map(|c| format!("o.{c}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            &[&begun_before],
-        )
-        .map_err(backend)?
-        .iter()
-        .map(order_row)
-        .collect()
+    async fn stuck_orders(&self, begun_before: i64) -> Result<Vec<OrderRow>, StoreError> {
+        let conn = self.conn().await?;
+        let sql = format!(
+            "SELECT {} FROM orders o JOIN sessions s ON s.id = o.session_id
+             WHERE s.status = 'charging' AND o.charge_id IS NULL AND o.created_at < $1",
+            order_columns!()
+                .split(", ")
+                .map(|c| format!("o.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        conn.query(&sql, &[&begun_before])
+            .await
+            .map_err(backend)?
+            .iter()
+            .map(order_row)
+            .collect()
     }
 
-    fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.db.get().map_err(StoreError::Backend)?;
-        conn.execute("SELECT 1", &[]).map_err(backend).map(|_| ())
+    async fn ping(&self) -> Result<(), StoreError> {
+        let conn = self.conn().await?;
+        conn.execute("SELECT 1", &[])
+            .await
+            .map_err(backend)
+            .map(|_| ())
     }
 }

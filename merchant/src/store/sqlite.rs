@@ -10,7 +10,7 @@ use super::{MerchantStore, OrderRow, SessionRow, SessionStatus, StoreError};
 /// Sessions and orders in one SQLite file.
 #[derive(Debug)]
 pub struct SqliteStore {
-    db: SqliteDb,
+    db: std::sync::Arc<SqliteDb>,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -117,59 +117,74 @@ impl SqliteStore {
             )
             .map_err(anyhow::Error::from)
         })?;
-        Ok(Self { db })
+        Ok(Self {
+            db: std::sync::Arc::new(db),
+        })
     }
 }
 
+/// Writes go to the group-committing writer thread and the task waits for its group's commit;
+/// reads by primary key run on the caller's task (a page-cache lookup, microseconds); the
+/// sweep's scan runs on a blocking thread.
+#[async_trait::async_trait]
 impl MerchantStore for SqliteStore {
-    fn create_session(&self, s: &SessionRow, cap: Option<(u32, i64)>) -> Result<(), StoreError> {
+    async fn create_session(
+        &self,
+        s: &SessionRow,
+        cap: Option<(u32, i64)>,
+    ) -> Result<(), StoreError> {
         let s = s.clone();
         // Group-committed: the count and the insert are one savepoint of the writer's
         // transaction, and writes are serialised there, so the cap holds.
-        self.db.write(move |conn| {
-            if let (Some(owner), Some((max, opened_after))) = (&s.owner_jkt, cap) {
-                let open: i64 = conn
-                    .query_row(
-                        "SELECT COUNT(*) FROM sessions WHERE owner_jkt = ?1 \
+        self.db
+            .write_async(move |conn| {
+                if let (Some(owner), Some((max, opened_after))) = (&s.owner_jkt, cap) {
+                    let open: i64 = conn
+                        .query_row(
+                            "SELECT COUNT(*) FROM sessions WHERE owner_jkt = ?1 \
                          AND status = 'ready_for_complete' AND created_at > ?2",
-                        params![owner, opened_after],
-                        |r| r.get(0),
-                    )
-                    .map_err(backend)?;
-                if open >= i64::from(max) {
-                    return Err(StoreError::TooManySessions);
+                            params![owner, opened_after],
+                            |r| r.get(0),
+                        )
+                        .map_err(backend)?;
+                    if open >= i64::from(max) {
+                        return Err(StoreError::TooManySessions);
+                    }
                 }
-            }
-            conn.prepare_cached(&format!(
-                "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
-            ))
-            .and_then(|mut insert| {
-                insert.execute(params![
-                    s.id,
-                    s.cart,
-                    s.cart_hash,
-                    s.status.as_str(),
-                    s.created_at,
-                    s.order_id,
-                    s.owner_jkt
-                ])
+                conn.prepare_cached(&format!(
+                    "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+                ))
+                .and_then(|mut insert| {
+                    insert.execute(params![
+                        s.id,
+                        s.cart,
+                        s.cart_hash,
+                        s.status.as_str(),
+                        s.created_at,
+                        s.order_id,
+                        s.owner_jkt
+                    ])
+                })
+                .map(|_| ())
+                .map_err(backend)
             })
-            .map(|_| ())
-            .map_err(backend)
-        })
+            .await
     }
 
-    fn delete_expired_sessions(&self, opened_before: i64) -> Result<usize, StoreError> {
-        self.db.with(|conn| {
-            conn.execute(
-                "DELETE FROM sessions WHERE status = 'ready_for_complete' AND created_at <= ?1",
-                params![opened_before],
-            )
-            .map_err(backend)
-        })
+    async fn delete_expired_sessions(&self, opened_before: i64) -> Result<usize, StoreError> {
+        // A write: the writer thread's, in its group, so it never contends for the lock.
+        self.db
+            .write_async(move |conn| {
+                conn.execute(
+                    "DELETE FROM sessions WHERE status = 'ready_for_complete' AND created_at <= ?1",
+                    params![opened_before],
+                )
+                .map_err(backend)
+            })
+            .await
     }
 
-    fn session(&self, id: &str) -> Result<Option<SessionRow>, StoreError> {
+    async fn session(&self, id: &str) -> Result<Option<SessionRow>, StoreError> {
         self.db.with(|conn| {
             conn.query_row(
                 &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"),
@@ -181,94 +196,100 @@ impl MerchantStore for SqliteStore {
         })
     }
 
-    fn begin_order(&self, o: &OrderRow) -> Result<(), StoreError> {
+    async fn begin_order(&self, o: &OrderRow) -> Result<(), StoreError> {
         let o = o.clone();
-        self.db.write(move |conn| {
-            let status: Option<String> = conn
-                .prepare_cached("SELECT status FROM sessions WHERE id = ?1")
-                .and_then(|mut stmt| {
-                    stmt.query_row(params![o.session_id], |r| r.get(0))
-                        .optional()
-                })
-                .map_err(backend)?;
-            match status.as_deref().and_then(SessionStatus::parse) {
-                None => return Err(StoreError::NotFound),
-                Some(SessionStatus::ReadyForComplete) => {}
-                Some(other) => return Err(StoreError::NotReady(other)),
-            }
-            let inserted = conn
-                .prepare_cached(&format!(
-                    "INSERT INTO orders ({ORDER_COLUMNS}) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL, ?12, ?13)"
-                ))
-                .and_then(|mut insert| {
-                    insert.execute(params![
-                        o.id,
-                        o.session_id,
-                        o.amount,
-                        o.currency,
-                        o.mandate,
-                        o.claims,
-                        o.iss,
-                        o.jti,
-                        o.sub,
-                        o.kid,
-                        o.agent_id,
-                        o.created_at,
-                        o.agent_jkt
-                    ])
-                });
-            match inserted {
-                Ok(_) => {}
-                Err(rusqlite::Error::SqliteFailure(e, _))
-                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-                {
-                    return Err(StoreError::MandateUsed);
+        self.db
+            .write_async(move |conn| {
+                let status: Option<String> = conn
+                    .prepare_cached("SELECT status FROM sessions WHERE id = ?1")
+                    .and_then(|mut stmt| {
+                        stmt.query_row(params![o.session_id], |r| r.get(0))
+                            .optional()
+                    })
+                    .map_err(backend)?;
+                match status.as_deref().and_then(SessionStatus::parse) {
+                    None => return Err(StoreError::NotFound),
+                    Some(SessionStatus::ReadyForComplete) => {}
+                    Some(other) => return Err(StoreError::NotReady(other)),
                 }
-                Err(e) => return Err(backend(e)),
-            }
-            conn.prepare_cached(
-                "UPDATE sessions SET status = 'charging', order_id = ?2 WHERE id = ?1",
-            )
-            .and_then(|mut update| update.execute(params![o.session_id, o.id]))
-            .map(|_| ())
-            .map_err(backend)
-        })
-    }
-
-    fn finish_order(&self, order_id: &str, charge_id: &str) -> Result<(), StoreError> {
-        let (order_id, charge_id) = (order_id.to_owned(), charge_id.to_owned());
-        self.db.write(move |conn| {
-            conn.prepare_cached("UPDATE orders SET charge_id = ?2 WHERE id = ?1")
-                .and_then(|mut update| update.execute(params![order_id, charge_id]))
-                .map_err(backend)?;
-            // By the session's primary key (through the order's): sessions.order_id has no index.
-            conn.prepare_cached(
-                "UPDATE sessions SET status = 'completed' \
-                 WHERE id = (SELECT session_id FROM orders WHERE id = ?1)",
-            )
-            .and_then(|mut update| update.execute(params![order_id]))
-            .map(|_| ())
-            .map_err(backend)
-        })
-    }
-
-    fn abort_order(&self, order_id: &str) -> Result<(), StoreError> {
-        let order_id = order_id.to_owned();
-        self.db.write(move |conn| {
-            conn.execute(
-                "UPDATE sessions SET status = 'ready_for_complete', order_id = NULL \
-                 WHERE id = (SELECT session_id FROM orders WHERE id = ?1)",
-                params![order_id],
-            )
-            .map_err(backend)?;
-            conn.execute("DELETE FROM orders WHERE id = ?1", params![order_id])
+                let inserted = conn
+                    .prepare_cached(&format!(
+                        "INSERT INTO orders ({ORDER_COLUMNS}) VALUES \
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL, ?12, ?13)"
+                    ))
+                    .and_then(|mut insert| {
+                        insert.execute(params![
+                            o.id,
+                            o.session_id,
+                            o.amount,
+                            o.currency,
+                            o.mandate,
+                            o.claims,
+                            o.iss,
+                            o.jti,
+                            o.sub,
+                            o.kid,
+                            o.agent_id,
+                            o.created_at,
+                            o.agent_jkt
+                        ])
+                    });
+                match inserted {
+                    Ok(_) => {}
+                    Err(rusqlite::Error::SqliteFailure(e, _))
+                        if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                    {
+                        return Err(StoreError::MandateUsed);
+                    }
+                    Err(e) => return Err(backend(e)),
+                }
+                conn.prepare_cached(
+                    "UPDATE sessions SET status = 'charging', order_id = ?2 WHERE id = ?1",
+                )
+                .and_then(|mut update| update.execute(params![o.session_id, o.id]))
                 .map(|_| ())
                 .map_err(backend)
-        })
+            })
+            .await
     }
 
-    fn order(&self, id: &str) -> Result<Option<OrderRow>, StoreError> {
+    async fn finish_order(&self, order_id: &str, charge_id: &str) -> Result<(), StoreError> {
+        let (order_id, charge_id) = (order_id.to_owned(), charge_id.to_owned());
+        self.db
+            .write_async(move |conn| {
+                conn.prepare_cached("UPDATE orders SET charge_id = ?2 WHERE id = ?1")
+                    .and_then(|mut update| update.execute(params![order_id, charge_id]))
+                    .map_err(backend)?;
+                // By the session's primary key (through the order's): sessions.order_id has no index.
+                conn.prepare_cached(
+                    "UPDATE sessions SET status = 'completed' \
+                 WHERE id = (SELECT session_id FROM orders WHERE id = ?1)",
+                )
+                .and_then(|mut update| update.execute(params![order_id]))
+                .map(|_| ())
+                .map_err(backend)
+            })
+            .await
+    }
+
+    async fn abort_order(&self, order_id: &str) -> Result<(), StoreError> {
+        let order_id = order_id.to_owned();
+        self.db
+            .write_async(move |conn| {
+                conn.execute(
+                    "UPDATE sessions SET status = 'ready_for_complete', order_id = NULL \
+                 WHERE id = (SELECT session_id FROM orders WHERE id = ?1)",
+                    params![order_id],
+                )
+                .map_err(backend)?;
+                conn.execute("DELETE FROM orders WHERE id = ?1", params![order_id])
+                    .map(|_| ())
+                    .map_err(backend)
+            })
+            .await
+    }
+
+    async fn order(&self, id: &str) -> Result<Option<OrderRow>, StoreError> {
         self.db.with(|conn| {
             conn.query_row(
                 &format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = ?1"),
@@ -280,27 +301,32 @@ impl MerchantStore for SqliteStore {
         })
     }
 
-    fn stuck_orders(&self, begun_before: i64) -> Result<Vec<OrderRow>, StoreError> {
-        self.db.with(|conn| {
-            let columns = ORDER_COLUMNS
-                .split(", ")
-                .map(|c| format!("o.{c}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let mut stmt = conn
-                .prepare(&format!(
-                    "SELECT {columns} FROM orders o JOIN sessions s ON s.id = o.session_id \
+    async fn stuck_orders(&self, begun_before: i64) -> Result<Vec<OrderRow>, StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            db.with(|conn| {
+                let columns = ORDER_COLUMNS
+                    .split(", ")
+                    .map(|c| format!("o.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let mut stmt = conn
+                    .prepare(&format!(
+                        "SELECT {columns} FROM orders o JOIN sessions s ON s.id = o.session_id \
                      WHERE s.status = 'charging' AND o.charge_id IS NULL AND o.created_at < ?1"
-                ))
-                .map_err(backend)?;
-            let rows = stmt
-                .query_map(params![begun_before], order_row)
-                .map_err(backend)?;
-            rows.collect::<Result<_, _>>().map_err(backend)
+                    ))
+                    .map_err(backend)?;
+                let rows = stmt
+                    .query_map(params![begun_before], order_row)
+                    .map_err(backend)?;
+                rows.collect::<Result<_, _>>().map_err(backend)
+            })
         })
+        .await
+        .map_err(backend)?
     }
 
-    fn ping(&self) -> Result<(), StoreError> {
+    async fn ping(&self) -> Result<(), StoreError> {
         self.db
             .with(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(backend))
     }
