@@ -180,7 +180,7 @@ pub fn is_unique_violation(e: &postgres::Error) -> bool {
     e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION)
 }
 
-/// A pooled asynchronous connection; [`deadpool_postgres::Client::prepare_cached`] keeps the
+/// A pooled asynchronous connection; [`deadpool_postgres::ClientWrapper::prepare_cached`] keeps the
 /// statements it prepared.
 pub type PgAsyncConnection = deadpool_postgres::Object;
 
