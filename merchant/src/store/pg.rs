@@ -4,8 +4,7 @@
 //! (an owner's session count).
 
 use ap2_service::batch::Batcher;
-use ap2_service::pg::PgPool;
-use tokio_postgres::error::SqlState;
+use ap2_service::pg::{PgPool, is_unique_violation};
 
 use super::{MerchantStore, OrderRow, SessionRow, SessionStatus, StoreError};
 
@@ -184,14 +183,10 @@ fn order_row(row: &tokio_postgres::Row) -> Result<OrderRow, StoreError> {
 
 type Params<'a> = [&'a (dyn tokio_postgres::types::ToSql + Sync)];
 
-fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
-    e.code() == Some(&SqlState::UNIQUE_VIOLATION)
-}
-
-/// A database error a statement can be retried after: the batch as a whole failed (a
-/// deadlock, a serialisation failure), not the connection.
+/// The server refused the batch (a deadlock, a serialisation failure): its orders can be
+/// tried one at a time on the same connection. Any other error is the connection's.
 fn retry_alone(e: &tokio_postgres::Error) -> bool {
-    e.as_db_error().is_some() && !e.is_closed()
+    e.as_db_error().is_some()
 }
 
 impl PgStore {
