@@ -20,6 +20,8 @@
 #                                      with proofs) and scenario 3 (wallet minting, bound)
 #        SCENARIOS=complete (or wallet) bench/load.sh ... runs only scenarios 2 and 2b (or 3)
 #        MERCHANT_ARGS="--flag value" bench/load.sh ... passes more flags to the merchant
+#        WALLET_ARGS="--flag value" bench/load.sh ...   and to the wallet
+#        WALLET_CONCURRENCY=32 bench/load.sh ...        users approving at once in scenario 3 (16)
 #        ROUNDS=3 bench/load.sh ...    alternates scenarios 0 and 1 three times, prints medians
 #        PROFILE=1 bench/load.sh ...   also samples each server with `perf record` (cpu-clock)
 #                                      (PROFILE_DIR=dir keeps each full profile there)
@@ -40,8 +42,10 @@ start_key_directory
 WALLET_PORT=$(free_port)
 RUST_LOG=warn "$BIN/wallet" --listen "127.0.0.1:$WALLET_PORT" --issuer https://wallet.example \
   --data-dir "$WORK/wallet" --key-directory-url "http://127.0.0.1:$KD_PORT" \
-  --key-directory-token bench-token --admin-token bench-admin --agent-token agent-7=bench-agent 2>"$WORK/wallet.log" &
-PIDS+=($!)
+  --key-directory-token bench-token --admin-token bench-admin --agent-token agent-7=bench-agent \
+  ${WALLET_ARGS:-} 2>"$WORK/wallet.log" &
+WALLET_PID=$!
+PIDS+=("$WALLET_PID")
 start_merchant
 wait_ready "http://127.0.0.1:$WALLET_PORT"
 BARE_PORT=$(free_port)
@@ -274,9 +278,20 @@ if [ "${SCENARIOS:-1}" = all ] || [ "${SCENARIOS:-1}" = complete ]; then
 
 fi
 if [ "${SCENARIOS:-1}" = all ] || [ "${SCENARIOS:-1}" = wallet ]; then
-  echo "== scenario 3: wallet minting (request + notifications + approve), c=16, ${DURATION}s"
-  WALLET_LINE=$("$BIN/examples/wallet_load" "http://127.0.0.1:$WALLET_PORT" bench-admin bench-agent "$DURATION" 16)
+  echo "== scenario 3: wallet minting (request + notifications + approve), c=${WALLET_CONCURRENCY:-16}, ${DURATION}s"
+  before=$(cpu_ticks "$WALLET_PID")
+  if [ "${PROFILE:-0}" = 1 ]; then
+    perf record -e cpu-clock -F 1999 -p "$WALLET_PID" -o "$WORK/perf.data" -- sleep "$DURATION" >/dev/null 2>&1 &
+    PERF_PID=$!
+  fi
+  WALLET_LINE=$("$BIN/examples/wallet_load" "http://127.0.0.1:$WALLET_PORT" bench-admin bench-agent "$DURATION" "${WALLET_CONCURRENCY:-16}")
+  after=$(cpu_ticks "$WALLET_PID")
+  if [ "${PROFILE:-0}" = 1 ]; then
+    wait "$PERF_PID" || true
+    SERVER_PID=$WALLET_PID show_profile
+  fi
   echo "$WALLET_LINE"
   MINTED=$(echo "$WALLET_LINE" | awk '{print $3}')
-  python3 -c "import sys; print(f'ratio wallet mandates/s / openssl sign/s = {float(sys.argv[1]) / float(sys.argv[2]):.3f}')" "$MINTED" "$OPENSSL_SIGN"
+  python3 -c "import sys; m, v, s, t, hz, d = map(float, sys.argv[1:]); print(f'ratio wallet mandates/s / openssl verify/s = {m / v:.3f} (/ sign/s = {m / s:.3f}); wallet CPU {t / hz / d:.2f} cores')" \
+    "$MINTED" "$OPENSSL_VERIFY" "$OPENSSL_SIGN" "$(( after - before ))" "$TICKS" "$DURATION"
 fi

@@ -174,9 +174,12 @@ async fn follow_revocations(state: AppState) {
 async fn mark_revoked(state: &AppState, kid: &Kid) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let (store, id, now) = (state.store.clone(), kid.to_string(), state.clock.now_unix());
-        match tokio::task::spawn_blocking(move || store.key_revoked(&id, now)).await {
-            Ok(Ok(user)) => {
+        match state
+            .store
+            .key_revoked(kid.as_str(), state.clock.now_unix())
+            .await
+        {
+            Ok(user) => {
                 if let Ok(mut signers) = state.signers.write() {
                     // The user's current key, or a key another instance rotated away from
                     // while this one still held it in memory: never signed with again.
@@ -187,7 +190,6 @@ async fn mark_revoked(state: &AppState, kid: &Kid) {
                 }
                 return;
             }
-            Ok(Err(e)) => tracing::warn!(%kid, error = %e, "a revocation is not recorded yet"),
             Err(e) => tracing::warn!(%kid, error = %e, "a revocation is not recorded yet"),
         }
         tokio::time::sleep(backoff).await;
@@ -205,13 +207,11 @@ pub(crate) async fn revoke_retired(state: &AppState, kid: &str) -> bool {
         .revoke(&state.directory_token, &parsed)
         .await
     {
-        Ok(_) => {
-            let (store, id, now) = (state.store.clone(), kid.to_owned(), state.clock.now_unix());
-            matches!(
-                tokio::task::spawn_blocking(move || store.key_revoked(&id, now)).await,
-                Ok(Ok(_))
-            )
-        }
+        Ok(_) => state
+            .store
+            .key_revoked(kid, state.clock.now_unix())
+            .await
+            .is_ok(),
         Err(e) => {
             tracing::warn!(%kid, error = %e, "a retired key is not revoked yet");
             false
@@ -225,12 +225,7 @@ pub(crate) fn retry_retired_revocations(state: AppState) {
     tokio::spawn(async move {
         let mut backoff = Duration::from_secs(1);
         loop {
-            let store = state.store.clone();
-            let pending = match tokio::task::spawn_blocking(move || store.retired_unrevoked()).await
-            {
-                Ok(Ok(pending)) => pending,
-                _ => Vec::new(),
-            };
+            let pending = state.store.retired_unrevoked().await.unwrap_or_default();
             let mut left = 0;
             for kid in &pending {
                 if !revoke_retired(&state, kid).await {
@@ -249,10 +244,8 @@ pub(crate) fn retry_retired_revocations(state: AppState) {
 /// A user whose row was stored but whose key registration was cut short (a crash between
 /// the two) gets its key registered at the next start.
 async fn register_pending_keys(state: &AppState) {
-    let store = state.store.clone();
-    let pending = match tokio::task::spawn_blocking(move || store.unregistered_users()).await {
-        Ok(Ok(pending)) => pending,
-        _ => return,
+    let Ok(pending) = state.store.unregistered_users().await else {
+        return;
     };
     for user in pending {
         let registered = async {
@@ -264,9 +257,7 @@ async fn register_pending_keys(state: &AppState) {
                 .directory
                 .register(&state.directory_token, &user.user_id, &jwk)
                 .await?;
-            let store = state.store.clone();
-            let id = user.user_id.clone();
-            tokio::task::spawn_blocking(move || store.mark_registered(&id)).await??;
+            state.store.mark_registered(&user.user_id).await?;
             anyhow::Ok(())
         }
         .await;

@@ -8,11 +8,10 @@
 )]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ap2_testkit::PgDatabase;
 use wallet::store::{
-    Approval, PgStore, RequestRow, SqliteStore, Status, StoreError, UserRow, WalletStore,
+    Approval, Attempt, PgStore, RequestRow, SqliteStore, Status, StoreError, UserRow, WalletStore,
 };
 
 fn user(id: &str, kid: &str) -> UserRow {
@@ -49,142 +48,203 @@ fn request(id: &str, user_id: &str, created_at: i64) -> RequestRow {
     }
 }
 
-fn contract(store: Arc<dyn WalletStore>) {
-    store.ping().unwrap();
-    store.create_user(&user("alice", "k1")).unwrap();
+async fn contract(store: Arc<dyn WalletStore>) {
+    store.ping().await.unwrap();
+    store.create_user(user("alice", "k1")).await.unwrap();
     assert!(matches!(
-        store.create_user(&user("alice", "k9")),
+        store.create_user(user("alice", "k9")).await,
         Err(StoreError::UserExists)
     ));
-    assert_eq!(store.unregistered_users().unwrap().len(), 1);
-    store.mark_registered("alice").unwrap();
-    assert!(store.unregistered_users().unwrap().is_empty());
+    assert_eq!(store.unregistered_users().await.unwrap().len(), 1);
+    store.mark_registered("alice").await.unwrap();
+    assert!(store.unregistered_users().await.unwrap().is_empty());
     assert_eq!(
-        store.user_by_token_hash("hash-alice").unwrap().as_deref(),
+        store
+            .user_by_token_hash("hash-alice")
+            .await
+            .unwrap()
+            .as_deref(),
         Some("alice")
     );
-    store.create_user(&user("ghost", "k0")).unwrap();
-    store.delete_unregistered_user("ghost").unwrap();
-    assert!(store.user("ghost").unwrap().is_none());
+    store.create_user(user("ghost", "k0")).await.unwrap();
+    store.delete_unregistered_user("ghost").await.unwrap();
+    assert!(store.user("ghost").await.unwrap().is_none());
 
     // The pending cap, and a DPoP proof accepted once.
+    let proof = || Some(("p1".to_owned(), 1100));
     store
-        .create_request(&request("r1", "alice", 1000), Some(("p1", 1100)), 2)
+        .create_request(request("r1", "alice", 1000), proof(), 2)
+        .await
         .unwrap();
     assert!(matches!(
-        store.create_request(&request("r2", "alice", 1000), Some(("p1", 1100)), 2),
+        store
+            .create_request(request("r2", "alice", 1000), proof(), 2)
+            .await,
         Err(StoreError::ProofReplayed)
     ));
     store
-        .create_request(&request("r2", "alice", 1001), None, 2)
+        .create_request(request("r2", "alice", 1001), None, 2)
+        .await
         .unwrap();
     assert!(matches!(
-        store.create_request(&request("r3", "alice", 1002), None, 2),
+        store
+            .create_request(request("r3", "alice", 1002), None, 2)
+            .await,
         Err(StoreError::TooManyPending)
     ));
-    let page = store.pending_for_user("alice", 1002, None, 1).unwrap();
+    let page = store
+        .pending_for_user("alice", 1002, None, 1)
+        .await
+        .unwrap();
     assert_eq!(page[0].id, "r1");
     let next = store
         .pending_for_user("alice", 1002, Some((page[0].created_at, "r1")), 10)
+        .await
         .unwrap();
     assert_eq!(next.len(), 1);
     assert_eq!(next[0].id, "r2");
 
-    // A wrong code, then the right one: minted once; ended requests lose their code.
-    let mut mint = |_: &RequestRow| Ok(("mandate".to_owned(), 2000));
+    // A wrong code, then the right one: one mandate stored; ended requests lose their code.
+    let attempt =
+        |user: &str, right: bool, now, mandate: Option<&str>, evidence: Option<&str>| Attempt {
+            id: "r1".into(),
+            user_id: user.into(),
+            code_matches: Box::new(move |code| right && code == "sealed-code"),
+            now,
+            max_attempts: 3,
+            mandate: mandate.map(|m| (m.to_owned(), 2000)),
+            evidence: evidence.map(str::to_owned),
+        };
     assert!(matches!(
         store
-            .approve("r1", "alice", &|_| false, 1003, 3, &mut mint, None)
+            .approve(attempt("alice", false, 1003, None, None))
+            .await
             .unwrap(),
         Approval::WrongCode { remaining: 2 }
     ));
     assert!(matches!(
-        store.approve("r1", "bob", &|_| true, 1003, 3, &mut mint, None),
+        store
+            .approve(attempt("bob", true, 1003, Some("m"), None))
+            .await,
         Err(StoreError::NotYours)
     ));
-    let minted = AtomicUsize::new(0);
-    std::thread::scope(|scope| {
-        for _ in 0..8 {
-            let (store, minted) = (store.clone(), &minted);
-            scope.spawn(move || {
-                let mut mint = |_: &RequestRow| {
-                    minted.fetch_add(1, Ordering::SeqCst);
-                    Ok(("mandate".to_owned(), 2000))
-                };
-                let _ = store.approve(
-                    "r1",
-                    "alice",
-                    &|code| code == "sealed-code",
-                    1004,
-                    3,
-                    &mut mint,
-                    Some(r#"{"evidence":1}"#),
-                );
-            });
-        }
-    });
-    assert_eq!(minted.load(Ordering::SeqCst), 1);
-    let approved = store.request("r1").unwrap().unwrap();
+    // A right code without a mandate changes nothing.
+    assert!(matches!(
+        store
+            .approve(attempt("alice", true, 1003, None, None))
+            .await,
+        Err(StoreError::Mint(_))
+    ));
+    assert_eq!(store.request("r1").await.unwrap().unwrap().attempts, 1);
+    // Eight at once, each with its own mandate: one is stored and answered, the others find
+    // the request approved.
+    let tasks: Vec<_> = (0..8)
+        .map(|n| {
+            let store = store.clone();
+            let attempt = attempt(
+                "alice",
+                true,
+                1004,
+                Some(&format!("mandate-{n}")),
+                Some(r#"{"evidence":1}"#),
+            );
+            tokio::spawn(async move { store.approve(attempt).await.unwrap() })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await.unwrap());
+    }
+    let winners: Vec<String> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Approval::Approved(row) => row.mandate.clone(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(winners.len(), 1, "{outcomes:?}");
+    assert!(outcomes.iter().all(|o| matches!(
+        o,
+        Approval::Approved(_) | Approval::NotPending(Status::Approved)
+    )));
+    let approved = store.request("r1").await.unwrap().unwrap();
     assert_eq!(
         (
             approved.status,
             approved.otp.as_str(),
             approved.mandate.as_deref()
         ),
-        (Status::Approved, "", Some("mandate"))
+        (Status::Approved, "", winners.first().map(String::as_str))
     );
     // The evidence went in with the approval, once (SPEC §12).
     assert_eq!(
-        store.evidence("r1").unwrap().as_deref(),
+        store.evidence("r1").await.unwrap().as_deref(),
         Some(r#"{"evidence":1}"#)
     );
-    assert_eq!(store.evidence("r2").unwrap(), None);
+    assert_eq!(store.evidence("r2").await.unwrap(), None);
 
     // Passkeys: per user, oldest first, one credential id once for anyone.
-    store.add_passkey("alice", "c1", "{\"n\":1}", 1010).unwrap();
-    store.add_passkey("alice", "c2", "{\"n\":2}", 1011).unwrap();
+    store
+        .add_passkey("alice", "c1", "{\"n\":1}", 1010)
+        .await
+        .unwrap();
+    store
+        .add_passkey("alice", "c2", "{\"n\":2}", 1011)
+        .await
+        .unwrap();
     assert!(matches!(
-        store.add_passkey("alice", "c1", "{}", 1012),
+        store.add_passkey("alice", "c1", "{}", 1012).await,
         Err(StoreError::CredentialExists)
     ));
-    store.update_passkey("c1", "{\"n\":3}").unwrap();
-    assert_eq!(store.passkeys("alice").unwrap(), ["{\"n\":3}", "{\"n\":2}"]);
-    assert!(store.passkeys("nobody").unwrap().is_empty());
-    let denied = store.deny("r2", "alice", 1005).unwrap().unwrap();
+    store.update_passkey("c1", "{\"n\":3}").await.unwrap();
+    assert_eq!(
+        store.passkeys("alice").await.unwrap(),
+        ["{\"n\":3}", "{\"n\":2}"]
+    );
+    assert!(store.passkeys("nobody").await.unwrap().is_empty());
+    let denied = store.deny("r2", "alice", 1005).await.unwrap().unwrap();
     assert_eq!(denied.status, Status::Denied);
     assert_eq!(
-        store.deny("r2", "alice", 1005).unwrap().unwrap_err(),
+        store.deny("r2", "alice", 1005).await.unwrap().unwrap_err(),
         Status::Denied
     );
 
     // Rotation: the old kid is retired until the directory revokes it.
-    assert_eq!(store.rotate_key("alice", "k2", &[9], 1100).unwrap(), "k1");
-    assert_eq!(store.user("alice").unwrap().unwrap().kid, "k2");
-    assert_eq!(store.retired_unrevoked().unwrap(), ["k1"]);
-    assert_eq!(store.key_revoked("k1", 1101).unwrap(), None);
-    assert!(store.retired_unrevoked().unwrap().is_empty());
     assert_eq!(
-        store.key_revoked("k2", 1102).unwrap().as_deref(),
+        store.rotate_key("alice", "k2", &[9], 1100).await.unwrap(),
+        "k1"
+    );
+    assert_eq!(store.user("alice").await.unwrap().unwrap().kid, "k2");
+    assert_eq!(store.retired_unrevoked().await.unwrap(), ["k1"]);
+    assert_eq!(store.key_revoked("k1", 1101).await.unwrap(), None);
+    assert!(store.retired_unrevoked().await.unwrap().is_empty());
+    assert_eq!(
+        store.key_revoked("k2", 1102).await.unwrap().as_deref(),
         Some("alice")
     );
     assert_eq!(
-        store.user("alice").unwrap().unwrap().key_revoked_at,
+        store.user("alice").await.unwrap().unwrap().key_revoked_at,
         Some(1102)
     );
     assert!(matches!(
-        store.rotate_key("nobody", "k3", &[9], 1103),
+        store.rotate_key("nobody", "k3", &[9], 1103).await,
         Err(StoreError::NotFound)
     ));
 }
 
-#[test]
-fn spec11_the_sqlite_store_keeps_the_rules() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn spec11_the_sqlite_store_keeps_the_rules() {
     let tmp = tempfile::tempdir().unwrap();
-    contract(Arc::new(SqliteStore::open(tmp.path()).unwrap()));
+    contract(Arc::new(SqliteStore::open(tmp.path()).unwrap())).await;
 }
 
-#[test]
-fn spec11_the_postgres_store_keeps_the_rules() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn spec11_the_postgres_store_keeps_the_rules() {
     let db = PgDatabase::create();
-    contract(Arc::new(PgStore::open(db.url(), 8).unwrap()));
+    let url = db.url().to_owned();
+    let store = tokio::task::spawn_blocking(move || PgStore::open(&url, 8))
+        .await
+        .unwrap()
+        .unwrap();
+    contract(Arc::new(store)).await;
 }

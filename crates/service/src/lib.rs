@@ -168,13 +168,15 @@ impl SqliteDb {
 }
 
 /// A connection the way every service uses it: WAL, `synchronous=FULL`, foreign keys, a 5 s
-/// busy timeout.
+/// busy timeout, a statement cache of 64.
 fn connect(path: &std::path::Path) -> rusqlite::Result<rusqlite::Connection> {
     let conn = rusqlite::Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Room for every statement a service prepares, so none is parsed again per call.
+    conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
 

@@ -140,7 +140,7 @@ impl FromRequestParts<AppState> for Caller {
             return Ok(Caller::Agent(agent.to_owned()));
         }
         let hash = crate::crypto::token_hash(token);
-        match blocking(state, move |store| store.user_by_token_hash(&hash)).await? {
+        match stored(state.store.user_by_token_hash(&hash).await)? {
             Some(user) => Ok(Caller::User(user)),
             None => Err(Problem::unauthorized("the token is not valid", true)),
         }
@@ -165,45 +165,38 @@ impl Caller {
     }
 }
 
-/// Runs a store call on the blocking pool; store failures are 503, a missing row 404, another
+/// A store call's answer for the caller: store failures are 503, a missing row 404, another
 /// user's row 403.
-pub async fn blocking<T: Send + 'static>(
-    state: &AppState,
-    f: impl FnOnce(&dyn WalletStore) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, Problem> {
-    let store = state.store.clone();
-    tokio::task::spawn_blocking(move || f(store.as_ref()))
-        .await
-        .map_err(Problem::internal)?
-        .map_err(|e| match e {
-            StoreError::NotFound => Problem::not_found("not_found", "no such resource"),
-            StoreError::NotYours => Problem::forbidden("this belongs to another user"),
-            StoreError::UserExists => {
-                Problem::new(StatusCode::CONFLICT, "user_exists", "this user id is taken")
-            }
-            StoreError::CredentialExists => Problem::new(
-                StatusCode::CONFLICT,
-                "credential_exists",
-                "this passkey is enrolled already",
-            ),
-            StoreError::Mint(why) => Problem::internal(format!("minting failed: {why}")),
-            StoreError::TooManyPending => Problem::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_pending_requests",
-                "the user has as many requests waiting for approval as allowed",
-            ),
-            StoreError::ProofReplayed => {
-                ap2_service::dpop::refusal(&ap2_mandate::VerifyError::ProofReplayed, true)
-            }
-            StoreError::Backend(why) => {
-                tracing::error!(error = %why, "wallet store failed");
-                Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store_unavailable",
-                    "the wallet's store is unavailable",
-                )
-            }
-        })
+pub fn stored<T>(result: Result<T, StoreError>) -> Result<T, Problem> {
+    result.map_err(|e| match e {
+        StoreError::NotFound => Problem::not_found("not_found", "no such resource"),
+        StoreError::NotYours => Problem::forbidden("this belongs to another user"),
+        StoreError::UserExists => {
+            Problem::new(StatusCode::CONFLICT, "user_exists", "this user id is taken")
+        }
+        StoreError::CredentialExists => Problem::new(
+            StatusCode::CONFLICT,
+            "credential_exists",
+            "this passkey is enrolled already",
+        ),
+        StoreError::Mint(why) => Problem::internal(format!("minting failed: {why}")),
+        StoreError::TooManyPending => Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_pending_requests",
+            "the user has as many requests waiting for approval as allowed",
+        ),
+        StoreError::ProofReplayed => {
+            ap2_service::dpop::refusal(&ap2_mandate::VerifyError::ProofReplayed, true)
+        }
+        StoreError::Backend(why) => {
+            tracing::error!(error = %why, "wallet store failed");
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the wallet's store is unavailable",
+            )
+        }
+    })
 }
 
 /// The user's signer, opened from the store once and then kept in memory.
@@ -226,8 +219,7 @@ pub async fn signer_for(state: &AppState, user_id: &str) -> Result<Arc<LocalSign
         return Ok(signer);
     }
     let id = user_id.to_owned();
-    let user = blocking(state, move |store| store.user(&id))
-        .await?
+    let user = stored(state.store.user(&id).await)?
         .ok_or_else(|| Problem::not_found("user_not_found", "no such user"))?;
     if user.key_revoked_at.is_some() {
         return Err(key_revoked());

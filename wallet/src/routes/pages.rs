@@ -23,7 +23,7 @@ use webauthn_rs::prelude::{
 };
 
 use super::requests::{Check, finish_approval, finish_denial, load};
-use super::{AppState, blocking};
+use super::{AppState, stored};
 use crate::approval;
 use crate::store::{RequestRow, Status, StoreError};
 
@@ -213,9 +213,7 @@ pub async fn approval_page(
 
 async fn has_passkeys(state: &AppState, user_id: &str) -> bool {
     let user = user_id.to_owned();
-    blocking(state, move |store| store.passkeys(&user))
-        .await
-        .is_ok_and(|p| !p.is_empty())
+    stored(state.store.passkeys(&user).await).is_ok_and(|p| !p.is_empty())
 }
 
 /// The page of `row`: the purchase and the buttons while it waits, or how it ended.
@@ -471,7 +469,7 @@ fn passkey_refused(detail: impl Into<String>) -> Problem {
 
 async fn user_passkeys(state: &AppState, user_id: &str) -> Result<Vec<Passkey>, Problem> {
     let user = user_id.to_owned();
-    let stored = blocking(state, move |store| store.passkeys(&user)).await?;
+    let stored = stored(state.store.passkeys(&user).await)?;
     stored
         .iter()
         .map(|json| serde_json::from_str(json).map_err(Problem::internal))
@@ -573,7 +571,7 @@ pub async fn passkey_approve(
     if passkey.update_credential(&result) == Some(true) {
         let cred_id = URL_SAFE_NO_PAD.encode(passkey.cred_id().as_ref());
         let json = serde_json::to_string(&*passkey).map_err(Problem::internal)?;
-        blocking(&state, move |store| store.update_passkey(&cred_id, &json)).await?;
+        stored(state.store.update_passkey(&cred_id, &json).await)?;
     }
     let amr = amr_for(result.user_verified());
     let public_key = approval::public_jwk(passkey)
@@ -767,13 +765,12 @@ pub async fn enroll(
     let json = serde_json::to_string(&passkey).map_err(Problem::internal)?;
     let now = state.clock.now_unix();
     let (user, id) = (user_id.clone(), cred_id.clone());
-    let added = blocking(&state, move |store| {
-        match store.add_passkey(&user, &id, &json, now) {
+    let added = stored(
+        match state.store.add_passkey(&user, &id, &json, now).await {
             Err(StoreError::CredentialExists) => Ok(false),
             other => other.map(|()| true),
-        }
-    })
-    .await?;
+        },
+    )?;
     if !added {
         return Err(Problem::new(
             StatusCode::CONFLICT,

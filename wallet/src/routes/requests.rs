@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use super::{AppState, Caller, MAX_OTP_ATTEMPTS, blocking, signer_for};
+use super::{AppState, Caller, MAX_OTP_ATTEMPTS, signer_for, stored};
 use crate::crypto;
-use crate::store::{Approval, RequestRow, Status};
+use crate::store::{Approval, Attempt, RequestRow, Status};
 
 fn unprocessable(code: &'static str, detail: impl Into<String>) -> Problem {
     Problem::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
@@ -137,7 +137,7 @@ pub async fn create(
         ));
     }
     let user_id = body.user_id.clone();
-    let user = blocking(&state, move |store| store.user(&user_id)).await?;
+    let user = stored(state.store.user(&user_id).await)?;
     if !user.is_some_and(|u| u.registered) {
         return Err(Problem::not_found("user_not_found", "no such user"));
     }
@@ -178,14 +178,13 @@ pub async fn create(
         "mandate requested; approval code sent to the user"
     );
     let max_pending = state.max_pending_per_user;
-    let stored = row.clone();
-    blocking(&state, move |store| {
-        let proof = binding
-            .as_ref()
-            .map(|(_, key, until)| (key.as_str(), *until));
-        store.create_request(&stored, proof, max_pending)
-    })
-    .await?;
+    let proof = binding.map(|(_, key, until)| (key.as_str().to_owned(), until));
+    stored(
+        state
+            .store
+            .create_request(row.clone(), proof, max_pending)
+            .await,
+    )?;
     if let Some(notifier) = &state.notifier {
         let user_id = row.user_id.clone();
         match super::users::notification(&state, row) {
@@ -240,9 +239,7 @@ fn view(row: RequestRow, now: i64) -> View {
 }
 
 pub(crate) async fn load(state: &AppState, id: String) -> Result<RequestRow, Problem> {
-    blocking(state, move |store| store.request(&id))
-        .await?
-        .ok_or_else(request_not_found)
+    stored(state.store.request(&id).await)?.ok_or_else(request_not_found)
 }
 
 /// `GET /v1/mandate-requests/{id}`: for the agent that asked or the user it is for.
@@ -330,37 +327,39 @@ pub async fn finish_approval(
     if row.user_id != user_id {
         return Err(Problem::forbidden("this request belongs to another user"));
     }
-    let signer = signer_for(state, &user_id).await?;
-    let issuer = state.issuer.clone();
     let now = state.clock.now_unix();
     let master = state.master.clone();
     let (otp, amr, evidence) = match check {
         Check::Otp(code) => (Some(code), ap2_mandate::evidence::amr_otp(), None),
         Check::Passkey { amr, evidence } => (None, amr, Some(evidence)),
     };
-    let outcome = blocking(state, move |store| {
-        let request_id = id.clone();
-        let code_matches = move |stored: &str| match &otp {
-            Some(typed) => crypto::open_code(&master, &request_id, stored)
-                .is_some_and(|code| crypto::ct_eq(typed, &code)),
-            None => true,
-        };
-        store.approve(
-            &id,
-            &user_id,
-            &code_matches,
-            now,
-            MAX_OTP_ATTEMPTS,
-            &mut |row| {
-                let claims = claims_for(row, &issuer, now, amr.clone())?;
-                let token =
-                    ap2_mandate::mint(signer.as_ref(), &claims).map_err(|e| e.to_string())?;
-                Ok((token, claims.exp))
-            },
-            evidence.as_deref(),
-        )
-    })
-    .await?;
+    let request_id = id.clone();
+    let code_matches = move |stored: &str| match &otp {
+        Some(typed) => crypto::open_code(&master, &request_id, stored)
+            .is_some_and(|code| crypto::ct_eq(typed, &code)),
+        None => true,
+    };
+    // Signed here, from the request as read, in parallel with other approvals; the store
+    // keeps it only if the request is still pending when the approval commits. A request that
+    // is not pending, or a wrong code, signs nothing.
+    let mandate = if row.status_at(now) == Status::PendingApproval && code_matches(&row.otp) {
+        let signer = signer_for(state, &user_id).await?;
+        let claims = claims_for(&row, &state.issuer, now, amr).map_err(Problem::internal)?;
+        let token = ap2_mandate::mint(signer.as_ref(), &claims).map_err(Problem::internal)?;
+        Some((token, claims.exp))
+    } else {
+        None
+    };
+    let attempt = Attempt {
+        id,
+        user_id,
+        code_matches: Box::new(code_matches),
+        now,
+        max_attempts: MAX_OTP_ATTEMPTS,
+        mandate,
+        evidence,
+    };
+    let outcome = stored(state.store.approve(attempt).await)?;
     match outcome {
         Approval::Approved(row) => {
             tracing::info!(request_id = %row.id, user_id = %row.user_id, "request approved; mandate minted");
@@ -445,7 +444,7 @@ pub async fn finish_denial(
         return Err(Problem::forbidden("this request belongs to another user"));
     }
     let now = state.clock.now_unix();
-    match blocking(state, move |store| store.deny(&id, &user_id, now)).await? {
+    match stored(state.store.deny(&id, &user_id, now).await)? {
         Ok(row) => {
             tracing::info!(request_id = %row.id, user_id = %row.user_id, "request denied");
             Ok(row)
@@ -478,7 +477,7 @@ pub async fn evidence(
             }
         }
     }
-    let stored = blocking(&state, move |store| store.evidence(&id)).await?;
+    let stored = stored(state.store.evidence(&id).await)?;
     let stored = stored.ok_or_else(|| {
         Problem::not_found(
             "evidence_not_found",

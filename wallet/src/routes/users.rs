@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Admin, AppState, Caller, blocking};
+use super::{Admin, AppState, Caller, stored};
 use crate::crypto;
 use crate::store::UserRow;
 
@@ -63,18 +63,14 @@ pub async fn create(
         created_at: state.clock.now_unix(),
         key_revoked_at: None,
     };
-    blocking(&state, move |store| store.create_user(&row)).await?;
+    stored(state.store.create_user(row).await)?;
     let jwk = signer.public_key().to_jwk(signer.kid());
     if let Err(err) = state
         .directory
         .register(&state.directory_token, &body.user_id, &jwk)
         .await
     {
-        let user_id = body.user_id.clone();
-        blocking(&state, move |store| {
-            store.delete_unregistered_user(&user_id)
-        })
-        .await?;
+        stored(state.store.delete_unregistered_user(&body.user_id).await)?;
         tracing::error!(user_id = %body.user_id, error = %err, "the key directory did not take the key");
         return Err(match err {
             ClientError::Unavailable(_) => Problem::new(
@@ -90,7 +86,7 @@ pub async fn create(
         });
     }
     let user_id = body.user_id.clone();
-    blocking(&state, move |store| store.mark_registered(&user_id)).await?;
+    stored(state.store.mark_registered(&user_id).await)?;
     let kid = signer.kid().to_string();
     if let Ok(mut signers) = state.signers.write() {
         signers.insert(body.user_id.clone(), std::sync::Arc::new(signer));
@@ -138,8 +134,7 @@ pub async fn rotate(
         return Err(Problem::forbidden("this is another user's key"));
     }
     let id = user_id.clone();
-    blocking(&state, move |store| store.user(&id))
-        .await?
+    stored(state.store.user(&id).await)?
         .ok_or_else(|| Problem::not_found("user_not_found", "no such user"))?;
     let signer = ap2_mandate::LocalSigner::generate().map_err(Problem::internal)?;
     let der = signer.to_pkcs8_der().map_err(Problem::internal)?;
@@ -173,10 +168,7 @@ pub async fn rotate(
         signer.kid().to_string(),
         state.clock.now_unix(),
     );
-    let previous = blocking(&state, move |store| {
-        store.rotate_key(&id, &kid, &sealed, now)
-    })
-    .await?;
+    let previous = stored(state.store.rotate_key(&id, &kid, &sealed, now).await)?;
     let signer = std::sync::Arc::new(signer);
     if let Ok(mut signers) = state.signers.write() {
         signers.insert(user_id.clone(), signer.clone());
@@ -274,11 +266,13 @@ pub async fn notifications(
         })?),
     };
     let now = state.clock.now_unix();
-    let mut pending = blocking(&state, move |store| {
-        let after = after.as_ref().map(|(time, id)| (*time, id.as_str()));
-        store.pending_for_user(&user_id, now, after, limit + 1)
-    })
-    .await?;
+    let after = after.as_ref().map(|(time, id)| (*time, id.as_str()));
+    let mut pending = stored(
+        state
+            .store
+            .pending_for_user(&user_id, now, after, limit + 1)
+            .await,
+    )?;
     let more = pending.len() > limit as usize;
     pending.truncate(limit as usize);
     let next_cursor = pending.last().filter(|_| more).map(cursor_of);
@@ -331,7 +325,7 @@ pub async fn enrollment_link(
     ApiPath(user_id): ApiPath<String>,
 ) -> Result<(StatusCode, ApiJson<Value>), Problem> {
     let id = user_id.clone();
-    let user = blocking(&state, move |store| store.user(&id)).await?;
+    let user = stored(state.store.user(&id).await)?;
     if !user.is_some_and(|u| u.registered) {
         return Err(Problem::not_found("user_not_found", "no such user"));
     }

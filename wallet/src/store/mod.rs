@@ -1,5 +1,9 @@
 //! What the wallet keeps: users (with their sealed keys) and mandate requests. The trait is
-//! synchronous because the backend is; handlers call it on the blocking pool.
+//! asynchronous. On SQLite, reads by key run on the calling task and every write is
+//! group-committed by the database's writer thread (the two writes of a mandate, its request
+//! and its approval, among them), the task woken when its group is durable: no blocking-thread
+//! hop per call, and the connection readers share never waits on an fsync. On PostgreSQL each
+//! call runs on the blocking pool, the driver being synchronous.
 
 mod pg;
 mod sqlite;
@@ -135,8 +139,36 @@ pub enum Approval {
     NotPending(Status),
 }
 
-/// Signs the mandate for an approved request: the token and its `exp`.
-pub type Minter<'a> = &'a mut dyn FnMut(&RequestRow) -> Result<(String, i64), String>;
+/// One approval attempt, as [`WalletStore::approve`] checks and stores it.
+pub struct Attempt {
+    /// The request.
+    pub id: String,
+    /// The user approving: the request's, or `NotYours`.
+    pub user_id: String,
+    /// Checks the typed code against the stored, sealed one; always true for a passkey
+    /// approval, whose assertion was checked before.
+    pub code_matches: Box<dyn Fn(&str) -> bool + Send>,
+    /// Unix seconds.
+    pub now: i64,
+    /// Wrong codes before the request locks.
+    pub max_attempts: i64,
+    /// The mandate and its `exp`, signed beforehand from the request as read (whose
+    /// mandate-making fields never change): stored, and answered, only if the code matches
+    /// and the request is still pending. `None` when the caller found nothing to approve.
+    pub mandate: Option<(String, i64)>,
+    /// The evidence of a passkey approval (SPEC §12), stored with it.
+    pub evidence: Option<String>,
+}
+
+impl std::fmt::Debug for Attempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attempt")
+            .field("id", &self.id)
+            .field("user_id", &self.user_id)
+            .field("now", &self.now)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -168,16 +200,17 @@ pub enum StoreError {
 }
 
 /// The wallet's storage.
+#[async_trait::async_trait]
 pub trait WalletStore: Send + Sync + 'static {
     /// Adds a user (not yet registered at the directory).
-    fn create_user(&self, user: &UserRow) -> Result<(), StoreError>;
+    async fn create_user(&self, user: UserRow) -> Result<(), StoreError>;
     /// Records that the directory has the user's key.
-    fn mark_registered(&self, user_id: &str) -> Result<(), StoreError>;
+    async fn mark_registered(&self, user_id: &str) -> Result<(), StoreError>;
     /// Removes a user whose key never reached the directory.
-    fn delete_unregistered_user(&self, user_id: &str) -> Result<(), StoreError>;
+    async fn delete_unregistered_user(&self, user_id: &str) -> Result<(), StoreError>;
     /// Makes `new_kid` (sealed as `new_sealed`) the user's key, and keeps the old kid as
     /// retired, to be revoked at the directory; one transaction. Returns the old kid.
-    fn rotate_key(
+    async fn rotate_key(
         &self,
         user_id: &str,
         new_kid: &str,
@@ -185,59 +218,49 @@ pub trait WalletStore: Send + Sync + 'static {
         now: i64,
     ) -> Result<String, StoreError>;
     /// Retired kids not yet revoked at the directory.
-    fn retired_unrevoked(&self) -> Result<Vec<String>, StoreError>;
+    async fn retired_unrevoked(&self) -> Result<Vec<String>, StoreError>;
     /// The directory revoked `kid` at `now`: a user's current key is marked (never signed
     /// with again), a retired one is done with. Returns the user whose current key it was.
-    fn key_revoked(&self, kid: &str, now: i64) -> Result<Option<String>, StoreError>;
+    async fn key_revoked(&self, kid: &str, now: i64) -> Result<Option<String>, StoreError>;
     /// Users whose key has not reached the directory yet.
-    fn unregistered_users(&self) -> Result<Vec<UserRow>, StoreError>;
+    async fn unregistered_users(&self) -> Result<Vec<UserRow>, StoreError>;
     /// A user.
-    fn user(&self, user_id: &str) -> Result<Option<UserRow>, StoreError>;
+    async fn user(&self, user_id: &str) -> Result<Option<UserRow>, StoreError>;
     /// The user whose token hashes to `token_hash`.
-    fn user_by_token_hash(&self, token_hash: &str) -> Result<Option<String>, StoreError>;
+    async fn user_by_token_hash(&self, token_hash: &str) -> Result<Option<String>, StoreError>;
     /// Adds a request and, in the same transaction, records its DPoP proof's replay key until
     /// its deadline (`ProofReplayed`, and no request, if the key is there already) and checks
     /// that the user has fewer than `max_pending` pending requests (`TooManyPending`).
     /// Records past their deadline are removed on the way.
-    fn create_request(
+    async fn create_request(
         &self,
-        request: &RequestRow,
-        proof: Option<(&str, i64)>,
+        request: RequestRow,
+        proof: Option<(String, i64)>,
         max_pending: u32,
     ) -> Result<(), StoreError>;
     /// A request.
-    fn request(&self, id: &str) -> Result<Option<RequestRow>, StoreError>;
+    async fn request(&self, id: &str) -> Result<Option<RequestRow>, StoreError>;
     /// A user's pending requests whose deadline has not passed, oldest first: at most `limit`,
     /// after the `(created_at, id)` of `after` when given.
-    fn pending_for_user(
+    async fn pending_for_user(
         &self,
         user_id: &str,
         now: i64,
         after: Option<(i64, &str)>,
         limit: u32,
     ) -> Result<Vec<RequestRow>, StoreError>;
-    /// Checks the code for `user_id`'s request with `code_matches` (given the stored, sealed
-    /// code) and, when right, mints with `mint` (which returns the token and its `exp`) and
-    /// stores the mandate, and `evidence` when given (SPEC §12), all in one transaction:
-    /// concurrent approvals mint once. A request that ends (approved, locked, expired) loses
-    /// its code. A passkey approval passes a `code_matches` that is always true: the
-    /// assertion was checked before.
-    #[allow(clippy::too_many_arguments)]
-    fn approve(
-        &self,
-        id: &str,
-        user_id: &str,
-        code_matches: &dyn Fn(&str) -> bool,
-        now: i64,
-        max_attempts: i64,
-        mint: Minter<'_>,
-        evidence: Option<&str>,
-    ) -> Result<Approval, StoreError>;
+    /// Checks `attempt`'s code against its request and, when right and the request is still
+    /// pending, stores the mandate it carries (and its evidence, SPEC §12) in one
+    /// transaction: of concurrent approvals, one stores its mandate and the others find the
+    /// request approved. A wrong code counts an attempt; a request that ends (approved,
+    /// locked, expired) loses its code. A right code without a mandate is `Mint`, and
+    /// changes nothing.
+    async fn approve(&self, attempt: Attempt) -> Result<Approval, StoreError>;
     /// The evidence of a passkey approval (SPEC §12), the JSON stored with it.
-    fn evidence(&self, request_id: &str) -> Result<Option<String>, StoreError>;
+    async fn evidence(&self, request_id: &str) -> Result<Option<String>, StoreError>;
     /// Enrols a passkey (`passkey` is the credential as `webauthn-rs` serialises it);
     /// `CredentialExists` when its id is enrolled already, for anyone.
-    fn add_passkey(
+    async fn add_passkey(
         &self,
         user_id: &str,
         cred_id: &str,
@@ -245,16 +268,16 @@ pub trait WalletStore: Send + Sync + 'static {
         now: i64,
     ) -> Result<(), StoreError>;
     /// A user's passkeys, oldest first.
-    fn passkeys(&self, user_id: &str) -> Result<Vec<String>, StoreError>;
+    async fn passkeys(&self, user_id: &str) -> Result<Vec<String>, StoreError>;
     /// Stores a passkey's new state (its sign counter) after an assertion.
-    fn update_passkey(&self, cred_id: &str, passkey: &str) -> Result<(), StoreError>;
+    async fn update_passkey(&self, cred_id: &str, passkey: &str) -> Result<(), StoreError>;
     /// Denies a pending request.
-    fn deny(
+    async fn deny(
         &self,
         id: &str,
         user_id: &str,
         now: i64,
     ) -> Result<Result<RequestRow, Status>, StoreError>;
     /// Whether the store answers.
-    fn ping(&self) -> Result<(), StoreError>;
+    async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -5,7 +5,7 @@
 use ap2_service::pg::{PgDb, is_unique_violation};
 use postgres::GenericClient;
 
-use super::{Approval, Minter, RequestRow, Status, StoreError, UserRow, WalletStore};
+use super::{Approval, Attempt, RequestRow, Status, StoreError, UserRow, WalletStore};
 
 /// The versioned schema: migration `i` is version `i + 1`; never edit one that shipped.
 const MIGRATIONS: &[&str] = &[
@@ -75,6 +75,12 @@ const REQUEST_COLUMNS: &str = "id, user_id, agent_id, merchant_id, cart, cart_ha
 /// Users and requests in PostgreSQL, schema `wallet`.
 #[derive(Debug, Clone)]
 pub struct PgStore {
+    blocking: Blocking,
+}
+
+/// The store's calls on the synchronous driver, each run on the blocking pool.
+#[derive(Debug, Clone)]
+struct Blocking {
     db: PgDb,
 }
 
@@ -165,16 +171,31 @@ impl PgStore {
     /// Connects (at most `max_connections`) and migrates the `wallet` schema.
     pub fn open(url: &str, max_connections: u32) -> anyhow::Result<Self> {
         Ok(Self {
-            db: PgDb::open(url, "wallet", MIGRATIONS, max_connections)?,
+            blocking: Blocking {
+                db: PgDb::open(url, "wallet", MIGRATIONS, max_connections)?,
+            },
         })
     }
 
+    /// Runs `f` with the synchronous store on the blocking pool.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Blocking) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let blocking = self.blocking.clone();
+        tokio::task::spawn_blocking(move || f(&blocking))
+            .await
+            .map_err(backend)?
+    }
+}
+
+impl Blocking {
     fn conn(&self) -> Result<ap2_service::pg::PgConnection, StoreError> {
         self.db.get().map_err(StoreError::Backend)
     }
 }
 
-impl WalletStore for PgStore {
+impl Blocking {
     fn create_user(&self, user: &UserRow) -> Result<(), StoreError> {
         let inserted = self.conn()?.execute(
             &format!("INSERT INTO users ({USER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, NULL)"),
@@ -303,7 +324,7 @@ impl WalletStore for PgStore {
     fn create_request(
         &self,
         r: &RequestRow,
-        proof: Option<(&str, i64)>,
+        proof: Option<(String, i64)>,
         max_pending: u32,
     ) -> Result<(), StoreError> {
         let mut conn = self.conn()?;
@@ -394,16 +415,17 @@ impl WalletStore for PgStore {
             .collect()
     }
 
-    fn approve(
-        &self,
-        id: &str,
-        user_id: &str,
-        code_matches: &dyn Fn(&str) -> bool,
-        now: i64,
-        max_attempts: i64,
-        mint: Minter<'_>,
-        evidence: Option<&str>,
-    ) -> Result<Approval, StoreError> {
+    fn approve(&self, attempt: Attempt) -> Result<Approval, StoreError> {
+        let Attempt {
+            id,
+            user_id,
+            code_matches,
+            now,
+            max_attempts,
+            mandate,
+            evidence,
+        } = attempt;
+        let id = id.as_str();
         let mut conn = self.conn()?;
         let mut tx = conn.transaction().map_err(backend)?;
         // The request's row lock: concurrent approvals at several instances mint once.
@@ -418,7 +440,9 @@ impl WalletStore for PgStore {
             }
             Status::Locked => Approval::Locked,
             Status::PendingApproval if code_matches(&request.otp) => {
-                let (mandate, exp) = mint(&request).map_err(StoreError::Mint)?;
+                let (mandate, exp) = mandate.ok_or_else(|| {
+                    StoreError::Mint("the request was approved without a mandate".into())
+                })?;
                 tx.execute(
                     "UPDATE requests SET status = 'approved', mandate = $2, mandate_exp = $3,
                      otp = '' WHERE id = $1 AND status = 'pending_approval'",
@@ -433,6 +457,7 @@ impl WalletStore for PgStore {
                     .map_err(backend)?;
                 }
                 request.status = Status::Approved;
+                request.otp = String::new();
                 request.mandate = Some(mandate);
                 request.mandate_exp = Some(exp);
                 Approval::Approved(Box::new(request))
@@ -536,5 +561,140 @@ impl WalletStore for PgStore {
             .execute("SELECT 1", &[])
             .map(|_| ())
             .map_err(backend)
+    }
+}
+
+#[async_trait::async_trait]
+impl WalletStore for PgStore {
+    async fn create_user(&self, user: UserRow) -> Result<(), StoreError> {
+        self.run(move |s| s.create_user(&user)).await
+    }
+
+    async fn mark_registered(&self, user_id: &str) -> Result<(), StoreError> {
+        let user_id = user_id.to_owned();
+        self.run(move |s| s.mark_registered(&user_id)).await
+    }
+
+    async fn delete_unregistered_user(&self, user_id: &str) -> Result<(), StoreError> {
+        let user_id = user_id.to_owned();
+        self.run(move |s| s.delete_unregistered_user(&user_id))
+            .await
+    }
+
+    async fn rotate_key(
+        &self,
+        user_id: &str,
+        new_kid: &str,
+        new_sealed: &[u8],
+        now: i64,
+    ) -> Result<String, StoreError> {
+        let (user_id, new_kid, new_sealed) = (
+            user_id.to_owned(),
+            new_kid.to_owned(),
+            new_sealed.to_owned(),
+        );
+        self.run(move |s| s.rotate_key(&user_id, &new_kid, &new_sealed, now))
+            .await
+    }
+
+    async fn retired_unrevoked(&self) -> Result<Vec<String>, StoreError> {
+        self.run(Blocking::retired_unrevoked).await
+    }
+
+    async fn key_revoked(&self, kid: &str, now: i64) -> Result<Option<String>, StoreError> {
+        let kid = kid.to_owned();
+        self.run(move |s| s.key_revoked(&kid, now)).await
+    }
+
+    async fn unregistered_users(&self) -> Result<Vec<UserRow>, StoreError> {
+        self.run(Blocking::unregistered_users).await
+    }
+
+    async fn user(&self, user_id: &str) -> Result<Option<UserRow>, StoreError> {
+        let user_id = user_id.to_owned();
+        self.run(move |s| s.user(&user_id)).await
+    }
+
+    async fn user_by_token_hash(&self, token_hash: &str) -> Result<Option<String>, StoreError> {
+        let token_hash = token_hash.to_owned();
+        self.run(move |s| s.user_by_token_hash(&token_hash)).await
+    }
+
+    async fn create_request(
+        &self,
+        request: RequestRow,
+        proof: Option<(String, i64)>,
+        max_pending: u32,
+    ) -> Result<(), StoreError> {
+        self.run(move |s| s.create_request(&request, proof, max_pending))
+            .await
+    }
+
+    async fn request(&self, id: &str) -> Result<Option<RequestRow>, StoreError> {
+        let id = id.to_owned();
+        self.run(move |s| s.request(&id)).await
+    }
+
+    async fn pending_for_user(
+        &self,
+        user_id: &str,
+        now: i64,
+        after: Option<(i64, &str)>,
+        limit: u32,
+    ) -> Result<Vec<RequestRow>, StoreError> {
+        let user_id = user_id.to_owned();
+        let after = after.map(|(time, id)| (time, id.to_owned()));
+        self.run(move |s| {
+            let after = after.as_ref().map(|(time, id)| (*time, id.as_str()));
+            s.pending_for_user(&user_id, now, after, limit)
+        })
+        .await
+    }
+
+    async fn approve(&self, attempt: Attempt) -> Result<Approval, StoreError> {
+        self.run(move |s| s.approve(attempt)).await
+    }
+
+    async fn evidence(&self, request_id: &str) -> Result<Option<String>, StoreError> {
+        let request_id = request_id.to_owned();
+        self.run(move |s| s.evidence(&request_id)).await
+    }
+
+    async fn add_passkey(
+        &self,
+        user_id: &str,
+        cred_id: &str,
+        passkey: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let (user_id, cred_id, passkey) =
+            (user_id.to_owned(), cred_id.to_owned(), passkey.to_owned());
+        self.run(move |s| s.add_passkey(&user_id, &cred_id, &passkey, now))
+            .await
+    }
+
+    async fn passkeys(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
+        let user_id = user_id.to_owned();
+        self.run(move |s| s.passkeys(&user_id)).await
+    }
+
+    async fn update_passkey(&self, cred_id: &str, passkey: &str) -> Result<(), StoreError> {
+        let (cred_id, passkey) = (cred_id.to_owned(), passkey.to_owned());
+        self.run(move |s| s.update_passkey(&cred_id, &passkey))
+            .await
+    }
+
+    async fn deny(
+        &self,
+        id: &str,
+        user_id: &str,
+        now: i64,
+    ) -> Result<Result<RequestRow, Status>, StoreError> {
+        let (id, user_id) = (id.to_owned(), user_id.to_owned());
+        self.run(move |s| s.deny(&id, &user_id, now)).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.run(Blocking::ping).await
     }
 }

@@ -2,10 +2,10 @@
 
 use std::path::Path;
 
-use ap2_service::{DbPoisoned, SqliteDb};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use ap2_service::{DbPoisoned, SqliteDb, WriteFailed};
+use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Approval, Minter, RequestRow, Status, StoreError, UserRow, WalletStore};
+use super::{Approval, Attempt, RequestRow, Status, StoreError, UserRow, WalletStore};
 
 /// Users and requests in one SQLite file.
 #[derive(Debug)]
@@ -19,6 +19,12 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 
 impl From<DbPoisoned> for StoreError {
     fn from(e: DbPoisoned) -> Self {
+        backend(e)
+    }
+}
+
+impl From<WriteFailed> for StoreError {
+    fn from(e: WriteFailed) -> Self {
         backend(e)
     }
 }
@@ -122,8 +128,28 @@ fn request_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RequestRow> {
     })
 }
 
+/// `query_row` with the statement from the connection's cache: parsed once, not per call.
+fn query_row<T, P: rusqlite::Params>(
+    conn: &Connection,
+    sql: &str,
+    params: P,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.prepare_cached(sql)?.query_row(params, f)
+}
+
+/// `execute` with the statement from the connection's cache.
+fn execute<P: rusqlite::Params>(
+    conn: &Connection,
+    sql: &str,
+    params: P,
+) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
+}
+
 fn select_request(conn: &Connection, id: &str) -> Result<Option<RequestRow>, StoreError> {
-    conn.query_row(
+    query_row(
+        conn,
         &format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE id = ?1"),
         params![id],
         request_row,
@@ -134,7 +160,8 @@ fn select_request(conn: &Connection, id: &str) -> Result<Option<RequestRow>, Sto
 
 /// Sets an ended status; the request's code goes with it.
 fn set_status(conn: &Connection, id: &str, status: Status) -> Result<(), StoreError> {
-    conn.execute(
+    execute(
+        conn,
         "UPDATE requests SET status = ?2, otp = '' WHERE id = ?1",
         params![id, status.as_str()],
     )
@@ -153,58 +180,67 @@ impl SqliteStore {
     }
 }
 
+#[async_trait::async_trait]
 impl WalletStore for SqliteStore {
-    fn create_user(&self, user: &UserRow) -> Result<(), StoreError> {
-        self.db.with(|conn| {
-            let result = conn.execute(
-                &format!(
-                    "INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)"
-                ),
-                params![
-                    user.user_id,
-                    user.kid,
-                    user.token_hash,
-                    user.sealed_key,
-                    i64::from(user.registered),
-                    user.created_at
-                ],
-            );
-            match result {
-                Ok(_) => Ok(()),
-                Err(rusqlite::Error::SqliteFailure(e, _))
-                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-                {
-                    Err(StoreError::UserExists)
+    async fn create_user(&self, user: UserRow) -> Result<(), StoreError> {
+        self.db
+            .write_async(move |conn| {
+                let result = execute(
+                    conn,
+                    &format!(
+                        "INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)"
+                    ),
+                    params![
+                        user.user_id,
+                        user.kid,
+                        user.token_hash,
+                        user.sealed_key,
+                        i64::from(user.registered),
+                        user.created_at
+                    ],
+                );
+                match result {
+                    Ok(_) => Ok(()),
+                    Err(rusqlite::Error::SqliteFailure(e, _))
+                        if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                    {
+                        Err(StoreError::UserExists)
+                    }
+                    Err(e) => Err(backend(e)),
                 }
-                Err(e) => Err(backend(e)),
-            }
-        })
+            })
+            .await
     }
 
-    fn mark_registered(&self, user_id: &str) -> Result<(), StoreError> {
-        self.db.with(|conn| {
-            conn.execute(
-                "UPDATE users SET registered = 1 WHERE user_id = ?1",
-                params![user_id],
-            )
-            .map(|_| ())
-            .map_err(backend)
-        })
+    async fn mark_registered(&self, user_id: &str) -> Result<(), StoreError> {
+        let user_id = user_id.to_owned();
+        self.db
+            .write_async(move |conn| {
+                execute(
+                    conn,
+                    "UPDATE users SET registered = 1 WHERE user_id = ?1",
+                    params![user_id],
+                )
+                .map(|_| ())
+                .map_err(backend)
+            })
+            .await
     }
 
-    fn rotate_key(
+    async fn rotate_key(
         &self,
         user_id: &str,
         new_kid: &str,
         new_sealed: &[u8],
         now: i64,
     ) -> Result<String, StoreError> {
-        self.db.with(|conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(backend)?;
-            let old: String = tx
-                .query_row(
+        let user_id = user_id.to_owned();
+        let new_kid = new_kid.to_owned();
+        let new_sealed = new_sealed.to_owned();
+        self.db
+            .write_async(move |conn| {
+                let old: String = query_row(
+                    conn,
                     "SELECT kid FROM users WHERE user_id = ?1",
                     params![user_id],
                     |row| row.get(0),
@@ -212,76 +248,85 @@ impl WalletStore for SqliteStore {
                 .optional()
                 .map_err(backend)?
                 .ok_or(StoreError::NotFound)?;
-            tx.execute(
+                execute(
+                    conn,
                 "INSERT INTO retired_keys (kid, user_id, retired_at, revoked) VALUES (?1, ?2, ?3, 0)
                  ON CONFLICT (kid) DO NOTHING",
                 params![old, user_id, now],
             )
             .map_err(backend)?;
-            tx.execute(
+                execute(
+                    conn,
                 "UPDATE users SET kid = ?2, sealed_key = ?3, key_revoked_at = NULL, registered = 1
                  WHERE user_id = ?1",
                 params![user_id, new_kid, new_sealed],
             )
             .map_err(backend)?;
-            tx.commit().map_err(backend)?;
-            Ok(old)
-        })
+                Ok(old)
+            })
+            .await
     }
 
-    fn retired_unrevoked(&self) -> Result<Vec<String>, StoreError> {
+    async fn retired_unrevoked(&self) -> Result<Vec<String>, StoreError> {
         self.db.with(|conn| {
             let mut stmt = conn
-                .prepare("SELECT kid FROM retired_keys WHERE revoked = 0 ORDER BY retired_at")
+                .prepare_cached(
+                    "SELECT kid FROM retired_keys WHERE revoked = 0 ORDER BY retired_at",
+                )
                 .map_err(backend)?;
             let rows = stmt.query_map([], |row| row.get(0)).map_err(backend)?;
             rows.map(|row| row.map_err(backend)).collect()
         })
     }
 
-    fn key_revoked(&self, kid: &str, now: i64) -> Result<Option<String>, StoreError> {
-        self.db.with(|conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
+    async fn key_revoked(&self, kid: &str, now: i64) -> Result<Option<String>, StoreError> {
+        let kid = kid.to_owned();
+        self.db
+            .write_async(move |conn| {
+                execute(
+                    conn,
+                    "UPDATE retired_keys SET revoked = 1 WHERE kid = ?1",
+                    params![kid],
+                )
                 .map_err(backend)?;
-            tx.execute(
-                "UPDATE retired_keys SET revoked = 1 WHERE kid = ?1",
-                params![kid],
-            )
-            .map_err(backend)?;
-            tx.execute(
+                execute(
+                    conn,
                 "UPDATE users SET key_revoked_at = ?2 WHERE kid = ?1 AND key_revoked_at IS NULL",
                 params![kid, now],
             )
             .map_err(backend)?;
-            let user = tx
-                .query_row(
+                let user = query_row(
+                    conn,
                     "SELECT user_id FROM users WHERE kid = ?1",
                     params![kid],
                     |row| row.get(0),
                 )
                 .optional()
                 .map_err(backend)?;
-            tx.commit().map_err(backend)?;
-            Ok(user)
-        })
+                Ok(user)
+            })
+            .await
     }
 
-    fn delete_unregistered_user(&self, user_id: &str) -> Result<(), StoreError> {
-        self.db.with(|conn| {
-            conn.execute(
-                "DELETE FROM users WHERE user_id = ?1 AND registered = 0",
-                params![user_id],
-            )
-            .map(|_| ())
-            .map_err(backend)
-        })
+    async fn delete_unregistered_user(&self, user_id: &str) -> Result<(), StoreError> {
+        let user_id = user_id.to_owned();
+        self.db
+            .write_async(move |conn| {
+                execute(
+                    conn,
+                    "DELETE FROM users WHERE user_id = ?1 AND registered = 0",
+                    params![user_id],
+                )
+                .map(|_| ())
+                .map_err(backend)
+            })
+            .await
     }
 
-    fn unregistered_users(&self) -> Result<Vec<UserRow>, StoreError> {
+    async fn unregistered_users(&self) -> Result<Vec<UserRow>, StoreError> {
         self.db.with(|conn| {
             let mut stmt = conn
-                .prepare(&format!(
+                .prepare_cached(&format!(
                     "SELECT {USER_COLUMNS} FROM users WHERE registered = 0"
                 ))
                 .map_err(backend)?;
@@ -290,9 +335,10 @@ impl WalletStore for SqliteStore {
         })
     }
 
-    fn user(&self, user_id: &str) -> Result<Option<UserRow>, StoreError> {
+    async fn user(&self, user_id: &str) -> Result<Option<UserRow>, StoreError> {
         self.db.with(|conn| {
-            conn.query_row(
+            query_row(
+                conn,
                 &format!("SELECT {USER_COLUMNS} FROM users WHERE user_id = ?1"),
                 params![user_id],
                 user_row,
@@ -302,9 +348,10 @@ impl WalletStore for SqliteStore {
         })
     }
 
-    fn user_by_token_hash(&self, token_hash: &str) -> Result<Option<String>, StoreError> {
+    async fn user_by_token_hash(&self, token_hash: &str) -> Result<Option<String>, StoreError> {
         self.db.with(|conn| {
-            conn.query_row(
+            query_row(
+                conn,
                 "SELECT user_id FROM users WHERE token_hash = ?1",
                 params![token_hash],
                 |row| row.get(0),
@@ -314,76 +361,78 @@ impl WalletStore for SqliteStore {
         })
     }
 
-    fn create_request(
+    async fn create_request(
         &self,
-        r: &RequestRow,
-        proof: Option<(&str, i64)>,
+        r: RequestRow,
+        proof: Option<(String, i64)>,
         max_pending: u32,
     ) -> Result<(), StoreError> {
-        self.db.with(|conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(backend)?;
-            let pending: i64 = tx
-                .query_row(
-                    "SELECT COUNT(*) FROM requests WHERE user_id = ?1 \
+        // The writer thread's transaction: the count sees the requests committed with it.
+        self.db
+            .write_async(move |conn| {
+                let pending: i64 = query_row(
+                    conn,
+                        "SELECT COUNT(*) FROM requests WHERE user_id = ?1 \
                      AND status = 'pending_approval' AND expires_at > ?2",
-                    params![r.user_id, r.created_at],
-                    |row| row.get(0),
-                )
-                .map_err(backend)?;
-            if pending >= i64::from(max_pending) {
-                return Err(StoreError::TooManyPending);
-            }
-            if let Some((key, until)) = proof {
-                tx.execute(
-                    "DELETE FROM dpop_proofs WHERE until <= ?1",
-                    params![r.created_at],
-                )
-                .map_err(backend)?;
-                let inserted = tx.execute(
+                        params![r.user_id, r.created_at],
+                        |row| row.get(0),
+                    )
+                    .map_err(backend)?;
+                if pending >= i64::from(max_pending) {
+                    return Err(StoreError::TooManyPending);
+                }
+                if let Some((key, until)) = proof {
+                    execute(
+                    conn,
+                        "DELETE FROM dpop_proofs WHERE until <= ?1",
+                        params![r.created_at],
+                    )
+                    .map_err(backend)?;
+                    let inserted = execute(
+                    conn,
                     "INSERT INTO dpop_proofs (key, until) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
                     params![key, until],
                 );
-                if inserted.map_err(backend)? == 0 {
-                    return Err(StoreError::ProofReplayed);
+                    if inserted.map_err(backend)? == 0 {
+                        return Err(StoreError::ProofReplayed);
+                    }
                 }
-            }
-            tx.execute(
-                &format!(
+                conn.prepare_cached(&format!(
                     "INSERT INTO requests ({REQUEST_COLUMNS}) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
-                ),
-                params![
-                    r.id,
-                    r.user_id,
-                    r.agent_id,
-                    r.merchant_id,
-                    r.cart,
-                    r.cart_hash,
-                    r.max_amount,
-                    r.currency,
-                    r.ttl_secs,
-                    r.otp,
-                    r.attempts,
-                    r.status.as_str(),
-                    r.created_at,
-                    r.expires_at,
-                    r.mandate,
-                    r.mandate_exp,
-                    r.cnf_jkt
-                ],
-            )
-            .map_err(backend)?;
-            tx.commit().map_err(backend)
-        })
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+                ))
+                .and_then(|mut insert| {
+                    insert.execute(params![
+                        r.id,
+                        r.user_id,
+                        r.agent_id,
+                        r.merchant_id,
+                        r.cart,
+                        r.cart_hash,
+                        r.max_amount,
+                        r.currency,
+                        r.ttl_secs,
+                        r.otp,
+                        r.attempts,
+                        r.status.as_str(),
+                        r.created_at,
+                        r.expires_at,
+                        r.mandate,
+                        r.mandate_exp,
+                        r.cnf_jkt
+                    ])
+                })
+                .map(drop)
+                .map_err(backend)
+            })
+            .await
     }
 
-    fn request(&self, id: &str) -> Result<Option<RequestRow>, StoreError> {
+    async fn request(&self, id: &str) -> Result<Option<RequestRow>, StoreError> {
         self.db.with(|conn| select_request(conn, id))
     }
 
-    fn pending_for_user(
+    async fn pending_for_user(
         &self,
         user_id: &str,
         now: i64,
@@ -393,7 +442,7 @@ impl WalletStore for SqliteStore {
         let (after_time, after_id) = after.unwrap_or((i64::MIN, ""));
         self.db.with(|conn| {
             let mut stmt = conn
-                .prepare(&format!(
+                .prepare_cached(&format!(
                     "SELECT {REQUEST_COLUMNS} FROM requests WHERE user_id = ?1 \
                      AND status = 'pending_approval' AND expires_at > ?2 \
                      AND (created_at, id) > (?3, ?4) ORDER BY created_at, id LIMIT ?5"
@@ -409,79 +458,80 @@ impl WalletStore for SqliteStore {
         })
     }
 
-    fn approve(
-        &self,
-        id: &str,
-        user_id: &str,
-        code_matches: &dyn Fn(&str) -> bool,
-        now: i64,
-        max_attempts: i64,
-        mint: Minter<'_>,
-        evidence: Option<&str>,
-    ) -> Result<Approval, StoreError> {
-        self.db.with(|conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(backend)?;
-            let mut request = select_request(&tx, id)?.ok_or(StoreError::NotFound)?;
-            if request.user_id != user_id {
-                return Err(StoreError::NotYours);
-            }
-            let outcome = match request.status_at(now) {
-                Status::Expired => {
-                    set_status(&tx, id, Status::Expired)?;
-                    Approval::Expired
+    async fn approve(&self, attempt: Attempt) -> Result<Approval, StoreError> {
+        self.db
+            .write_async(move |conn| {
+                let Attempt {
+                    id,
+                    user_id,
+                    code_matches,
+                    now,
+                    max_attempts,
+                    mandate,
+                    evidence,
+                } = attempt;
+                let mut request = select_request(conn, &id)?.ok_or(StoreError::NotFound)?;
+                if request.user_id != user_id {
+                    return Err(StoreError::NotYours);
                 }
-                Status::Locked => Approval::Locked,
-                Status::PendingApproval if code_matches(&request.otp) => {
-                    let (mandate, exp) = mint(&request).map_err(StoreError::Mint)?;
-                    tx.execute(
+                Ok(match request.status_at(now) {
+                    Status::Expired => {
+                        set_status(conn, &id, Status::Expired)?;
+                        Approval::Expired
+                    }
+                    Status::Locked => Approval::Locked,
+                    Status::PendingApproval if code_matches(&request.otp) => {
+                        let (mandate, exp) = mandate.ok_or_else(|| {
+                            StoreError::Mint("the request was approved without a mandate".into())
+                        })?;
+                        execute(
+                    conn,
                         "UPDATE requests SET status = 'approved', mandate = ?2, mandate_exp = ?3, \
                          otp = '' WHERE id = ?1 AND status = 'pending_approval'",
                         params![id, mandate, exp],
                     )
                     .map_err(backend)?;
-                    if let Some(evidence) = evidence {
-                        tx.execute(
-                            "INSERT INTO evidence (request_id, evidence) VALUES (?1, ?2)",
-                            params![id, evidence],
+                        if let Some(evidence) = evidence {
+                            execute(
+                                conn,
+                                "INSERT INTO evidence (request_id, evidence) VALUES (?1, ?2)",
+                                params![id, evidence],
+                            )
+                            .map_err(backend)?;
+                        }
+                        request.status = Status::Approved;
+                        request.otp = String::new();
+                        request.mandate = Some(mandate);
+                        request.mandate_exp = Some(exp);
+                        Approval::Approved(Box::new(request))
+                    }
+                    Status::PendingApproval => {
+                        let attempts = request.attempts.saturating_add(1);
+                        execute(
+                            conn,
+                            "UPDATE requests SET attempts = ?2 WHERE id = ?1",
+                            params![id, attempts],
                         )
                         .map_err(backend)?;
-                    }
-                    request.status = Status::Approved;
-                    request.mandate = Some(mandate);
-                    request.mandate_exp = Some(exp);
-                    Approval::Approved(Box::new(request))
-                }
-                Status::PendingApproval => {
-                    let attempts = request.attempts.saturating_add(1);
-                    let locked = attempts >= max_attempts;
-                    tx.execute(
-                        "UPDATE requests SET attempts = ?2 WHERE id = ?1",
-                        params![id, attempts],
-                    )
-                    .map_err(backend)?;
-                    if locked {
-                        set_status(&tx, id, Status::Locked)?;
-                    }
-                    if locked {
-                        Approval::Locked
-                    } else {
-                        Approval::WrongCode {
-                            remaining: max_attempts - attempts,
+                        if attempts >= max_attempts {
+                            set_status(conn, &id, Status::Locked)?;
+                            Approval::Locked
+                        } else {
+                            Approval::WrongCode {
+                                remaining: max_attempts - attempts,
+                            }
                         }
                     }
-                }
-                other => Approval::NotPending(other),
-            };
-            tx.commit().map_err(backend)?;
-            Ok(outcome)
-        })
+                    other => Approval::NotPending(other),
+                })
+            })
+            .await
     }
 
-    fn evidence(&self, request_id: &str) -> Result<Option<String>, StoreError> {
+    async fn evidence(&self, request_id: &str) -> Result<Option<String>, StoreError> {
         self.db.with(|conn| {
-            conn.query_row(
+            query_row(
+                conn,
                 "SELECT evidence FROM evidence WHERE request_id = ?1",
                 params![request_id],
                 |row| row.get(0),
@@ -491,15 +541,19 @@ impl WalletStore for SqliteStore {
         })
     }
 
-    fn add_passkey(
+    async fn add_passkey(
         &self,
         user_id: &str,
         cred_id: &str,
         passkey: &str,
         now: i64,
     ) -> Result<(), StoreError> {
-        self.db.with(|conn| {
-            match conn.execute(
+        let user_id = user_id.to_owned();
+        let cred_id = cred_id.to_owned();
+        let passkey = passkey.to_owned();
+        self.db.write_async(move |conn| {
+            match execute(
+                    conn,
                 "INSERT INTO passkeys (cred_id, user_id, passkey, created_at) VALUES (?1, ?2, ?3, ?4)",
                 params![cred_id, user_id, passkey, now],
             ) {
@@ -512,12 +566,13 @@ impl WalletStore for SqliteStore {
                 Err(e) => Err(backend(e)),
             }
         })
+        .await
     }
 
-    fn passkeys(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
+    async fn passkeys(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
         self.db.with(|conn| {
             let mut stmt = conn
-                .prepare(
+                .prepare_cached(
                     "SELECT passkey FROM passkeys WHERE user_id = ?1 ORDER BY created_at, cred_id",
                 )
                 .map_err(backend)?;
@@ -528,46 +583,51 @@ impl WalletStore for SqliteStore {
         })
     }
 
-    fn update_passkey(&self, cred_id: &str, passkey: &str) -> Result<(), StoreError> {
-        self.db.with(|conn| {
-            conn.execute(
-                "UPDATE passkeys SET passkey = ?2 WHERE cred_id = ?1",
-                params![cred_id, passkey],
-            )
-            .map(|_| ())
-            .map_err(backend)
-        })
+    async fn update_passkey(&self, cred_id: &str, passkey: &str) -> Result<(), StoreError> {
+        let cred_id = cred_id.to_owned();
+        let passkey = passkey.to_owned();
+        self.db
+            .write_async(move |conn| {
+                execute(
+                    conn,
+                    "UPDATE passkeys SET passkey = ?2 WHERE cred_id = ?1",
+                    params![cred_id, passkey],
+                )
+                .map(|_| ())
+                .map_err(backend)
+            })
+            .await
     }
 
-    fn deny(
+    async fn deny(
         &self,
         id: &str,
         user_id: &str,
         now: i64,
     ) -> Result<Result<RequestRow, Status>, StoreError> {
-        self.db.with(|conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(backend)?;
-            let mut request = select_request(&tx, id)?.ok_or(StoreError::NotFound)?;
-            if request.user_id != user_id {
-                return Err(StoreError::NotYours);
-            }
-            let outcome = match request.status_at(now) {
-                Status::PendingApproval => {
-                    set_status(&tx, id, Status::Denied)?;
-                    request.status = Status::Denied;
-                    Ok(request)
+        let id = id.to_owned();
+        let user_id = user_id.to_owned();
+        self.db
+            .write_async(move |conn| {
+                let mut request = select_request(conn, &id)?.ok_or(StoreError::NotFound)?;
+                if request.user_id != user_id {
+                    return Err(StoreError::NotYours);
                 }
-                other => Err(other),
-            };
-            tx.commit().map_err(backend)?;
-            Ok(outcome)
-        })
+                let outcome = match request.status_at(now) {
+                    Status::PendingApproval => {
+                        set_status(conn, &id, Status::Denied)?;
+                        request.status = Status::Denied;
+                        Ok(request)
+                    }
+                    other => Err(other),
+                };
+                Ok(outcome)
+            })
+            .await
     }
 
-    fn ping(&self) -> Result<(), StoreError> {
+    async fn ping(&self) -> Result<(), StoreError> {
         self.db
-            .with(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(backend))
+            .with(|conn| query_row(conn, "SELECT 1", [], |_| Ok(())).map_err(backend))
     }
 }
