@@ -198,7 +198,7 @@ run_merchant() {
 }
 # Odd rounds run the floor first, even rounds the merchant first, so neither always gets the
 # quieter minute.
-[ "${SCENARIOS:-1}" = complete ] && ROUNDS=0
+{ [ "${SCENARIOS:-1}" = complete ] || [ "${SCENARIOS:-1}" = wallet ]; } && ROUNDS=0
 for round in $(seq 1 "${ROUNDS:-1}"); do
   [ "${ROUNDS:-1}" = 1 ] || echo "==== round $round of $ROUNDS"
   [ "$round" = 1 ] || make_tokens
@@ -284,7 +284,8 @@ if [ "${SCENARIOS:-1}" = all ] || [ "${SCENARIOS:-1}" = wallet ]; then
     perf record -e cpu-clock -F 1999 -p "$WALLET_PID" -o "$WORK/perf.data" -- sleep "$DURATION" >/dev/null 2>&1 &
     PERF_PID=$!
   fi
-  WALLET_LINE=$("$BIN/examples/wallet_load" "http://127.0.0.1:$WALLET_PORT" bench-admin bench-agent "$DURATION" "${WALLET_CONCURRENCY:-16}")
+  WALLET_LINE=$( { TIMEFORMAT='%U %S'; time "$BIN/examples/wallet_load" "http://127.0.0.1:$WALLET_PORT" \
+    bench-admin bench-agent "$DURATION" "${WALLET_CONCURRENCY:-16}"; } 2>"$WORK/wallet_load_cpu.txt")
   after=$(cpu_ticks "$WALLET_PID")
   if [ "${PROFILE:-0}" = 1 ]; then
     wait "$PERF_PID" || true
@@ -294,4 +295,5 @@ if [ "${SCENARIOS:-1}" = all ] || [ "${SCENARIOS:-1}" = wallet ]; then
   MINTED=$(echo "$WALLET_LINE" | awk '{print $3}')
   python3 -c "import sys; m, v, s, t, hz, d = map(float, sys.argv[1:]); print(f'ratio wallet mandates/s / openssl verify/s = {m / v:.3f} (/ sign/s = {m / s:.3f}); wallet CPU {t / hz / d:.2f} cores')" \
     "$MINTED" "$OPENSSL_VERIFY" "$OPENSSL_SIGN" "$(( after - before ))" "$TICKS" "$DURATION"
+  awk -v d="$DURATION" '{printf "load generator (wallet_load) CPU %.2f cores\n", ($1 + $2) / d}' "$WORK/wallet_load_cpu.txt"
 fi
