@@ -109,6 +109,14 @@ PY
 }
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# The CPU ticks of every process named postgres (0 when there is none).
+postgres_ticks() {
+  local total=0 pid
+  for pid in $(pgrep -x postgres || true); do
+    total=$(( total + $(cpu_ticks "$pid" 2>/dev/null || echo 0) ))
+  done
+  echo "$total"
+}
 TICKS=$(getconf CLK_TCK)
 # A counter of the merchant's /metrics, summed over the label sets that contain $2.
 metric() {
@@ -234,6 +242,7 @@ if [ "${SCENARIOS:-1}" = all ] || [ "${SCENARIOS:-1}" = complete ]; then
   "$BIN/ap2" mint --key "$WORK/user.pem" --iss https://wallet.example --sub bench-user \
     --agent agent-7 --cart "$WORK/cart.json" --ttl 300 --count "$(wc -l < "$WORK/sessions.txt")" > "$WORK/tokens2.txt"
   before=$(cpu_ticks "$MERCHANT_PID")
+  pg_before=$(postgres_ticks)
   if [ "${PROFILE:-0}" = 1 ]; then
     perf record -e cpu-clock -F 1999 -p "$MERCHANT_PID" -o "$WORK/perf.data" -- sleep "$DURATION" >/dev/null 2>&1 &
     PERF_PID=$!
@@ -241,6 +250,11 @@ if [ "${SCENARIOS:-1}" = all ] || [ "${SCENARIOS:-1}" = complete ]; then
   wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -s bench/complete.lua \
     "http://127.0.0.1:$MERCHANT_PORT" -- "$WORK/tokens2.txt" "$WORK/sessions.txt" "$THREADS" > "$WORK/wrk2.txt"
   after=$(cpu_ticks "$MERCHANT_PID")
+  pg_after=$(postgres_ticks)
+  if [ -n "${MERCHANT_DATABASE_URL:-}" ]; then
+    awk -v b="$pg_before" -v a="$pg_after" -v hz="$TICKS" -v d="$DURATION" \
+      'BEGIN {printf "PostgreSQL CPU (all its processes) %.2f cores\n", (a - b) / hz / d}'
+  fi
   if [ "${PROFILE:-0}" = 1 ]; then
     wait "$PERF_PID" || true
     SERVER_PID=$MERCHANT_PID show_profile

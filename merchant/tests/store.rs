@@ -79,6 +79,19 @@ async fn contract(store: Arc<dyn MerchantStore>) {
         (SessionStatus::ReadyForComplete, Some("jkt-a"))
     );
     assert!(store.session("nope").await.unwrap().is_none());
+    // Many reads at once (one statement on PostgreSQL): each gets its own session, or none.
+    let ids = ["s0", "nope", "s2", "s0", "s5", "missing", "s1"];
+    let reads: Vec<_> = (0..40)
+        .map(|n| {
+            let (store, id) = (store.clone(), ids[n % ids.len()]);
+            tokio::spawn(async move { (id, store.session(id).await.unwrap()) })
+        })
+        .collect();
+    for read in reads {
+        let (id, got) = read.await.unwrap();
+        let expected = id.starts_with('s').then_some(id);
+        assert_eq!(got.as_ref().map(|s| s.id.as_str()), expected);
+    }
 
     // One order per session, one session per (iss, jti).
     store

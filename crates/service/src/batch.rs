@@ -33,8 +33,16 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     /// Starts `writers` tasks on the current runtime. Each takes what is queued (at least one
     /// item, at most `max_batch`), gives it to `write`, and answers each item with the output
     /// at its position. At most `queue` items wait; a caller past that waits for room, so a
-    /// flood is slowed, never stored without bound. Must be called within a Tokio runtime.
-    pub fn spawn<F, Fut>(writers: usize, max_batch: usize, queue: usize, write: F) -> Self
+    /// flood is slowed, never stored without bound. Each batch's size is recorded in the
+    /// `store_batch_size` histogram under the label `batch="{name}"`. Must be called within a
+    /// Tokio runtime.
+    pub fn spawn<F, Fut>(
+        name: &'static str,
+        writers: usize,
+        max_batch: usize,
+        queue: usize,
+        write: F,
+    ) -> Self
     where
         F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<O>> + Send + 'static,
@@ -48,7 +56,8 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
                 while let Some(batch) = next_batch(&rx, max_batch.max(1)).await {
                     let (items, replies): (Vec<I>, Vec<oneshot::Sender<O>>) =
                         batch.into_iter().unzip();
-                    metrics::histogram!("store_batch_size").record(items.len() as f64);
+                    metrics::histogram!("store_batch_size", "batch" => name)
+                        .record(items.len() as f64);
                     let outputs = write(items).await;
                     // An output missing for an item drops its reply: that caller sees
                     // `BatcherGone`.
@@ -102,7 +111,7 @@ mod tests {
      {
         let batches = Arc::new(AtomicUsize::new(0));
         let counted = batches.clone();
-        let batcher = Batcher::spawn(1, 64, 1024, move |items: Vec<u32>| {
+        let batcher = Batcher::spawn("test", 1, 64, 1024, move |items: Vec<u32>| {
             counted.fetch_add(1, Ordering::SeqCst);
             async move {
                 // A slow write, so that what arrives meanwhile queues up.
@@ -126,7 +135,9 @@ mod tests {
 
     #[tokio::test]
     async fn spec11_an_item_the_writer_did_not_answer_is_an_error_not_a_hang() {
-        let batcher = Batcher::spawn(1, 8, 8, |_items: Vec<u32>| async { Vec::<u32>::new() });
+        let batcher = Batcher::spawn("test", 1, 8, 8, |_items: Vec<u32>| async {
+            Vec::<u32>::new()
+        });
         assert!(batcher.submit(1).await.is_err());
     }
 }
