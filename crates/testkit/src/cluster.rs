@@ -50,6 +50,9 @@ impl RedisCluster {
             let child = Command::new("redis-server")
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                 .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+                // The bus port given, not the default of port + 10 000: that is past 65 535
+                // for a free port above 55 535, and the node would not start.
+                .args(["--cluster-port", &free_port().to_string()])
                 .args([
                     "--cluster-config-file",
                     "nodes.conf",
