@@ -22,6 +22,11 @@
 #        MERCHANT_ARGS="--flag value" bench/load.sh ... passes more flags to the merchant
 #        WALLET_ARGS="--flag value" bench/load.sh ...   and to the wallet
 #        WALLET_CONCURRENCY=32 bench/load.sh ...        users approving at once in scenario 3 (16)
+#        AGENT_KEYS=16 bench/load.sh ...               agents opening the sessions of 2b (8)
+#        OPEN_SECS=45 bench/load.sh ...                how long 2b opens sessions (2 x duration; at most
+#                                      50, its proofs are made first and live 60 s):
+#                                      on PostgreSQL bound sessions open at about 1 200/s, and
+#                                      a run that uses them all up measures 409s after that
 #        ROUNDS=3 bench/load.sh ...    alternates scenarios 0 and 1 three times, prints medians
 #        PROFILE=1 bench/load.sh ...   also samples each server with `perf record` (cpu-clock)
 #                                      (PROFILE_DIR=dir keeps each full profile there)
@@ -266,19 +271,42 @@ if [ "${SCENARIOS:-1}" = all ] || [ "${SCENARIOS:-1}" = complete ]; then
   report "merchant complete" "$requests" "$duration_us" "$non2xx" "$p50_us" "$p99_us" "$before" "$after"
 
   echo "== scenario 2b: bound completion (sessions opened with proofs, DPoP mandates), c=$CONNECTIONS, ${DURATION}s"
-  "$BIN/examples/bench_proofs" "$WORK/agent.pem" POST "http://127.0.0.1:$MERCHANT_PORT/v1/checkout-sessions" \
-    "$(( DURATION * 4000 ))" > "$WORK/session_proofs.txt"
-  rm -f "$WORK"/bound_sessions.txt*
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$(( DURATION * 2 ))s" -s bench/sessions.lua \
-    "http://127.0.0.1:$MERCHANT_PORT" -- "$WORK/bound_sessions.txt" "$WORK/session_proofs.txt" "$THREADS" >/dev/null
-  cat "$WORK"/bound_sessions.txt.* > "$WORK/bound_sessions.txt"
-  echo "sessions created: $(wc -l < "$WORK/bound_sessions.txt")"
-  "$BIN/ap2" mint --key "$WORK/user.pem" --iss https://wallet.example --sub bench-user \
-    --agent agent-7 --cart "$WORK/cart.json" --ttl 300 --count "$(wc -l < "$WORK/bound_sessions.txt")" \
-    --cnf-jkt "$JKT" > "$WORK/tokens3.txt"
-  "$BIN/examples/bench_proofs" "$WORK/agent.pem" POST \
-    "http://127.0.0.1:$MERCHANT_PORT/v1/checkout-sessions/{id}/complete" \
-    "$WORK/bound_sessions.txt" "$WORK/tokens3.txt" > "$WORK/complete_proofs.txt"
+  # The sessions are opened by AGENT_KEYS agents (8) at once, each with a key of its own and
+  # CONNECTIONS / AGENT_KEYS connections: opening a session counts its agent's open sessions
+  # (SPEC §9) under a lock on the agent's key, so one key for all would open them one at a time,
+  # each counting all the sessions before it. Each agent's mandates are bound to its key and
+  # presented with its proofs; the files are joined in the same order.
+  AGENT_KEYS=${AGENT_KEYS:-8}
+  rm -f "$WORK"/bound_sessions* "$WORK"/tokens3* "$WORK"/complete_proofs*
+  opening=()
+  for k in $(seq 1 "$AGENT_KEYS"); do
+    "$BIN/ap2" agent-keygen --out "$WORK/agent-$k.pem" \
+      | python3 -c 'import json, sys; print(json.load(sys.stdin)["jkt"])' > "$WORK/agent-$k.jkt"
+    "$BIN/examples/bench_proofs" "$WORK/agent-$k.pem" POST "http://127.0.0.1:$MERCHANT_PORT/v1/checkout-sessions" \
+      "$(( ${OPEN_SECS:-$(( DURATION * 2 ))} * 2000 ))" > "$WORK/session_proofs-$k.txt"
+  done
+  for k in $(seq 1 "$AGENT_KEYS"); do
+    wrk -t1 -c"$(( CONNECTIONS / AGENT_KEYS > 0 ? CONNECTIONS / AGENT_KEYS : 1 ))" -d"${OPEN_SECS:-$(( DURATION * 2 ))}s" \
+      -s bench/sessions.lua "http://127.0.0.1:$MERCHANT_PORT" -- "$WORK/bound_sessions-$k.txt" \
+      "$WORK/session_proofs-$k.txt" 1 >/dev/null &
+    opening+=($!)
+  done
+  wait "${opening[@]}"
+  for k in $(seq 1 "$AGENT_KEYS"); do
+    cat "$WORK"/bound_sessions-"$k".txt.* > "$WORK/bound_sessions-$k.txt"
+    "$BIN/ap2" mint --key "$WORK/user.pem" --iss https://wallet.example --sub bench-user \
+      --agent agent-7 --cart "$WORK/cart.json" --ttl 300 --count "$(wc -l < "$WORK/bound_sessions-$k.txt")" \
+      --cnf-jkt "$(cat "$WORK/agent-$k.jkt")" > "$WORK/tokens3-$k.txt"
+  done
+  # The completion proofs last, all at once: a proof is accepted for 60 s after its iat.
+  for k in $(seq 1 "$AGENT_KEYS"); do
+    "$BIN/examples/bench_proofs" "$WORK/agent-$k.pem" POST \
+      "http://127.0.0.1:$MERCHANT_PORT/v1/checkout-sessions/{id}/complete" \
+      "$WORK/bound_sessions-$k.txt" "$WORK/tokens3-$k.txt" >> "$WORK/complete_proofs.txt"
+    cat "$WORK/bound_sessions-$k.txt" >> "$WORK/bound_sessions.txt"
+    cat "$WORK/tokens3-$k.txt" >> "$WORK/tokens3.txt"
+  done
+  echo "sessions created: $(wc -l < "$WORK/bound_sessions.txt") by $AGENT_KEYS agents' keys"
   before=$(cpu_ticks "$MERCHANT_PID")
   wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -s bench/complete.lua \
     "http://127.0.0.1:$MERCHANT_PORT" -- "$WORK/tokens3.txt" "$WORK/bound_sessions.txt" "$THREADS" \
