@@ -200,39 +200,9 @@ impl PgStore {
     /// called within a Tokio runtime: the batch writers are its tasks.
     pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<Self> {
         let db = PgPool::open(url, "merchant", MIGRATIONS, max_connections).await?;
-        let pool = db.clone();
-        let sessions = Batcher::spawn(
-            "sessions",
-            BATCH_WRITERS,
-            BATCH_MAX,
-            BATCH_QUEUE,
-            move |ids| {
-                let pool = pool.clone();
-                async move { select_sessions(&pool, ids).await }
-            },
-        );
-        let pool = db.clone();
-        let begins = Batcher::spawn(
-            "begin_orders",
-            BATCH_WRITERS,
-            BATCH_MAX,
-            BATCH_QUEUE,
-            move |orders| {
-                let pool = pool.clone();
-                async move { begin_orders(&pool, orders).await }
-            },
-        );
-        let pool = db.clone();
-        let finishes = Batcher::spawn(
-            "finish_orders",
-            BATCH_WRITERS,
-            BATCH_MAX,
-            BATCH_QUEUE,
-            move |charges| {
-                let pool = pool.clone();
-                async move { finish_orders(&pool, charges).await }
-            },
-        );
+        let sessions = batcher("sessions", &db, select_sessions);
+        let begins = batcher("begin_orders", &db, begin_orders);
+        let finishes = batcher("finish_orders", &db, finish_orders);
         Ok(Self {
             db,
             sessions,
@@ -246,9 +216,26 @@ impl PgStore {
     }
 }
 
+/// A batcher that gives what is queued to `write`, with the store's limits.
+fn batcher<I, O, Fut>(
+    name: &'static str,
+    db: &PgPool,
+    write: fn(PgPool, Vec<I>) -> Fut,
+) -> Batcher<I, O>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    Fut: std::future::Future<Output = Vec<O>> + Send + 'static,
+{
+    let db = db.clone();
+    Batcher::spawn(name, BATCH_WRITERS, BATCH_MAX, BATCH_QUEUE, move |items| {
+        write(db.clone(), items)
+    })
+}
+
 /// The sessions `ids`, read in one statement: one answer per id, in order.
 async fn select_sessions(
-    db: &PgPool,
+    db: PgPool,
     ids: Vec<String>,
 ) -> Vec<Result<Option<SessionRow>, StoreError>> {
     let rows = async {
@@ -293,7 +280,7 @@ fn begun(row: &tokio_postgres::Row) -> Result<(), StoreError> {
     }
 }
 
-async fn begin_orders(db: &PgPool, orders: Vec<OrderRow>) -> Vec<Result<(), StoreError>> {
+async fn begin_orders(db: PgPool, orders: Vec<OrderRow>) -> Vec<Result<(), StoreError>> {
     let all_fail = |why: String, n: usize| (0..n).map(|_| Err(backend(&why))).collect();
     let conn = match db.get().await {
         Ok(conn) => conn,
@@ -394,7 +381,7 @@ async fn begin_order_alone(
     }
 }
 
-async fn finish_orders(db: &PgPool, charges: Vec<(String, String)>) -> Vec<Result<(), StoreError>> {
+async fn finish_orders(db: PgPool, charges: Vec<(String, String)>) -> Vec<Result<(), StoreError>> {
     let n = charges.len();
     let result = async {
         let conn = db.get().await.map_err(StoreError::Backend)?;
