@@ -127,6 +127,29 @@ impl RedisCluster {
         }
     }
 
+    /// Waits until every master's replica has all the master wrote so far (the replica's
+    /// acknowledged offset has reached the master's): what was written before is on both.
+    pub fn wait_replicated(&self) {
+        let caught_up = |info: &str| {
+            let field = |name: &str| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            };
+            let replica = info
+                .lines()
+                .find(|l| l.starts_with("slave0:"))
+                .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("offset=")))
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            matches!((field("master_repl_offset:"), replica), (Some(m), Some(r)) if r >= m)
+        };
+        self.wait(|| {
+            self.master_ports().iter().all(|port| {
+                cli(*port, &["INFO", "replication"]).is_some_and(|info| caught_up(&info))
+            })
+        });
+    }
+
     /// `redis://127.0.0.1:<port>` of every node.
     pub fn urls(&self) -> Vec<String> {
         self.nodes
