@@ -87,8 +87,7 @@ impl SqliteDb {
         self.queue(f, move |result| {
             let _ = tell.send(result);
         })?;
-        told.recv()
-            .map_err(|_| E::from(WriteFailed("the writer thread is gone".into())))?
+        told.recv().map_err(|_| writer_gone::<E>())?
     }
 
     /// [`SqliteDb::write`] for asynchronous callers: the same group commit, and the caller's
@@ -105,8 +104,7 @@ impl SqliteDb {
         self.queue(f, move |result| {
             let _ = tell.send(result);
         })?;
-        told.await
-            .map_err(|_| E::from(WriteFailed("the writer thread is gone".into())))?
+        told.await.map_err(|_| writer_gone::<E>())?
     }
 
     /// Gives `f` to the writer thread; `tell` receives its result once its group committed.
@@ -136,7 +134,7 @@ impl SqliteDb {
             .lock()
             .map_err(|_| DbPoisoned)?
             .send(job)
-            .map_err(|_| E::from(WriteFailed("the writer thread is gone".into())))
+            .map_err(|_| writer_gone::<E>())
     }
 
     /// Adds `column` (with its SQL declaration) to `table` unless it is there: how a schema
@@ -165,6 +163,31 @@ impl SqliteDb {
         let mut conn = self.conn.lock().map_err(|_| DbPoisoned)?;
         f(&mut conn)
     }
+}
+
+/// The writer thread ended (the database is being dropped): no write is taken any more.
+fn writer_gone<E: From<WriteFailed>>() -> E {
+    E::from(WriteFailed("the writer thread is gone".into()))
+}
+
+/// `query_row` with the statement from the connection's cache (64 statements): parsed once,
+/// not on every call.
+pub fn query_row_cached<T, P: rusqlite::Params>(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    params: P,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.prepare_cached(sql)?.query_row(params, f)
+}
+
+/// `execute` with the statement from the connection's cache.
+pub fn execute_cached<P: rusqlite::Params>(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    params: P,
+) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
 }
 
 /// A connection the way every service uses it: WAL, `synchronous=FULL`, foreign keys, a 5 s

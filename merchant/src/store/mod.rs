@@ -2,6 +2,20 @@
 //! claims, so a disputed charge can be re-verified later; `(iss, jti)` is unique across orders,
 //! a durable second line should the replay set lose its data.
 
+/// The sessions table's columns, in the order both backends' row readers take them.
+macro_rules! session_columns {
+    () => {
+        "id, cart, cart_hash, status, created_at, order_id, owner_jkt"
+    };
+}
+/// The orders table's columns, likewise.
+macro_rules! order_columns {
+    () => {
+        "id, session_id, amount, currency, mandate, claims, iss, jti, sub, kid, agent_id, \
+         charge_id, created_at, agent_jkt"
+    };
+}
+
 mod pg;
 mod sqlite;
 
@@ -113,7 +127,8 @@ pub enum StoreError {
 }
 
 /// Sessions and orders. Every call is asynchronous: a store waits for its database on the
-/// caller's task (SQLite's writer thread or PostgreSQL's sockets), never on a blocking thread.
+/// caller's task (SQLite's writer thread or PostgreSQL's sockets), not on a blocking thread;
+/// only the sweep's scan of stuck orders on SQLite runs on one.
 #[async_trait::async_trait]
 pub trait MerchantStore: Send + Sync + 'static {
     /// Adds a session. With `cap` = `(max, opened_after)`, an owned session is refused

@@ -40,18 +40,6 @@ CREATE TABLE orders (
 );
 "];
 
-macro_rules! session_columns {
-    () => {
-        "id, cart, cart_hash, status, created_at, order_id, owner_jkt"
-    };
-}
-macro_rules! order_columns {
-    () => {
-        "id, session_id, amount, currency, mandate, claims, iss, jti, sub, kid, agent_id, \
-         charge_id, created_at, agent_jkt"
-    };
-}
-
 const INSERT_SESSION: &str = concat!(
     "INSERT INTO sessions (",
     session_columns!(),
@@ -231,6 +219,17 @@ where
     Batcher::spawn(name, BATCH_WRITERS, BATCH_MAX, BATCH_QUEUE, move |items| {
         write(db.clone(), items)
     })
+}
+
+/// `item`'s answer from its batch; a batcher that is gone is a store failure.
+async fn batched<I: Send + 'static, T: Send + 'static>(
+    batcher: &Batcher<I, Result<T, StoreError>>,
+    item: I,
+) -> Result<T, StoreError> {
+    batcher
+        .submit(item)
+        .await
+        .unwrap_or_else(|gone| Err(backend(gone)))
 }
 
 /// The sessions `ids`, read in one statement: one answer per id, in order.
@@ -472,24 +471,15 @@ impl MerchantStore for PgStore {
     }
 
     async fn session(&self, id: &str) -> Result<Option<SessionRow>, StoreError> {
-        self.sessions
-            .submit(id.to_owned())
-            .await
-            .unwrap_or_else(|gone| Err(backend(gone)))
+        batched(&self.sessions, id.to_owned()).await
     }
 
     async fn begin_order(&self, o: &OrderRow) -> Result<(), StoreError> {
-        self.begins
-            .submit(o.clone())
-            .await
-            .unwrap_or_else(|gone| Err(backend(gone)))
+        batched(&self.begins, o.clone()).await
     }
 
     async fn finish_order(&self, order_id: &str, charge_id: &str) -> Result<(), StoreError> {
-        self.finishes
-            .submit((order_id.to_owned(), charge_id.to_owned()))
-            .await
-            .unwrap_or_else(|gone| Err(backend(gone)))
+        batched(&self.finishes, (order_id.to_owned(), charge_id.to_owned())).await
     }
 
     async fn abort_order(&self, order_id: &str) -> Result<(), StoreError> {
@@ -512,16 +502,13 @@ impl MerchantStore for PgStore {
 
     async fn stuck_orders(&self, begun_before: i64) -> Result<Vec<OrderRow>, StoreError> {
         let conn = self.conn().await?;
-        let sql = format!(
-            "SELECT {} FROM orders o JOIN sessions s ON s.id = o.session_id
-             WHERE s.status = 'charging' AND o.charge_id IS NULL AND o.created_at < $1",
-            order_columns!()
-                .split(", ")
-                .map(|c| format!("o.{c}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+        let sql = concat!(
+            "SELECT ",
+            order_columns!(),
+            " FROM orders WHERE charge_id IS NULL AND created_at < $1
+              AND session_id IN (SELECT id FROM sessions WHERE status = 'charging')"
         );
-        conn.query(&sql, &[&begun_before])
+        conn.query(sql, &[&begun_before])
             .await
             .map_err(backend)?
             .iter()

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use ap2_service::{DbPoisoned, SqliteDb, WriteFailed};
+use ap2_service::{DbPoisoned, SqliteDb, WriteFailed, execute_cached, query_row_cached};
 use rusqlite::{OptionalExtension, params};
 
 use super::{MerchantStore, OrderRow, SessionRow, SessionStatus, StoreError};
@@ -57,9 +57,6 @@ CREATE TABLE IF NOT EXISTS orders (
     UNIQUE (iss, jti)
 ) STRICT;
 ";
-
-const SESSION_COLUMNS: &str = "id, cart, cart_hash, status, created_at, order_id, owner_jkt";
-const ORDER_COLUMNS: &str = "id, session_id, amount, currency, mandate, claims, iss, jti, sub, kid, agent_id, charge_id, created_at, agent_jkt";
 
 fn session_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRow> {
     let status: String = row.get(3)?;
@@ -139,20 +136,22 @@ impl MerchantStore for SqliteStore {
         self.db
             .write_async(move |conn| {
                 if let (Some(owner), Some((max, opened_after))) = (&s.owner_jkt, cap) {
-                    let open: i64 = conn
-                        .query_row(
-                            "SELECT COUNT(*) FROM sessions WHERE owner_jkt = ?1 \
+                    let open: i64 = query_row_cached(
+                        conn,
+                        "SELECT COUNT(*) FROM sessions WHERE owner_jkt = ?1 \
                          AND status = 'ready_for_complete' AND created_at > ?2",
-                            params![owner, opened_after],
-                            |r| r.get(0),
-                        )
-                        .map_err(backend)?;
+                        params![owner, opened_after],
+                        |r| r.get(0),
+                    )
+                    .map_err(backend)?;
                     if open >= i64::from(max) {
                         return Err(StoreError::TooManySessions);
                     }
                 }
-                conn.prepare_cached(&format!(
-                    "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+                conn.prepare_cached(concat!(
+                    "INSERT INTO sessions (",
+                    session_columns!(),
+                    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
                 ))
                 .and_then(|mut insert| {
                     insert.execute(params![
@@ -175,7 +174,8 @@ impl MerchantStore for SqliteStore {
         // A write: the writer thread's, in its group, so it never contends for the lock.
         self.db
             .write_async(move |conn| {
-                conn.execute(
+                execute_cached(
+                    conn,
                     "DELETE FROM sessions WHERE status = 'ready_for_complete' AND created_at <= ?1",
                     params![opened_before],
                 )
@@ -186,8 +186,13 @@ impl MerchantStore for SqliteStore {
 
     async fn session(&self, id: &str) -> Result<Option<SessionRow>, StoreError> {
         self.db.with(|conn| {
-            conn.query_row(
-                &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"),
+            query_row_cached(
+                conn,
+                concat!(
+                    "SELECT ",
+                    session_columns!(),
+                    " FROM sessions WHERE id = ?1"
+                ),
                 params![id],
                 session_row,
             )
@@ -213,8 +218,10 @@ impl MerchantStore for SqliteStore {
                     Some(other) => return Err(StoreError::NotReady(other)),
                 }
                 let inserted = conn
-                    .prepare_cached(&format!(
-                        "INSERT INTO orders ({ORDER_COLUMNS}) VALUES \
+                    .prepare_cached(concat!(
+                        "INSERT INTO orders (",
+                        order_columns!(),
+                        ") VALUES \
                      (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL, ?12, ?13)"
                     ))
                     .and_then(|mut insert| {
@@ -276,13 +283,14 @@ impl MerchantStore for SqliteStore {
         let order_id = order_id.to_owned();
         self.db
             .write_async(move |conn| {
-                conn.execute(
+                execute_cached(
+                    conn,
                     "UPDATE sessions SET status = 'ready_for_complete', order_id = NULL \
                  WHERE id = (SELECT session_id FROM orders WHERE id = ?1)",
                     params![order_id],
                 )
                 .map_err(backend)?;
-                conn.execute("DELETE FROM orders WHERE id = ?1", params![order_id])
+                execute_cached(conn, "DELETE FROM orders WHERE id = ?1", params![order_id])
                     .map(|_| ())
                     .map_err(backend)
             })
@@ -291,8 +299,9 @@ impl MerchantStore for SqliteStore {
 
     async fn order(&self, id: &str) -> Result<Option<OrderRow>, StoreError> {
         self.db.with(|conn| {
-            conn.query_row(
-                &format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = ?1"),
+            query_row_cached(
+                conn,
+                concat!("SELECT ", order_columns!(), " FROM orders WHERE id = ?1"),
                 params![id],
                 order_row,
             )
@@ -305,15 +314,12 @@ impl MerchantStore for SqliteStore {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
             db.with(|conn| {
-                let columns = ORDER_COLUMNS
-                    .split(", ")
-                    .map(|c| format!("o.{c}"))
-                    .collect::<Vec<_>>()
-                    .join(", ");
                 let mut stmt = conn
-                    .prepare(&format!(
-                        "SELECT {columns} FROM orders o JOIN sessions s ON s.id = o.session_id \
-                     WHERE s.status = 'charging' AND o.charge_id IS NULL AND o.created_at < ?1"
+                    .prepare(concat!(
+                        "SELECT ",
+                        order_columns!(),
+                        " FROM orders WHERE charge_id IS NULL AND created_at < ?1 \
+                         AND session_id IN (SELECT id FROM sessions WHERE status = 'charging')"
                     ))
                     .map_err(backend)?;
                 let rows = stmt
@@ -328,6 +334,6 @@ impl MerchantStore for SqliteStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.db
-            .with(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(backend))
+            .with(|conn| query_row_cached(conn, "SELECT 1", [], |_| Ok(())).map_err(backend))
     }
 }

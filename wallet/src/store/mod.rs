@@ -5,6 +5,20 @@
 //! hop per call, and the connection readers share never waits on an fsync. On PostgreSQL each
 //! call runs on the blocking pool, the driver being synchronous.
 
+/// The users table's columns, in the order both backends' row readers take them.
+macro_rules! user_columns {
+    () => {
+        "user_id, kid, token_hash, sealed_key, registered, created_at, key_revoked_at"
+    };
+}
+/// The requests table's columns, likewise.
+macro_rules! request_columns {
+    () => {
+        "id, user_id, agent_id, merchant_id, cart, cart_hash, max_amount, currency, ttl_secs, \
+         otp, attempts, status, created_at, expires_at, mandate, mandate_exp, cnf_jkt"
+    };
+}
+
 mod pg;
 mod sqlite;
 
@@ -158,6 +172,66 @@ pub struct Attempt {
     pub mandate: Option<(String, i64)>,
     /// The evidence of a passkey approval (SPEC §12), stored with it.
     pub evidence: Option<String>,
+}
+
+/// What an approval writes to its request.
+#[derive(Debug)]
+pub(crate) enum Change {
+    /// Nothing: locked, or not pending.
+    None,
+    /// The request ends with this status (expired), and loses its code.
+    End(Status),
+    /// Approved with this mandate and `exp`, and the evidence when given; the code goes.
+    Approve {
+        mandate: String,
+        exp: i64,
+        evidence: Option<String>,
+    },
+    /// A wrong code: `attempts` counted, and the request locked (losing its code) if `locks`.
+    WrongCode { attempts: i64, locks: bool },
+}
+
+/// The rules of an approval, for every backend: what `attempt` makes of `request` (read in the
+/// approval's transaction), the answer and the change to write.
+pub(crate) fn decide(
+    mut request: RequestRow,
+    attempt: Attempt,
+) -> Result<(Approval, Change), StoreError> {
+    if request.user_id != attempt.user_id {
+        return Err(StoreError::NotYours);
+    }
+    Ok(match request.status_at(attempt.now) {
+        Status::Expired => (Approval::Expired, Change::End(Status::Expired)),
+        Status::PendingApproval if (attempt.code_matches)(&request.otp) => {
+            let (mandate, exp) = attempt.mandate.ok_or_else(|| {
+                StoreError::Mint("the request was approved without a mandate".into())
+            })?;
+            let change = Change::Approve {
+                mandate: mandate.clone(),
+                exp,
+                evidence: attempt.evidence,
+            };
+            request.status = Status::Approved;
+            request.otp = String::new();
+            request.mandate = Some(mandate);
+            request.mandate_exp = Some(exp);
+            (Approval::Approved(Box::new(request)), change)
+        }
+        Status::PendingApproval => {
+            let attempts = request.attempts.saturating_add(1);
+            let locks = attempts >= attempt.max_attempts;
+            let answer = if locks {
+                Approval::Locked
+            } else {
+                Approval::WrongCode {
+                    remaining: attempt.max_attempts - attempts,
+                }
+            };
+            (answer, Change::WrongCode { attempts, locks })
+        }
+        Status::Locked => (Approval::Locked, Change::None),
+        other => (Approval::NotPending(other), Change::None),
+    })
 }
 
 impl std::fmt::Debug for Attempt {

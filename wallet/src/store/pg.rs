@@ -5,7 +5,9 @@
 use ap2_service::pg::{PgDb, is_unique_violation};
 use postgres::GenericClient;
 
-use super::{Approval, Attempt, RequestRow, Status, StoreError, UserRow, WalletStore};
+use super::{
+    Approval, Attempt, Change, RequestRow, Status, StoreError, UserRow, WalletStore, decide,
+};
 
 /// The versioned schema: migration `i` is version `i + 1`; never edit one that shipped.
 const MIGRATIONS: &[&str] = &[
@@ -66,12 +68,6 @@ CREATE TABLE evidence (
 ",
 ];
 
-const USER_COLUMNS: &str =
-    "user_id, kid, token_hash, sealed_key, registered, created_at, key_revoked_at";
-const REQUEST_COLUMNS: &str = "id, user_id, agent_id, merchant_id, cart, cart_hash, max_amount, \
-     currency, ttl_secs, otp, attempts, status, created_at, expires_at, mandate, mandate_exp, \
-     cnf_jkt";
-
 /// Users and requests in PostgreSQL, schema `wallet`.
 #[derive(Debug, Clone)]
 pub struct PgStore {
@@ -131,11 +127,20 @@ fn select_request(
     id: &str,
     lock: bool,
 ) -> Result<Option<RequestRow>, StoreError> {
-    let sql = format!(
-        "SELECT {REQUEST_COLUMNS} FROM requests WHERE id = $1{}",
-        if lock { " FOR UPDATE" } else { "" }
-    );
-    conn.query_opt(&sql, &[&id])
+    let sql = if lock {
+        concat!(
+            "SELECT ",
+            request_columns!(),
+            " FROM requests WHERE id = $1 FOR UPDATE"
+        )
+    } else {
+        concat!(
+            "SELECT ",
+            request_columns!(),
+            " FROM requests WHERE id = $1"
+        )
+    };
+    conn.query_opt(sql, &[&id])
         .map_err(backend)?
         .as_ref()
         .map(request_row)
@@ -148,7 +153,10 @@ fn select_user(
     value: &str,
 ) -> Result<Option<UserRow>, StoreError> {
     conn.query_opt(
-        &format!("SELECT {USER_COLUMNS} FROM users WHERE {column} = $1"),
+        &format!(
+            concat!("SELECT ", user_columns!(), " FROM users WHERE {} = $1"),
+            column
+        ),
         &[&value],
     )
     .map_err(backend)?
@@ -198,7 +206,11 @@ impl Blocking {
 impl Blocking {
     fn create_user(&self, user: &UserRow) -> Result<(), StoreError> {
         let inserted = self.conn()?.execute(
-            &format!("INSERT INTO users ({USER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, NULL)"),
+            concat!(
+                "INSERT INTO users (",
+                user_columns!(),
+                ") VALUES ($1, $2, $3, $4, $5, $6, NULL)"
+            ),
             &[
                 &user.user_id,
                 &user.kid,
@@ -304,7 +316,11 @@ impl Blocking {
     fn unregistered_users(&self) -> Result<Vec<UserRow>, StoreError> {
         self.conn()?
             .query(
-                &format!("SELECT {USER_COLUMNS} FROM users WHERE NOT registered"),
+                concat!(
+                    "SELECT ",
+                    user_columns!(),
+                    " FROM users WHERE NOT registered"
+                ),
                 &[],
             )
             .map_err(backend)?
@@ -360,8 +376,10 @@ impl Blocking {
             }
         }
         tx.execute(
-            &format!(
-                "INSERT INTO requests ({REQUEST_COLUMNS}) VALUES
+            concat!(
+                "INSERT INTO requests (",
+                request_columns!(),
+                ") VALUES
                  ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
             ),
             &[
@@ -402,8 +420,10 @@ impl Blocking {
         let (after_time, after_id) = after.unwrap_or((i64::MIN, ""));
         self.conn()?
             .query(
-                &format!(
-                    "SELECT {REQUEST_COLUMNS} FROM requests WHERE user_id = $1
+                concat!(
+                    "SELECT ",
+                    request_columns!(),
+                    " FROM requests WHERE user_id = $1
                      AND status = 'pending_approval' AND expires_at > $2
                      AND (created_at, id) > ($3, $4) ORDER BY created_at, id LIMIT $5"
                 ),
@@ -416,36 +436,23 @@ impl Blocking {
     }
 
     fn approve(&self, attempt: Attempt) -> Result<Approval, StoreError> {
-        let Attempt {
-            id,
-            user_id,
-            code_matches,
-            now,
-            max_attempts,
-            mandate,
-            evidence,
-        } = attempt;
-        let id = id.as_str();
         let mut conn = self.conn()?;
         let mut tx = conn.transaction().map_err(backend)?;
         // The request's row lock: concurrent approvals at several instances mint once.
-        let mut request = select_request(&mut tx, id, true)?.ok_or(StoreError::NotFound)?;
-        if request.user_id != user_id {
-            return Err(StoreError::NotYours);
-        }
-        let outcome = match request.status_at(now) {
-            Status::Expired => {
-                set_status(&mut tx, id, Status::Expired)?;
-                Approval::Expired
-            }
-            Status::Locked => Approval::Locked,
-            Status::PendingApproval if code_matches(&request.otp) => {
-                let (mandate, exp) = mandate.ok_or_else(|| {
-                    StoreError::Mint("the request was approved without a mandate".into())
-                })?;
+        let request = select_request(&mut tx, &attempt.id, true)?.ok_or(StoreError::NotFound)?;
+        let id = request.id.clone();
+        let (answer, change) = decide(request, attempt)?;
+        match change {
+            Change::None => {}
+            Change::End(status) => set_status(&mut tx, &id, status)?,
+            Change::Approve {
+                mandate,
+                exp,
+                evidence,
+            } => {
                 tx.execute(
                     "UPDATE requests SET status = 'approved', mandate = $2, mandate_exp = $3,
-                     otp = '' WHERE id = $1 AND status = 'pending_approval'",
+                     otp = '' WHERE id = $1",
                     &[&id, &mandate, &exp],
                 )
                 .map_err(backend)?;
@@ -456,32 +463,20 @@ impl Blocking {
                     )
                     .map_err(backend)?;
                 }
-                request.status = Status::Approved;
-                request.otp = String::new();
-                request.mandate = Some(mandate);
-                request.mandate_exp = Some(exp);
-                Approval::Approved(Box::new(request))
             }
-            Status::PendingApproval => {
-                let attempts = request.attempts.saturating_add(1);
+            Change::WrongCode { attempts, locks } => {
                 tx.execute(
                     "UPDATE requests SET attempts = $2 WHERE id = $1",
                     &[&id, &attempts],
                 )
                 .map_err(backend)?;
-                if attempts >= max_attempts {
-                    set_status(&mut tx, id, Status::Locked)?;
-                    Approval::Locked
-                } else {
-                    Approval::WrongCode {
-                        remaining: max_attempts - attempts,
-                    }
+                if locks {
+                    set_status(&mut tx, &id, Status::Locked)?;
                 }
             }
-            other => Approval::NotPending(other),
-        };
+        }
         tx.commit().map_err(backend)?;
-        Ok(outcome)
+        Ok(answer)
     }
 
     fn evidence(&self, request_id: &str) -> Result<Option<String>, StoreError> {

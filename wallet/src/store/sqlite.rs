@@ -2,10 +2,12 @@
 
 use std::path::Path;
 
-use ap2_service::{DbPoisoned, SqliteDb, WriteFailed};
+use ap2_service::{DbPoisoned, SqliteDb, WriteFailed, execute_cached, query_row_cached};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Approval, Attempt, RequestRow, Status, StoreError, UserRow, WalletStore};
+use super::{
+    Approval, Attempt, Change, RequestRow, Status, StoreError, UserRow, WalletStore, decide,
+};
 
 /// Users and requests in one SQLite file.
 #[derive(Debug)]
@@ -81,12 +83,6 @@ CREATE TABLE IF NOT EXISTS retired_keys (
 ) STRICT;
 ";
 
-const USER_COLUMNS: &str =
-    "user_id, kid, token_hash, sealed_key, registered, created_at, key_revoked_at";
-const REQUEST_COLUMNS: &str = "id, user_id, agent_id, merchant_id, cart, cart_hash, max_amount, \
-     currency, ttl_secs, otp, attempts, status, created_at, expires_at, mandate, mandate_exp, \
-     cnf_jkt";
-
 fn user_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> {
     Ok(UserRow {
         user_id: row.get(0)?,
@@ -128,29 +124,14 @@ fn request_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RequestRow> {
     })
 }
 
-/// `query_row` with the statement from the connection's cache: parsed once, not per call.
-fn query_row<T, P: rusqlite::Params>(
-    conn: &Connection,
-    sql: &str,
-    params: P,
-    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
-) -> rusqlite::Result<T> {
-    conn.prepare_cached(sql)?.query_row(params, f)
-}
-
-/// `execute` with the statement from the connection's cache.
-fn execute<P: rusqlite::Params>(
-    conn: &Connection,
-    sql: &str,
-    params: P,
-) -> rusqlite::Result<usize> {
-    conn.prepare_cached(sql)?.execute(params)
-}
-
 fn select_request(conn: &Connection, id: &str) -> Result<Option<RequestRow>, StoreError> {
-    query_row(
+    query_row_cached(
         conn,
-        &format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE id = ?1"),
+        concat!(
+            "SELECT ",
+            request_columns!(),
+            " FROM requests WHERE id = ?1"
+        ),
         params![id],
         request_row,
     )
@@ -160,7 +141,7 @@ fn select_request(conn: &Connection, id: &str) -> Result<Option<RequestRow>, Sto
 
 /// Sets an ended status; the request's code goes with it.
 fn set_status(conn: &Connection, id: &str, status: Status) -> Result<(), StoreError> {
-    execute(
+    execute_cached(
         conn,
         "UPDATE requests SET status = ?2, otp = '' WHERE id = ?1",
         params![id, status.as_str()],
@@ -185,10 +166,12 @@ impl WalletStore for SqliteStore {
     async fn create_user(&self, user: UserRow) -> Result<(), StoreError> {
         self.db
             .write_async(move |conn| {
-                let result = execute(
+                let result = execute_cached(
                     conn,
-                    &format!(
-                        "INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)"
+                    concat!(
+                        "INSERT INTO users (",
+                        user_columns!(),
+                        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL)"
                     ),
                     params![
                         user.user_id,
@@ -216,7 +199,7 @@ impl WalletStore for SqliteStore {
         let user_id = user_id.to_owned();
         self.db
             .write_async(move |conn| {
-                execute(
+                execute_cached(
                     conn,
                     "UPDATE users SET registered = 1 WHERE user_id = ?1",
                     params![user_id],
@@ -239,7 +222,7 @@ impl WalletStore for SqliteStore {
         let new_sealed = new_sealed.to_owned();
         self.db
             .write_async(move |conn| {
-                let old: String = query_row(
+                let old: String = query_row_cached(
                     conn,
                     "SELECT kid FROM users WHERE user_id = ?1",
                     params![user_id],
@@ -248,14 +231,14 @@ impl WalletStore for SqliteStore {
                 .optional()
                 .map_err(backend)?
                 .ok_or(StoreError::NotFound)?;
-                execute(
+                execute_cached(
                     conn,
                 "INSERT INTO retired_keys (kid, user_id, retired_at, revoked) VALUES (?1, ?2, ?3, 0)
                  ON CONFLICT (kid) DO NOTHING",
                 params![old, user_id, now],
             )
             .map_err(backend)?;
-                execute(
+                execute_cached(
                     conn,
                 "UPDATE users SET kid = ?2, sealed_key = ?3, key_revoked_at = NULL, registered = 1
                  WHERE user_id = ?1",
@@ -283,19 +266,19 @@ impl WalletStore for SqliteStore {
         let kid = kid.to_owned();
         self.db
             .write_async(move |conn| {
-                execute(
+                execute_cached(
                     conn,
                     "UPDATE retired_keys SET revoked = 1 WHERE kid = ?1",
                     params![kid],
                 )
                 .map_err(backend)?;
-                execute(
+                execute_cached(
                     conn,
                 "UPDATE users SET key_revoked_at = ?2 WHERE kid = ?1 AND key_revoked_at IS NULL",
                 params![kid, now],
             )
             .map_err(backend)?;
-                let user = query_row(
+                let user = query_row_cached(
                     conn,
                     "SELECT user_id FROM users WHERE kid = ?1",
                     params![kid],
@@ -312,7 +295,7 @@ impl WalletStore for SqliteStore {
         let user_id = user_id.to_owned();
         self.db
             .write_async(move |conn| {
-                execute(
+                execute_cached(
                     conn,
                     "DELETE FROM users WHERE user_id = ?1 AND registered = 0",
                     params![user_id],
@@ -326,8 +309,10 @@ impl WalletStore for SqliteStore {
     async fn unregistered_users(&self) -> Result<Vec<UserRow>, StoreError> {
         self.db.with(|conn| {
             let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {USER_COLUMNS} FROM users WHERE registered = 0"
+                .prepare_cached(concat!(
+                    "SELECT ",
+                    user_columns!(),
+                    " FROM users WHERE registered = 0"
                 ))
                 .map_err(backend)?;
             let rows = stmt.query_map([], user_row).map_err(backend)?;
@@ -337,9 +322,9 @@ impl WalletStore for SqliteStore {
 
     async fn user(&self, user_id: &str) -> Result<Option<UserRow>, StoreError> {
         self.db.with(|conn| {
-            query_row(
+            query_row_cached(
                 conn,
-                &format!("SELECT {USER_COLUMNS} FROM users WHERE user_id = ?1"),
+                concat!("SELECT ", user_columns!(), " FROM users WHERE user_id = ?1"),
                 params![user_id],
                 user_row,
             )
@@ -350,7 +335,7 @@ impl WalletStore for SqliteStore {
 
     async fn user_by_token_hash(&self, token_hash: &str) -> Result<Option<String>, StoreError> {
         self.db.with(|conn| {
-            query_row(
+            query_row_cached(
                 conn,
                 "SELECT user_id FROM users WHERE token_hash = ?1",
                 params![token_hash],
@@ -370,7 +355,7 @@ impl WalletStore for SqliteStore {
         // The writer thread's transaction: the count sees the requests committed with it.
         self.db
             .write_async(move |conn| {
-                let pending: i64 = query_row(
+                let pending: i64 = query_row_cached(
                     conn,
                         "SELECT COUNT(*) FROM requests WHERE user_id = ?1 \
                      AND status = 'pending_approval' AND expires_at > ?2",
@@ -382,13 +367,13 @@ impl WalletStore for SqliteStore {
                     return Err(StoreError::TooManyPending);
                 }
                 if let Some((key, until)) = proof {
-                    execute(
+                    execute_cached(
                     conn,
                         "DELETE FROM dpop_proofs WHERE until <= ?1",
                         params![r.created_at],
                     )
                     .map_err(backend)?;
-                    let inserted = execute(
+                    let inserted = execute_cached(
                     conn,
                     "INSERT INTO dpop_proofs (key, until) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
                     params![key, until],
@@ -397,10 +382,8 @@ impl WalletStore for SqliteStore {
                         return Err(StoreError::ProofReplayed);
                     }
                 }
-                conn.prepare_cached(&format!(
-                    "INSERT INTO requests ({REQUEST_COLUMNS}) VALUES \
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
-                ))
+                conn.prepare_cached(concat!("INSERT INTO requests (", request_columns!(), ") VALUES \
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"))
                 .and_then(|mut insert| {
                     insert.execute(params![
                         r.id,
@@ -442,8 +425,10 @@ impl WalletStore for SqliteStore {
         let (after_time, after_id) = after.unwrap_or((i64::MIN, ""));
         self.db.with(|conn| {
             let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {REQUEST_COLUMNS} FROM requests WHERE user_id = ?1 \
+                .prepare_cached(concat!(
+                    "SELECT ",
+                    request_columns!(),
+                    " FROM requests WHERE user_id = ?1 \
                      AND status = 'pending_approval' AND expires_at > ?2 \
                      AND (created_at, id) > (?3, ?4) ORDER BY created_at, id LIMIT ?5"
                 ))
@@ -461,76 +446,53 @@ impl WalletStore for SqliteStore {
     async fn approve(&self, attempt: Attempt) -> Result<Approval, StoreError> {
         self.db
             .write_async(move |conn| {
-                let Attempt {
-                    id,
-                    user_id,
-                    code_matches,
-                    now,
-                    max_attempts,
-                    mandate,
-                    evidence,
-                } = attempt;
-                let mut request = select_request(conn, &id)?.ok_or(StoreError::NotFound)?;
-                if request.user_id != user_id {
-                    return Err(StoreError::NotYours);
-                }
-                Ok(match request.status_at(now) {
-                    Status::Expired => {
-                        set_status(conn, &id, Status::Expired)?;
-                        Approval::Expired
-                    }
-                    Status::Locked => Approval::Locked,
-                    Status::PendingApproval if code_matches(&request.otp) => {
-                        let (mandate, exp) = mandate.ok_or_else(|| {
-                            StoreError::Mint("the request was approved without a mandate".into())
-                        })?;
-                        execute(
-                    conn,
-                        "UPDATE requests SET status = 'approved', mandate = ?2, mandate_exp = ?3, \
-                         otp = '' WHERE id = ?1 AND status = 'pending_approval'",
-                        params![id, mandate, exp],
-                    )
-                    .map_err(backend)?;
+                let request = select_request(conn, &attempt.id)?.ok_or(StoreError::NotFound)?;
+                let id = request.id.clone();
+                let (answer, change) = decide(request, attempt)?;
+                match change {
+                    Change::None => {}
+                    Change::End(status) => set_status(conn, &id, status)?,
+                    Change::Approve {
+                        mandate,
+                        exp,
+                        evidence,
+                    } => {
+                        execute_cached(
+                            conn,
+                            "UPDATE requests SET status = 'approved', mandate = ?2, \
+                             mandate_exp = ?3, otp = '' WHERE id = ?1",
+                            params![id, mandate, exp],
+                        )
+                        .map_err(backend)?;
                         if let Some(evidence) = evidence {
-                            execute(
+                            execute_cached(
                                 conn,
                                 "INSERT INTO evidence (request_id, evidence) VALUES (?1, ?2)",
                                 params![id, evidence],
                             )
                             .map_err(backend)?;
                         }
-                        request.status = Status::Approved;
-                        request.otp = String::new();
-                        request.mandate = Some(mandate);
-                        request.mandate_exp = Some(exp);
-                        Approval::Approved(Box::new(request))
                     }
-                    Status::PendingApproval => {
-                        let attempts = request.attempts.saturating_add(1);
-                        execute(
+                    Change::WrongCode { attempts, locks } => {
+                        execute_cached(
                             conn,
                             "UPDATE requests SET attempts = ?2 WHERE id = ?1",
                             params![id, attempts],
                         )
                         .map_err(backend)?;
-                        if attempts >= max_attempts {
+                        if locks {
                             set_status(conn, &id, Status::Locked)?;
-                            Approval::Locked
-                        } else {
-                            Approval::WrongCode {
-                                remaining: max_attempts - attempts,
-                            }
                         }
                     }
-                    other => Approval::NotPending(other),
-                })
+                }
+                Ok(answer)
             })
             .await
     }
 
     async fn evidence(&self, request_id: &str) -> Result<Option<String>, StoreError> {
         self.db.with(|conn| {
-            query_row(
+            query_row_cached(
                 conn,
                 "SELECT evidence FROM evidence WHERE request_id = ?1",
                 params![request_id],
@@ -552,7 +514,7 @@ impl WalletStore for SqliteStore {
         let cred_id = cred_id.to_owned();
         let passkey = passkey.to_owned();
         self.db.write_async(move |conn| {
-            match execute(
+            match execute_cached(
                     conn,
                 "INSERT INTO passkeys (cred_id, user_id, passkey, created_at) VALUES (?1, ?2, ?3, ?4)",
                 params![cred_id, user_id, passkey, now],
@@ -588,7 +550,7 @@ impl WalletStore for SqliteStore {
         let passkey = passkey.to_owned();
         self.db
             .write_async(move |conn| {
-                execute(
+                execute_cached(
                     conn,
                     "UPDATE passkeys SET passkey = ?2 WHERE cred_id = ?1",
                     params![cred_id, passkey],
@@ -628,6 +590,6 @@ impl WalletStore for SqliteStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.db
-            .with(|conn| query_row(conn, "SELECT 1", [], |_| Ok(())).map_err(backend))
+            .with(|conn| query_row_cached(conn, "SELECT 1", [], |_| Ok(())).map_err(backend))
     }
 }
