@@ -218,8 +218,7 @@ pub async fn signer_for(state: &AppState, user_id: &str) -> Result<Arc<LocalSign
     {
         return Ok(signer);
     }
-    let id = user_id.to_owned();
-    let user = stored(state.store.user(&id).await)?
+    let user = stored(state.store.user(user_id).await)?
         .ok_or_else(|| Problem::not_found("user_not_found", "no such user"))?;
     if user.key_revoked_at.is_some() {
         return Err(key_revoked());

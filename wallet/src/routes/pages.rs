@@ -212,8 +212,7 @@ pub async fn approval_page(
 }
 
 async fn has_passkeys(state: &AppState, user_id: &str) -> bool {
-    let user = user_id.to_owned();
-    stored(state.store.passkeys(&user).await).is_ok_and(|p| !p.is_empty())
+    stored(state.store.passkeys(user_id).await).is_ok_and(|p| !p.is_empty())
 }
 
 /// The page of `row`: the purchase and the buttons while it waits, or how it ended.
@@ -468,8 +467,7 @@ fn passkey_refused(detail: impl Into<String>) -> Problem {
 }
 
 async fn user_passkeys(state: &AppState, user_id: &str) -> Result<Vec<Passkey>, Problem> {
-    let user = user_id.to_owned();
-    let stored = stored(state.store.passkeys(&user).await)?;
+    let stored = stored(state.store.passkeys(user_id).await)?;
     stored
         .iter()
         .map(|json| serde_json::from_str(json).map_err(Problem::internal))
@@ -764,9 +762,12 @@ pub async fn enroll(
     let cred_id = URL_SAFE_NO_PAD.encode(passkey.cred_id().as_ref());
     let json = serde_json::to_string(&passkey).map_err(Problem::internal)?;
     let now = state.clock.now_unix();
-    let (user, id) = (user_id.clone(), cred_id.clone());
     let added = stored(
-        match state.store.add_passkey(&user, &id, &json, now).await {
+        match state
+            .store
+            .add_passkey(&user_id, &cred_id, &json, now)
+            .await
+        {
             Err(StoreError::CredentialExists) => Ok(false),
             other => other.map(|()| true),
         },

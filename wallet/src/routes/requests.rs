@@ -136,8 +136,7 @@ pub async fn create(
             format!("ttl_seconds is 1..={}", state.max_mandate_ttl_secs),
         ));
     }
-    let user_id = body.user_id.clone();
-    let user = stored(state.store.user(&user_id).await)?;
+    let user = stored(state.store.user(&body.user_id).await)?;
     if !user.is_some_and(|u| u.registered) {
         return Err(Problem::not_found("user_not_found", "no such user"));
     }

@@ -85,8 +85,7 @@ pub async fn create(
             ),
         });
     }
-    let user_id = body.user_id.clone();
-    stored(state.store.mark_registered(&user_id).await)?;
+    stored(state.store.mark_registered(&body.user_id).await)?;
     let kid = signer.kid().to_string();
     if let Ok(mut signers) = state.signers.write() {
         signers.insert(body.user_id.clone(), std::sync::Arc::new(signer));
@@ -133,8 +132,7 @@ pub async fn rotate(
     {
         return Err(Problem::forbidden("this is another user's key"));
     }
-    let id = user_id.clone();
-    stored(state.store.user(&id).await)?
+    stored(state.store.user(&user_id).await)?
         .ok_or_else(|| Problem::not_found("user_not_found", "no such user"))?;
     let signer = ap2_mandate::LocalSigner::generate().map_err(Problem::internal)?;
     let der = signer.to_pkcs8_der().map_err(Problem::internal)?;
@@ -163,12 +161,13 @@ pub async fn rotate(
                 ),
             }
         })?;
-    let (id, kid, now) = (
-        user_id.clone(),
-        signer.kid().to_string(),
-        state.clock.now_unix(),
-    );
-    let previous = stored(state.store.rotate_key(&id, &kid, &sealed, now).await)?;
+    let kid = signer.kid().to_string();
+    let previous = stored(
+        state
+            .store
+            .rotate_key(&user_id, &kid, &sealed, state.clock.now_unix())
+            .await,
+    )?;
     let signer = std::sync::Arc::new(signer);
     if let Ok(mut signers) = state.signers.write() {
         signers.insert(user_id.clone(), signer.clone());
@@ -324,8 +323,7 @@ pub async fn enrollment_link(
     _admin: Admin,
     ApiPath(user_id): ApiPath<String>,
 ) -> Result<(StatusCode, ApiJson<Value>), Problem> {
-    let id = user_id.clone();
-    let user = stored(state.store.user(&id).await)?;
+    let user = stored(state.store.user(&user_id).await)?;
     if !user.is_some_and(|u| u.registered) {
         return Err(Problem::not_found("user_not_found", "no such user"));
     }
