@@ -58,9 +58,6 @@ echo "== baseline: openssl speed -multi 2 -seconds 3 ecdsap256"
 OPENSSL_VERIFY=$(openssl speed -multi 2 -seconds 3 ecdsap256 2>/dev/null | awk '/nistp256/ {l=$0} END {print l}' | awk '{print $NF}')
 echo "openssl verify/s (2 processes): $OPENSSL_VERIFY"
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-ticks_of() { local total=0 pid; for pid in "$@"; do total=$(( total + $(cpu_ticks "$pid") )); done; echo "$total"; }
-TICKS=$(getconf CLK_TCK)
 
 # A merchant on the cluster: its port and pid in MERCHANT_PORT, MERCHANT_PID.
 start_cluster_merchant() {

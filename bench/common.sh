@@ -16,6 +16,11 @@ need() {
     command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y redis-server wrk openssl curl" >&2; exit 1; }
   done
 }
+# CPU time (user + system) in ticks of 1/TICKS s: of a process, and of several summed (one that is
+# gone counts 0).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+ticks_of() { local total=0 pid; for pid in "$@"; do total=$(( total + $(cpu_ticks "$pid" 2>/dev/null || echo 0) )); done; echo "$total"; }
+TICKS=$(getconf CLK_TCK)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_ready() { for _ in $(seq 1 200); do curl -fs "$1/readyz" >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "$1 not ready" >&2; exit 1; }
 

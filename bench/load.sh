@@ -113,16 +113,8 @@ for key, pct in groups.most_common(14):
 PY
 }
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # The CPU ticks of every process named postgres (0 when there is none).
-postgres_ticks() {
-  local total=0 pid
-  for pid in $(pgrep -x postgres || true); do
-    total=$(( total + $(cpu_ticks "$pid" 2>/dev/null || echo 0) ))
-  done
-  echo "$total"
-}
-TICKS=$(getconf CLK_TCK)
+postgres_ticks() { ticks_of $(pgrep -x postgres || true); }
 # A counter of the merchant's /metrics, summed over the label sets that contain $2.
 metric() {
   curl -fs "http://127.0.0.1:$MERCHANT_PORT/metrics" \
