@@ -1,6 +1,7 @@
 //! SPEC §11 against the real binaries and a real six-node Redis Cluster (three masters, three
-//! replicas): the replay set on the cluster, a master killed under load, a master frozen, and
-//! `--replay-min-replicas 1` keeping an accepted mandate through a failover.
+//! replicas): the replay set on the cluster, a master killed under load (of verifications, and
+//! of checkouts at two instances over PostgreSQL, checked against the orders table), a master
+//! frozen, and `--replay-min-replicas 1` keeping an accepted mandate through a failover.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -224,4 +225,190 @@ async fn spec11_with_min_replicas_1_an_accepted_mandate_survives_its_masters_dea
             other => panic!("accepted twice or refused oddly: {other}"),
         }
     }
+}
+
+/// One completion's answer: the status, the code of a refusal, the order of a 200.
+struct Completed {
+    status: StatusCode,
+    code: String,
+    order: Option<String>,
+}
+
+/// The `jti` of a mandate this test minted.
+fn jti_of(mandate: &str) -> String {
+    use base64::Engine as _;
+    let payload = mandate.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    claims["jti"].as_str().unwrap().to_owned()
+}
+
+/// Opens a session at `merchant` and completes it with `mandate`.
+async fn checkout(http: &reqwest::Client, merchant: &Service, mandate: &str) -> Completed {
+    let r = http
+        .post(format!("{}/v1/checkout-sessions", merchant.url()))
+        .json(&json!({"line_items": [{"id": "shoe-001", "quantity": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let session: Value = r.json().await.unwrap();
+    let r = http
+        .post(format!(
+            "{}/v1/checkout-sessions/{}/complete",
+            merchant.url(),
+            session["id"].as_str().unwrap()
+        ))
+        .bearer_auth(mandate)
+        .header("AP2-Agent-Id", "agent-7")
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    Completed {
+        status,
+        code: body["code"].as_str().unwrap_or_default().to_owned(),
+        order: body["order_id"].as_str().map(str::to_owned),
+    }
+}
+
+#[tokio::test]
+async fn spec11_a_master_killed_under_a_load_of_checkouts_pays_each_mandate_once_by_the_orders_table()
+ {
+    // Two merchant instances over one PostgreSQL database and the cluster, without WAIT: the
+    // failover may forget a replay-set write, and the orders' unique (iss, jti) is what then
+    // refuses the mandate a second time.
+    let mut cluster = RedisCluster::start();
+    let db = ap2_testkit::PgDatabase::create();
+    let tmp = tempfile::tempdir().unwrap();
+    let directory = ap2_e2e::key_directory(tmp.path(), ISSUER, ISSUER_TOKEN).await;
+    let nodes = cluster.urls().join(",");
+    let mut merchants = Vec::new();
+    for i in 0..2 {
+        merchants.push(
+            ap2_e2e::merchant(
+                &tmp.path().join(format!("merchant-{i}")),
+                &directory,
+                &["--require-agent-binding", "false"],
+                &[
+                    ("REDIS_CLUSTER_NODES", &nodes),
+                    ("REDIS_TIMEOUT_MS", "500"),
+                    ("DATABASE_URL", db.url()),
+                ],
+            )
+            .await,
+        );
+    }
+    for m in &merchants {
+        m.wait_ready().await;
+    }
+    let user = std::sync::Arc::new(ap2_e2e::register_user(&directory, ISSUER_TOKEN, "alice").await);
+    let merchants = std::sync::Arc::new(merchants);
+    let http = reqwest::Client::new();
+
+    // Eight agents check out with fresh mandates, each also presenting every mandate that paid
+    // a second time, at the other instance; the master dies once 40 orders are paid. Each
+    // agent stops after 25 orders paid in a row following the kill (and at least 3 s).
+    let paid_before_kill = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let killed_at = std::sync::Arc::new(std::sync::OnceLock::<Instant>::new());
+    let agents: Vec<_> = (0..8)
+        .map(|agent| {
+            let (http, merchants, user) = (http.clone(), merchants.clone(), user.clone());
+            let (paid_before_kill, killed_at) = (paid_before_kill.clone(), killed_at.clone());
+            tokio::spawn(async move {
+                let mut paid: Vec<(String, String)> = Vec::new();
+                let (mut unavailable, mut in_a_row) = (0u32, 0u32);
+                let started = Instant::now();
+                loop {
+                    let after_kill = killed_at.get().map(Instant::elapsed);
+                    if after_kill.is_some_and(|t| t > Duration::from_secs(3)) && in_a_row >= 25 {
+                        break;
+                    }
+                    assert!(
+                        started.elapsed() < Duration::from_secs(90),
+                        "agent {agent}: not back to 200 ({unavailable} refusals)"
+                    );
+                    let mandate = ap2_e2e::unbound_mandate(&user, ISSUER, "alice", &cart());
+                    let first = checkout(&http, &merchants[agent % 2], &mandate).await;
+                    match (first.status, first.code.as_str()) {
+                        (StatusCode::OK, _) => {
+                            paid.push((mandate.clone(), first.order.unwrap()));
+                            if killed_at.get().is_none() {
+                                paid_before_kill.add_permits(1);
+                            } else {
+                                in_a_row += 1;
+                            }
+                        }
+                        (StatusCode::SERVICE_UNAVAILABLE, "replay_store_unavailable") => {
+                            unavailable += 1;
+                            in_a_row = 0;
+                            continue;
+                        }
+                        (status, code) => panic!("agent {agent}: {status} {code}"),
+                    }
+                    // The same mandate again: never a second order.
+                    let again = checkout(&http, &merchants[(agent + 1) % 2], &mandate).await;
+                    match (again.status, again.code.as_str()) {
+                        (StatusCode::UNAUTHORIZED, "mandate_replayed")
+                        | (StatusCode::SERVICE_UNAVAILABLE, "replay_store_unavailable") => {}
+                        (status, code) => panic!("agent {agent}: paid twice? {status} {code}"),
+                    }
+                }
+                (paid, unavailable)
+            })
+        })
+        .collect();
+    let _ = paid_before_kill.acquire_many(40).await.unwrap();
+    let masters = cluster.master_ports();
+    cluster.kill(masters[0]);
+    killed_at.set(Instant::now()).unwrap();
+    let (mut paid, mut unavailable) = (Vec::new(), 0);
+    for agent in agents {
+        let (p, u) = agent.await.unwrap();
+        paid.extend(p);
+        unavailable += u;
+    }
+    cluster.wait_ok();
+
+    // Every 200 is one paid order of that mandate, and the orders table holds nothing else.
+    let orders: std::collections::HashMap<String, (String, bool)> = db.with_client(|c| {
+        c.query(
+            "SELECT o.id, o.jti, o.charge_id IS NOT NULL AND s.status = 'completed'
+             FROM merchant.orders o JOIN merchant.sessions s ON s.id = o.session_id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), (row.get(1), row.get(2))))
+        .collect()
+    });
+    assert_eq!(
+        orders.len(),
+        paid.len(),
+        "orders without a 200, or 200s without an order"
+    );
+    let mut jtis = std::collections::HashSet::new();
+    for (mandate, order) in &paid {
+        let (jti, done) = orders.get(order).expect("the 200's order is stored");
+        assert!(done, "order {order} is not paid with its session completed");
+        assert_eq!(jti, &jti_of(mandate), "order {order} holds another mandate");
+        assert!(jtis.insert(jti.clone()), "jti {jti} paid twice");
+    }
+    // And each mandate that paid is refused once more, now that the cluster is whole.
+    for (i, (mandate, _)) in paid.iter().enumerate() {
+        let again = checkout(&http, &merchants[i % 2], mandate).await;
+        assert_eq!(
+            (again.status, again.code.as_str()),
+            (StatusCode::UNAUTHORIZED, "mandate_replayed")
+        );
+    }
+    eprintln!(
+        "{} orders paid, {unavailable} refusals while the slot failed over",
+        paid.len()
+    );
 }
