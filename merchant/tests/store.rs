@@ -45,6 +45,46 @@ fn order(id: &str, session_id: &str, jti: &str, created_at: i64) -> OrderRow {
     }
 }
 
+/// A session's owner and its cap.
+type Owner = Option<(&'static str, u32)>;
+
+/// `n` sessions created at once, the `i`th with `make(i)`'s id and owner with its cap (created
+/// at 1000, counting the owner's sessions after 50); how many were created, by `i % 4`. A
+/// refusal is `TooManySessions` for an owned session, a backend error (a duplicate id) for an
+/// unowned one.
+async fn create_together(
+    store: &Arc<dyn MerchantStore>,
+    n: usize,
+    make: fn(usize) -> (String, Owner),
+) -> [usize; 4] {
+    let creates: Vec<_> = (0..n)
+        .map(|i| {
+            let store = store.clone();
+            let (id, owner) = make(i);
+            tokio::spawn(async move {
+                let row = session(&id, owner.map(|(jkt, _)| jkt), 1000);
+                (
+                    i,
+                    owner,
+                    store
+                        .create_session(&row, owner.map(|(_, max)| (max, 50)))
+                        .await,
+                )
+            })
+        })
+        .collect();
+    let mut created = [0; 4];
+    for create in creates {
+        match create.await.unwrap() {
+            (i, _, Ok(())) => created[i % 4] += 1,
+            (_, Some(_), Err(StoreError::TooManySessions))
+            | (_, None, Err(StoreError::Backend(_))) => {}
+            (i, _, Err(e)) => panic!("{i}: {e}"),
+        }
+    }
+    created
+}
+
 /// The rules, on `store`.
 async fn contract(store: Arc<dyn MerchantStore>) {
     store.ping().await.unwrap();
@@ -73,6 +113,23 @@ async fn contract(store: Arc<dyn MerchantStore>) {
         .create_session(&session("s5", Some("jkt-b"), 100), Some((3, 50)))
         .await
         .unwrap();
+    // Many at once (one transaction on PostgreSQL): an owner's cap holds across them, and
+    // other owners and unowned sessions are not affected.
+    let created = create_together(&store, 40, |i| match i % 4 {
+        0 | 1 => (format!("c{i}"), Some(("jkt-c", 5))),
+        2 => (format!("d{i}"), Some(("jkt-d", 20))),
+        _ => (format!("u{i}"), None),
+    })
+    .await;
+    assert_eq!(created[0] + created[1], 5, "jkt-c's cap of 5");
+    assert_eq!((created[2], created[3]), (10, 10));
+    // An id drawn twice is stored once (the batch it failed is tried one by one).
+    let created = create_together(&store, 12, |i| match i % 4 {
+        0 | 1 => ("dup".to_owned(), None),
+        _ => (format!("e{i}"), Some(("jkt-e", 20))),
+    })
+    .await;
+    assert_eq!((created[0] + created[1], created[2] + created[3]), (1, 6));
     let got = store.session("s0").await.unwrap().unwrap();
     assert_eq!(
         (got.status, got.owner_jkt.as_deref()),

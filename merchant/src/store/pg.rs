@@ -109,6 +109,24 @@ WITH i AS (SELECT * FROM unnest($1::text[], $2::text[]) AS t(id, charge_id)),
            RETURNING orders.session_id)
 UPDATE sessions SET status = 'completed' WHERE id IN (SELECT session_id FROM o)";
 
+/// Many sessions inserted in one statement.
+const INSERT_SESSIONS: &str = concat!(
+    "INSERT INTO sessions (",
+    session_columns!(),
+    ") SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[],
+                            $6::text[], $7::text[])"
+);
+/// The owners' advisory locks, taken in one order (two batches at two instances cannot
+/// deadlock on them): an owner's sessions are counted one batch at a time, across instances.
+const LOCK_OWNERS: &str = "SELECT pg_advisory_xact_lock(h)
+     FROM (SELECT DISTINCT hashtext(o) AS h FROM unnest($1::text[]) AS o ORDER BY h) AS t";
+/// Each owner's open sessions created after its cutoff.
+const COUNT_OPEN: &str = "SELECT i.owner, COUNT(s.id)
+     FROM unnest($1::text[], $2::bigint[]) AS i(owner, cutoff)
+     LEFT JOIN sessions s ON s.owner_jkt = i.owner AND s.status = 'ready_for_complete'
+                         AND s.created_at > i.cutoff
+     GROUP BY i.owner";
+
 /// Many sessions read in one statement.
 const SELECT_SESSIONS: &str = concat!(
     "SELECT ",
@@ -116,7 +134,10 @@ const SELECT_SESSIONS: &str = concat!(
     " FROM sessions WHERE id = ANY($1)"
 );
 
-/// Most orders (or session reads) in one statement.
+/// A session to add, with its owner's cap (`create_session`'s arguments).
+type NewSession = (SessionRow, Option<(u32, i64)>);
+
+/// Most orders (or sessions added or read) in one statement.
 const BATCH_MAX: usize = 128;
 /// Batches of one kind in flight at once, each on its own connection. One: what arrives while
 /// a batch commits waits for the next, so under load batches grow and commits (each a WAL
@@ -132,6 +153,7 @@ const BATCH_QUEUE: usize = 4096;
 #[derive(Debug, Clone)]
 pub struct PgStore {
     db: PgPool,
+    creates: Batcher<NewSession, Result<(), StoreError>>,
     sessions: Batcher<String, Result<Option<SessionRow>, StoreError>>,
     begins: Batcher<OrderRow, Result<(), StoreError>>,
     finishes: Batcher<(String, String), Result<(), StoreError>>,
@@ -188,11 +210,13 @@ impl PgStore {
     /// called within a Tokio runtime: the batch writers are its tasks.
     pub async fn open(url: &str, max_connections: u32) -> anyhow::Result<Self> {
         let db = PgPool::open(url, "merchant", MIGRATIONS, max_connections).await?;
+        let creates = batcher("create_sessions", &db, create_sessions);
         let sessions = batcher("sessions", &db, select_sessions);
         let begins = batcher("begin_orders", &db, begin_orders);
         let finishes = batcher("finish_orders", &db, finish_orders);
         Ok(Self {
             db,
+            creates,
             sessions,
             begins,
             finishes,
@@ -230,6 +254,138 @@ async fn batched<I: Send + 'static, T: Send + 'static>(
         .submit(item)
         .await
         .unwrap_or_else(|gone| Err(backend(gone)))
+}
+
+/// Many sessions added in one transaction and one commit (group commit). The capped ones'
+/// owners are locked and their open sessions counted first; then, in arrival order, a capped
+/// session whose owner is at its cap is refused and the others are inserted together.
+async fn create_sessions(db: PgPool, items: Vec<NewSession>) -> Vec<Result<(), StoreError>> {
+    let n = items.len();
+    let mut conn = match db.get().await {
+        Ok(conn) => conn,
+        Err(why) => return (0..n).map(|_| Err(backend(&why))).collect(),
+    };
+    match create_sessions_together(&mut conn, &items).await {
+        Ok(outcomes) => outcomes,
+        // The batch as a whole failed (a deadlock, an id drawn twice): each session again,
+        // alone, so one cannot fail the others.
+        Err(e) if retry_alone(&e) => {
+            tracing::warn!(error = %e, sessions = n, "session batch failed; adding each alone");
+            let mut out = Vec::with_capacity(n);
+            for (session, cap) in &items {
+                out.push(create_session_alone(&mut conn, session, *cap).await);
+            }
+            out
+        }
+        Err(e) => {
+            let why = e.to_string();
+            (0..n).map(|_| Err(backend(&why))).collect()
+        }
+    }
+}
+
+/// An owner's cap in a batch: the capped owners, each with the earliest cutoff any of its
+/// sessions in the batch asked for (so the count is never less than one of them would see).
+fn capped_owners(items: &[NewSession]) -> Vec<(&str, i64)> {
+    let mut owners: Vec<(&str, i64)> = Vec::new();
+    for (session, cap) in items {
+        if let (Some(owner), Some((_, cutoff))) = (&session.owner_jkt, cap) {
+            match owners.iter_mut().find(|(o, _)| o == owner) {
+                Some((_, earliest)) => *earliest = (*earliest).min(*cutoff),
+                None => owners.push((owner, *cutoff)),
+            }
+        }
+    }
+    owners
+}
+
+async fn create_sessions_together(
+    conn: &mut ap2_service::pg::PgAsyncConnection,
+    items: &[NewSession],
+) -> Result<Vec<Result<(), StoreError>>, tokio_postgres::Error> {
+    let owners = capped_owners(items);
+    let tx = conn.transaction().await?;
+    let mut open: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    if !owners.is_empty() {
+        let names: Vec<&str> = owners.iter().map(|(o, _)| *o).collect();
+        let cutoffs: Vec<i64> = owners.iter().map(|(_, c)| *c).collect();
+        let lock = tx.prepare_cached(LOCK_OWNERS).await?;
+        tx.execute(&lock, &[&names]).await?;
+        let count = tx.prepare_cached(COUNT_OPEN).await?;
+        for row in tx.query(&count, &[&names, &cutoffs]).await? {
+            open.insert(row.try_get(0)?, row.try_get(1)?);
+        }
+    }
+    let mut outcomes = Vec::with_capacity(items.len());
+    let mut insert: Vec<&SessionRow> = Vec::with_capacity(items.len());
+    for (session, cap) in items {
+        let counted = session.owner_jkt.as_ref().zip(*cap);
+        if let Some((owner, (max, _))) = counted {
+            let count = open.entry(owner.clone()).or_insert(0);
+            if *count >= i64::from(max) {
+                outcomes.push(Err(StoreError::TooManySessions));
+                continue;
+            }
+            *count += 1;
+        }
+        outcomes.push(Ok(()));
+        insert.push(session);
+    }
+    if !insert.is_empty() {
+        let col = |f: fn(&SessionRow) -> &str| insert.iter().map(|s| f(s)).collect::<Vec<&str>>();
+        let (ids, carts, hashes) = (col(|s| &s.id), col(|s| &s.cart), col(|s| &s.cart_hash));
+        let statuses = col(|s| s.status.as_str());
+        let created: Vec<i64> = insert.iter().map(|s| s.created_at).collect();
+        let orders: Vec<Option<&str>> = insert.iter().map(|s| s.order_id.as_deref()).collect();
+        let owners: Vec<Option<&str>> = insert.iter().map(|s| s.owner_jkt.as_deref()).collect();
+        let statement = tx.prepare_cached(INSERT_SESSIONS).await?;
+        let params: &Params<'_> = &[&ids, &carts, &hashes, &statuses, &created, &orders, &owners];
+        tx.execute(&statement, params).await?;
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+async fn create_session_alone(
+    conn: &mut ap2_service::pg::PgAsyncConnection,
+    s: &SessionRow,
+    cap: Option<(u32, i64)>,
+) -> Result<(), StoreError> {
+    let insert = conn.prepare_cached(INSERT_SESSION).await.map_err(backend)?;
+    let status = s.status.as_str();
+    let params: &Params<'_> = &[
+        &s.id,
+        &s.cart,
+        &s.cart_hash,
+        &status,
+        &s.created_at,
+        &s.order_id,
+        &s.owner_jkt,
+    ];
+    let (Some(owner), Some((max, opened_after))) = (&s.owner_jkt, cap) else {
+        // Nothing to count: one statement, its own transaction.
+        conn.execute(&insert, params).await.map_err(backend)?;
+        return Ok(());
+    };
+    let tx = conn.transaction().await.map_err(backend)?;
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[owner])
+        .await
+        .map_err(backend)?;
+    let open: i64 = tx
+        .query_one(
+            "SELECT COUNT(*) FROM sessions WHERE owner_jkt = $1
+             AND status = 'ready_for_complete' AND created_at > $2",
+            &[owner, &opened_after],
+        )
+        .await
+        .map_err(backend)?
+        .try_get(0)
+        .map_err(backend)?;
+    if open >= i64::from(max) {
+        return Err(StoreError::TooManySessions);
+    }
+    tx.execute(&insert, params).await.map_err(backend)?;
+    tx.commit().await.map_err(backend)
 }
 
 /// The sessions `ids`, read in one statement: one answer per id, in order.
@@ -419,43 +575,7 @@ impl MerchantStore for PgStore {
         s: &SessionRow,
         cap: Option<(u32, i64)>,
     ) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
-        let insert = conn.prepare_cached(INSERT_SESSION).await.map_err(backend)?;
-        let status = s.status.as_str();
-        let params: &Params<'_> = &[
-            &s.id,
-            &s.cart,
-            &s.cart_hash,
-            &status,
-            &s.created_at,
-            &s.order_id,
-            &s.owner_jkt,
-        ];
-        let (Some(owner), Some((max, opened_after))) = (&s.owner_jkt, cap) else {
-            // Nothing to count: one statement, its own transaction.
-            conn.execute(&insert, params).await.map_err(backend)?;
-            return Ok(());
-        };
-        let tx = conn.transaction().await.map_err(backend)?;
-        // One owner's sessions are counted one insert at a time, across instances.
-        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[owner])
-            .await
-            .map_err(backend)?;
-        let open: i64 = tx
-            .query_one(
-                "SELECT COUNT(*) FROM sessions WHERE owner_jkt = $1
-                 AND status = 'ready_for_complete' AND created_at > $2",
-                &[owner, &opened_after],
-            )
-            .await
-            .map_err(backend)?
-            .try_get(0)
-            .map_err(backend)?;
-        if open >= i64::from(max) {
-            return Err(StoreError::TooManySessions);
-        }
-        tx.execute(&insert, params).await.map_err(backend)?;
-        tx.commit().await.map_err(backend)
+        batched(&self.creates, (s.clone(), cap)).await
     }
 
     async fn delete_expired_sessions(&self, opened_before: i64) -> Result<usize, StoreError> {
