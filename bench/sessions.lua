@@ -2,9 +2,12 @@
 -- the file "<first argument>.<i>" (one file per thread: buffered writes of two threads to one
 -- file would interleave mid-line). wrk stops after its duration. With a second argument, a
 -- file of DPoP proofs (one per line, thread i taking lines i, i+n, ...; the third argument is
--- n), each session is opened with its own proof and so belongs to the agent's key.
+-- n), each session is opened with its own proof and so belongs to the agent's key. With
+-- SESSIONS_PER_THREAD set, each thread stops once it has opened that many.
 local out
 local counter = 0
+local opened = 0
+local limit = tonumber(os.getenv("SESSIONS_PER_THREAD") or "")
 
 function setup(thread)
   thread:set("id", counter)
@@ -39,6 +42,10 @@ end
 function response(status, headers, body)
   if status == 201 then
     local id = body:match('"id":"([^"]+)"')
-    if id then out:write(id, "\n") end
+    if id then
+      out:write(id, "\n")
+      opened = opened + 1
+      if limit and opened >= limit then wrk.thread:stop() end
+    end
   end
 end
