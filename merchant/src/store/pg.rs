@@ -40,11 +40,6 @@ CREATE TABLE orders (
 );
 "];
 
-const INSERT_SESSION: &str = concat!(
-    "INSERT INTO sessions (",
-    session_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7)"
-);
 /// One statement, so one round trip and one commit: the session's row is locked (of two
 /// completions racing at two instances, the second waits, then sees `charging`), the order is
 /// inserted only if the session was ready (the unique `(iss, jti)` refuses a spent mandate),
@@ -245,6 +240,12 @@ where
     })
 }
 
+/// The same failure for each of a batch's `n` items.
+fn all_failed<T>(why: &dyn std::fmt::Display, n: usize) -> Vec<Result<T, StoreError>> {
+    let why = why.to_string();
+    (0..n).map(|_| Err(backend(&why))).collect()
+}
+
 /// `item`'s answer from its batch; a batcher that is gone is a store failure.
 async fn batched<I: Send + 'static, T: Send + 'static>(
     batcher: &Batcher<I, Result<T, StoreError>>,
@@ -263,7 +264,7 @@ async fn create_sessions(db: PgPool, items: Vec<NewSession>) -> Vec<Result<(), S
     let n = items.len();
     let mut conn = match db.get().await {
         Ok(conn) => conn,
-        Err(why) => return (0..n).map(|_| Err(backend(&why))).collect(),
+        Err(why) => return all_failed(&why, n),
     };
     match create_sessions_together(&mut conn, &items).await {
         Ok(outcomes) => outcomes,
@@ -272,15 +273,16 @@ async fn create_sessions(db: PgPool, items: Vec<NewSession>) -> Vec<Result<(), S
         Err(e) if retry_alone(&e) => {
             tracing::warn!(error = %e, sessions = n, "session batch failed; adding each alone");
             let mut out = Vec::with_capacity(n);
-            for (session, cap) in &items {
-                out.push(create_session_alone(&mut conn, session, *cap).await);
+            for item in &items {
+                let alone = create_sessions_together(&mut conn, std::slice::from_ref(item)).await;
+                out.push(match alone {
+                    Ok(mut outcome) => outcome.pop().unwrap_or_else(|| Err(backend("no outcome"))),
+                    Err(e) => Err(backend(e)),
+                });
             }
             out
         }
-        Err(e) => {
-            let why = e.to_string();
-            (0..n).map(|_| Err(backend(&why))).collect()
-        }
+        Err(e) => all_failed(&e, n),
     }
 }
 
@@ -346,48 +348,6 @@ async fn create_sessions_together(
     Ok(outcomes)
 }
 
-async fn create_session_alone(
-    conn: &mut ap2_service::pg::PgAsyncConnection,
-    s: &SessionRow,
-    cap: Option<(u32, i64)>,
-) -> Result<(), StoreError> {
-    let insert = conn.prepare_cached(INSERT_SESSION).await.map_err(backend)?;
-    let status = s.status.as_str();
-    let params: &Params<'_> = &[
-        &s.id,
-        &s.cart,
-        &s.cart_hash,
-        &status,
-        &s.created_at,
-        &s.order_id,
-        &s.owner_jkt,
-    ];
-    let (Some(owner), Some((max, opened_after))) = (&s.owner_jkt, cap) else {
-        // Nothing to count: one statement, its own transaction.
-        conn.execute(&insert, params).await.map_err(backend)?;
-        return Ok(());
-    };
-    let tx = conn.transaction().await.map_err(backend)?;
-    tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[owner])
-        .await
-        .map_err(backend)?;
-    let open: i64 = tx
-        .query_one(
-            "SELECT COUNT(*) FROM sessions WHERE owner_jkt = $1
-             AND status = 'ready_for_complete' AND created_at > $2",
-            &[owner, &opened_after],
-        )
-        .await
-        .map_err(backend)?
-        .try_get(0)
-        .map_err(backend)?;
-    if open >= i64::from(max) {
-        return Err(StoreError::TooManySessions);
-    }
-    tx.execute(&insert, params).await.map_err(backend)?;
-    tx.commit().await.map_err(backend)
-}
-
 /// The sessions `ids`, read in one statement: one answer per id, in order.
 async fn select_sessions(
     db: PgPool,
@@ -436,10 +396,9 @@ fn begun(row: &tokio_postgres::Row) -> Result<(), StoreError> {
 }
 
 async fn begin_orders(db: PgPool, orders: Vec<OrderRow>) -> Vec<Result<(), StoreError>> {
-    let all_fail = |why: String, n: usize| (0..n).map(|_| Err(backend(&why))).collect();
     let conn = match db.get().await {
         Ok(conn) => conn,
-        Err(why) => return all_fail(why, orders.len()),
+        Err(why) => return all_failed(&why, orders.len()),
     };
     let result = async {
         let statement = conn.prepare_cached(BEGIN_ORDERS).await?;
@@ -481,8 +440,8 @@ async fn begin_orders(db: PgPool, orders: Vec<OrderRow>) -> Vec<Result<(), Store
     .await;
     match result {
         Ok(rows) if rows.len() == orders.len() => rows.iter().map(begun).collect(),
-        Ok(rows) => all_fail(
-            format!("{} rows for {} orders", rows.len(), orders.len()),
+        Ok(rows) => all_failed(
+            &format!("{} rows for {} orders", rows.len(), orders.len()),
             orders.len(),
         ),
         // The batch as a whole failed (a deadlock with another instance's batch is the one
@@ -495,7 +454,7 @@ async fn begin_orders(db: PgPool, orders: Vec<OrderRow>) -> Vec<Result<(), Store
             }
             out
         }
-        Err(e) => all_fail(e.to_string(), orders.len()),
+        Err(e) => all_failed(&e, orders.len()),
     }
 }
 
@@ -561,10 +520,7 @@ async fn finish_orders(db: PgPool, charges: Vec<(String, String)>) -> Vec<Result
     .await;
     match result {
         Ok(()) => (0..n).map(|_| Ok(())).collect(),
-        Err(e) => {
-            let why = e.to_string();
-            (0..n).map(|_| Err(backend(&why))).collect()
-        }
+        Err(e) => all_failed(&e, n),
     }
 }
 
