@@ -17,7 +17,8 @@
 # Usage: bench/load.sh [duration_secs] [connections]
 #        SCENARIOS=all bench/load.sh ... also runs scenario 2 (checkout completion, unbound),
 #                                      2b (bound completion: sessions opened and completed
-#                                      with proofs) and scenario 3 (wallet minting, bound)
+#                                      with proofs) and scenario 3 (wallet minting, bound; the
+#                                      agent's proofs made before the run)
 #        SCENARIOS=complete (or wallet) bench/load.sh ... runs only scenarios 2 and 2b (or 3)
 #        MERCHANT_ARGS="--flag value" bench/load.sh ... passes more flags to the merchant
 #        WALLET_ARGS="--flag value" bench/load.sh ...   and to the wallet
@@ -314,13 +315,16 @@ if [ "${SCENARIOS:-1}" = all ] || [ "${SCENARIOS:-1}" = complete ]; then
 fi
 if [ "${SCENARIOS:-1}" = all ] || [ "${SCENARIOS:-1}" = wallet ]; then
   echo "== scenario 3: wallet minting (request + notifications + approve), c=${WALLET_CONCURRENCY:-16}, ${DURATION}s"
+  # The agent's proofs, made before the run (a proof is accepted for 60 s after its iat).
+  "$BIN/examples/bench_proofs" "$WORK/agent.pem" POST "http://127.0.0.1:$WALLET_PORT/v1/mandate-requests" \
+    "$(( DURATION * 10000 ))" > "$WORK/wallet_proofs.txt"
   before=$(cpu_ticks "$WALLET_PID")
   if [ "${PROFILE:-0}" = 1 ]; then
     perf record -e cpu-clock -F 1999 -p "$WALLET_PID" -o "$WORK/perf.data" -- sleep "$DURATION" >/dev/null 2>&1 &
     PERF_PID=$!
   fi
   WALLET_LINE=$( { TIMEFORMAT='%U %S'; time "$BIN/examples/wallet_load" "http://127.0.0.1:$WALLET_PORT" \
-    bench-admin bench-agent "$DURATION" "${WALLET_CONCURRENCY:-16}"; } 2>"$WORK/wallet_load_cpu.txt")
+    bench-admin bench-agent "$DURATION" "${WALLET_CONCURRENCY:-16}" "$WORK/wallet_proofs.txt"; } 2>"$WORK/wallet_load_cpu.txt")
   after=$(cpu_ticks "$WALLET_PID")
   if [ "${PROFILE:-0}" = 1 ]; then
     wait "$PERF_PID" || true

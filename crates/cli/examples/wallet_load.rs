@@ -4,7 +4,11 @@
 //! for `duration` seconds, then prints the minted mandates per second and latency percentiles
 //! of the whole three-call sequence.
 //!
-//! `cargo run --release -p ap2-cli --example wallet_load -- WALLET_URL ADMIN_TOKEN AGENT_TOKEN SECS CONCURRENCY`
+//! With a PROOFS_FILE (one DPoP proof per line for `POST WALLET_URL/v1/mandate-requests`, made
+//! by `bench_proofs` before the run) the requests use those, so the load generator's signing
+//! does not take CPU from the wallet during the run; once they are used up, proofs are made here.
+//!
+//! `cargo run --release -p ap2-cli --example wallet_load -- WALLET_URL ADMIN_TOKEN AGENT_TOKEN SECS CONCURRENCY [PROOFS_FILE]`
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -20,9 +24,28 @@ use serde_json::{Value, json};
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let [_, wallet, admin, agent, secs, concurrency] = &args[..] else {
-        panic!("usage: wallet_load WALLET_URL ADMIN_TOKEN AGENT_TOKEN SECS CONCURRENCY");
+    let (wallet, admin, agent, secs, concurrency, proofs) = match &args[..] {
+        [_, wallet, admin, agent, secs, concurrency] => {
+            (wallet, admin, agent, secs, concurrency, Vec::new())
+        }
+        [_, wallet, admin, agent, secs, concurrency, proofs] => (
+            wallet,
+            admin,
+            agent,
+            secs,
+            concurrency,
+            std::fs::read_to_string(proofs)
+                .unwrap_or_else(|e| panic!("reading {proofs}: {e}"))
+                .lines()
+                .map(str::to_owned)
+                .collect(),
+        ),
+        _ => panic!(
+            "usage: wallet_load WALLET_URL ADMIN_TOKEN AGENT_TOKEN SECS CONCURRENCY [PROOFS_FILE]"
+        ),
     };
+    let proofs = std::sync::Arc::new(proofs);
+    let next_proof = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let secs: u64 = secs.parse().unwrap();
     let concurrency: usize = concurrency.parse().unwrap();
     let http = reqwest::Client::new();
@@ -33,6 +56,7 @@ async fn main() {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for task in 0..concurrency {
+        let (proofs, next_proof) = (proofs.clone(), next_proof.clone());
         let (http, wallet, admin, agent, cart, agent_key) = (
             http.clone(),
             wallet.clone(),
@@ -59,18 +83,23 @@ async fn main() {
             while Instant::now() < deadline {
                 let t0 = Instant::now();
                 let url = format!("{wallet}/v1/mandate-requests");
-                let proof = make_proof(
-                    &agent_key,
-                    &ProofRequest {
-                        htm: "POST",
-                        htu: &url,
-                        iat: SystemClock.now_unix(),
-                        jti: None,
-                        token: None,
-                        nonce: None,
-                    },
-                )
-                .unwrap();
+                let made = proofs
+                    .get(next_proof.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+                    .cloned();
+                let proof = made.unwrap_or_else(|| {
+                    make_proof(
+                        &agent_key,
+                        &ProofRequest {
+                            htm: "POST",
+                            htu: &url,
+                            iat: SystemClock.now_unix(),
+                            jti: None,
+                            token: None,
+                            nonce: None,
+                        },
+                    )
+                    .unwrap()
+                });
                 let created: Value = http
                     .post(url)
                     .bearer_auth(&agent)
