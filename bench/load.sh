@@ -72,7 +72,7 @@ JKT=$("$BIN/ap2" agent-keygen --out "$WORK/agent.pem" | python3 -c 'import json,
 make_bound_tokens() {
   "$BIN/ap2" mint --key "$WORK/user.pem" --iss https://wallet.example --sub bench-user \
     --agent agent-7 --cart "$WORK/cart.json" --ttl 300 --count "$(( DURATION * 14000 ))" \
-    --cnf-jkt "$JKT" > "$WORK/bound_mandates.txt"
+    --cnf-jkt="$JKT" > "$WORK/bound_mandates.txt"
   "$BIN/examples/bench_proofs" "$WORK/agent.pem" POST https://backend.example/pay - \
     "$WORK/bound_mandates.txt" > "$WORK/bound_proofs.txt"
   paste -d' ' "$WORK/bound_mandates.txt" "$WORK/bound_proofs.txt" > "$WORK/bound.txt"
@@ -115,6 +115,10 @@ PY
 
 # The CPU ticks of every process named postgres (0 when there is none).
 postgres_ticks() { ticks_of $(pgrep -x postgres || true); }
+# Bytes a process has had written to disk (its /proc/PID/io write_bytes).
+written() { awk '/^write_bytes/ {print $2}' "/proc/$1/io"; }
+# PostgreSQL's WAL so far, "bytes full_page_images" (pg_stat_wal), for MERCHANT_DATABASE_URL.
+pg_wal() { psql "$MERCHANT_DATABASE_URL" -Atc "SELECT wal_bytes || ' ' || wal_fpi FROM pg_stat_wal"; }
 # A counter of the merchant's /metrics, summed over the label sets that contain $2.
 metric() {
   curl -fs "http://127.0.0.1:$MERCHANT_PORT/metrics" \
@@ -242,6 +246,8 @@ if [ "${SCENARIOS:-1}" = all ] || [ "${SCENARIOS:-1}" = complete ]; then
     --agent agent-7 --cart "$WORK/cart.json" --ttl 300 --count "$(wc -l < "$WORK/sessions.txt")" > "$WORK/tokens2.txt"
   before=$(cpu_ticks "$MERCHANT_PID")
   pg_before=$(postgres_ticks)
+  written_before=$(written "$MERCHANT_PID")
+  [ -n "${MERCHANT_DATABASE_URL:-}" ] && wal_before=$(pg_wal)
   if [ "${PROFILE:-0}" = 1 ]; then
     perf record -e cpu-clock -F 1999 -p "$MERCHANT_PID" -o "$WORK/perf.data" -- sleep "$DURATION" >/dev/null 2>&1 &
     PERF_PID=$!
@@ -250,7 +256,9 @@ if [ "${SCENARIOS:-1}" = all ] || [ "${SCENARIOS:-1}" = complete ]; then
     "http://127.0.0.1:$MERCHANT_PORT" -- "$WORK/tokens2.txt" "$WORK/sessions.txt" "$THREADS" > "$WORK/wrk2.txt"
   after=$(cpu_ticks "$MERCHANT_PID")
   pg_after=$(postgres_ticks)
+  written_after=$(written "$MERCHANT_PID")
   if [ -n "${MERCHANT_DATABASE_URL:-}" ]; then
+    wal_after=$(pg_wal)
     awk -v b="$pg_before" -v a="$pg_after" -v hz="$TICKS" -v d="$DURATION" \
       'BEGIN {printf "PostgreSQL CPU (all its processes) %.2f cores\n", (a - b) / hz / d}'
   fi
@@ -263,6 +271,14 @@ if [ "${SCENARIOS:-1}" = all ] || [ "${SCENARIOS:-1}" = complete ]; then
   echo "$RESULT"
   eval "$(echo "$RESULT" | sed 's/^RESULT //')"
   report "merchant complete" "$requests" "$duration_us" "$non2xx" "$p50_us" "$p99_us" "$before" "$after"
+  if [ -n "${MERCHANT_DATABASE_URL:-}" ]; then
+    read -r wal_b0 fpi0 <<<"$wal_before"; read -r wal_b1 fpi1 <<<"$wal_after"
+    awk -v b=$(( wal_b1 - wal_b0 )) -v f=$(( fpi1 - fpi0 )) -v n="$requests" \
+      'BEGIN {printf "PostgreSQL WAL per completion: %.0f bytes, %.2f full-page images\n", b / n, f / n}'
+  else
+    awk -v b=$(( written_after - written_before )) -v n="$requests" \
+      'BEGIN {printf "merchant disk writes per completion: %.0f bytes\n", b / n}'
+  fi
 
   echo "== scenario 2b: bound completion (sessions opened with proofs, DPoP mandates), c=$CONNECTIONS, ${DURATION}s"
   # The sessions are opened by AGENT_KEYS agents (8) at once, each with a key of its own and
@@ -290,7 +306,7 @@ if [ "${SCENARIOS:-1}" = all ] || [ "${SCENARIOS:-1}" = complete ]; then
     cat "$WORK"/bound_sessions-"$k".txt.* > "$WORK/bound_sessions-$k.txt"
     "$BIN/ap2" mint --key "$WORK/user.pem" --iss https://wallet.example --sub bench-user \
       --agent agent-7 --cart "$WORK/cart.json" --ttl 300 --count "$(wc -l < "$WORK/bound_sessions-$k.txt")" \
-      --cnf-jkt "$(cat "$WORK/agent-$k.jkt")" > "$WORK/tokens3-$k.txt"
+      --cnf-jkt="$(cat "$WORK/agent-$k.jkt")" > "$WORK/tokens3-$k.txt"
   done
   # The completion proofs last, all at once: a proof is accepted for 60 s after its iat.
   for k in $(seq 1 "$AGENT_KEYS"); do
