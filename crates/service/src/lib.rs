@@ -8,6 +8,7 @@ pub mod batch;
 pub mod conn;
 pub mod dpop;
 pub mod http;
+pub mod ids;
 pub mod openapi;
 pub mod pg;
 pub mod problem;

@@ -8,7 +8,6 @@ use ap2_service::auth::{BearerError, Scheme, authorization};
 use ap2_service::problem::{ApiJson, ApiPath, Problem};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
-use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -60,13 +59,10 @@ impl From<SessionRow> for SessionView {
     }
 }
 
-fn random_id(prefix: &str) -> Result<String, Problem> {
-    let mut bytes = [0u8; 16];
-    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| Problem::internal("random failed"))?;
-    Ok(format!(
-        "{prefix}_{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    ))
+/// A fresh session or order id: the prefix and a time-ordered id (ap2_service::ids).
+fn random_id(prefix: &str, now_unix: i64) -> Result<String, Problem> {
+    let id = ap2_service::ids::time_ordered(now_unix).map_err(Problem::internal)?;
+    Ok(format!("{prefix}_{id}"))
 }
 
 /// Prices the requested items from the catalog and opens a session for the cart, owned by
@@ -146,12 +142,13 @@ pub async fn create(
     let currency = currency.ok_or_else(|| Problem::internal("no currency"))?;
     let cart = Cart::new(state.merchant_id.clone(), currency, items)
         .map_err(|e| unprocessable("cart_invalid", e.to_string()))?;
+    let now = state.clock.now_unix();
     let row = SessionRow {
-        id: random_id("cs")?,
+        id: random_id("cs", now)?,
         cart: serde_json::to_string(&cart).map_err(Problem::internal)?,
         cart_hash: cart.hash().to_string(),
         status: SessionStatus::ReadyForComplete,
-        created_at: state.clock.now_unix(),
+        created_at: now,
         order_id: None,
         owner_jkt: owner.map(|jkt| jkt.to_string()),
     };
@@ -318,7 +315,7 @@ pub async fn complete(
     let claims = &verified.claims;
     let amount = cart.total();
     let order = OrderRow {
-        id: random_id("ord")?,
+        id: random_id("ord", state.clock.now_unix())?,
         session_id: session.id.clone(),
         amount: i64::try_from(amount.minor_units()).map_err(Problem::internal)?,
         currency: amount.currency().code().to_owned(),

@@ -141,7 +141,7 @@ pub async fn create(
         return Err(Problem::not_found("user_not_found", "no such user"));
     }
     let now = state.clock.now_unix();
-    let id = crypto::random_token(16).map_err(Problem::internal)?;
+    let id = ap2_service::ids::time_ordered(now).map_err(Problem::internal)?;
     let code = crypto::otp().map_err(Problem::internal)?;
     let sealed_code = crypto::seal_code(&state.master, &id, &code).map_err(Problem::internal)?;
     let row = RequestRow {
