@@ -60,7 +60,7 @@ impl From<SessionRow> for SessionView {
 }
 
 /// A fresh session or order id: the prefix and a time-ordered id (ap2_service::ids).
-fn random_id(prefix: &str, now_unix: i64) -> Result<String, Problem> {
+fn new_id(prefix: &str, now_unix: i64) -> Result<String, Problem> {
     let id = ap2_service::ids::time_ordered(now_unix).map_err(Problem::internal)?;
     Ok(format!("{prefix}_{id}"))
 }
@@ -144,7 +144,7 @@ pub async fn create(
         .map_err(|e| unprocessable("cart_invalid", e.to_string()))?;
     let now = state.clock.now_unix();
     let row = SessionRow {
-        id: random_id("cs", now)?,
+        id: new_id("cs", now)?,
         cart: serde_json::to_string(&cart).map_err(Problem::internal)?,
         cart_hash: cart.hash().to_string(),
         status: SessionStatus::ReadyForComplete,
@@ -314,8 +314,9 @@ pub async fn complete(
     let verified = verify(&state, &presentation, Consume::Yes).await?;
     let claims = &verified.claims;
     let amount = cart.total();
+    let now = state.clock.now_unix();
     let order = OrderRow {
-        id: random_id("ord", state.clock.now_unix())?,
+        id: new_id("ord", now)?,
         session_id: session.id.clone(),
         amount: i64::try_from(amount.minor_units()).map_err(Problem::internal)?,
         currency: amount.currency().code().to_owned(),
@@ -327,7 +328,7 @@ pub async fn complete(
         kid: verified.kid.to_string(),
         agent_id: agent_id.clone(),
         charge_id: None,
-        created_at: state.clock.now_unix(),
+        created_at: now,
         agent_jkt: verified.proof_jkt.as_ref().map(|jkt| jkt.to_string()),
     };
     match stored(state.store.begin_order(&order).await)? {
