@@ -77,14 +77,36 @@ impl r2d2::ManageConnection for Manager {
 /// The pool of one service's connections.
 #[derive(Clone)]
 pub struct PgDb {
-    pool: r2d2::Pool<Manager>,
+    pool: std::sync::Arc<Closing>,
+}
+
+/// The pool, closed off any runtime's thread: a synchronous client closes its connection by
+/// blocking on a runtime of its own, which panics on a thread that drives a runtime (a service
+/// or a test dropping its store in async code).
+struct Closing(Option<r2d2::Pool<Manager>>);
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        let Some(pool) = self.0.take() else { return };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let closing = std::thread::Builder::new()
+                .name("pg-close".into())
+                .spawn(move || drop(pool));
+            if let Err(e) = closing {
+                tracing::warn!(error = %e, "no thread to close the PostgreSQL connections on");
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for PgDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The URL may hold a password: not printed.
         f.debug_struct("PgDb")
-            .field("connections", &self.pool.state().connections)
+            .field(
+                "connections",
+                &self.pool.0.as_ref().map(|p| p.state().connections),
+            )
             .finish()
     }
 }
@@ -92,14 +114,20 @@ impl std::fmt::Debug for PgDb {
 /// Longest a caller waits for a connection, or a connection for the server.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Every connection's settings: `schema` is its `search_path`, and every execution of a
-/// prepared statement is planned for the tables as they are then (`force_custom_plan`). A
-/// generic plan is made once per connection, from the statistics of that moment: made while a
-/// table is still small (a fresh deployment), it keeps scanning the whole table as the table
-/// grows. Measured: the merchant's batched charge records, planned on an empty orders table,
-/// scanned it twice per batch, 18 ms per batch at 40 000 orders (docs/PROTOCOL.md).
+/// Every connection's settings: `schema` is its `search_path`, and a prepared statement is
+/// planned once per connection (`force_generic_plan`) with nested loops over indexes only
+/// (sequential scans, hash and merge joins off). The services' queries look rows up by key or
+/// read one range of an index, so that is their plan at any table size, and a statement
+/// prepared while its tables are
+/// empty (a fresh deployment) keeps a plan that still fits them when they are large. Measured
+/// (docs/PROTOCOL.md): planned for the tables of the moment, the merchant's batched charge
+/// records kept two sequential scans of the orders table, 18 ms per batch at 40 000 orders;
+/// planned on every execution instead, the planning was a quarter of PostgreSQL's CPU.
 fn session_options(schema: &str) -> String {
-    format!("-c search_path={schema} -c plan_cache_mode=force_custom_plan")
+    format!(
+        "-c search_path={schema} -c plan_cache_mode=force_generic_plan -c enable_seqscan=off \
+         -c enable_hashjoin=off -c enable_mergejoin=off"
+    )
 }
 
 impl PgDb {
@@ -135,7 +163,9 @@ impl PgDb {
             .test_on_check_out(false)
             .build(Manager { config })
             .map_err(|e| anyhow::anyhow!("PostgreSQL: {e}"))?;
-        let db = Self { pool };
+        let db = Self {
+            pool: std::sync::Arc::new(Closing(Some(pool))),
+        };
         db.migrate(schema, migrations)?;
         Ok(db)
     }
@@ -181,7 +211,10 @@ impl PgDb {
 
     /// A connection from the pool; the error says why none could be had.
     pub fn get(&self) -> Result<PgConnection, String> {
-        self.pool.get().map_err(|e| e.to_string())
+        match &self.pool.0 {
+            Some(pool) => pool.get().map_err(|e| e.to_string()),
+            None => Err("the pool is closed".into()),
+        }
     }
 }
 
