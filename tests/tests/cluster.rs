@@ -378,7 +378,7 @@ async fn spec11_a_master_killed_under_a_load_of_checkouts_pays_each_mandate_once
     // Every 200 is one paid order of that mandate, and the orders table holds nothing else.
     let orders: std::collections::HashMap<String, (String, bool)> = db.with_client(|c| {
         c.query(
-            "SELECT o.id, o.jti, o.charge_id IS NOT NULL AND s.status = 'completed'
+            "SELECT o.id, o.jti, s.charge_id IS NOT NULL AND s.status = 'completed'
              FROM merchant.orders o JOIN merchant.sessions s ON s.id = o.session_id",
             &[],
         )

@@ -53,9 +53,10 @@ CREATE INDEX sessions_open_by_owner ON sessions (owner_jkt, created_at)
 CREATE INDEX sessions_open_by_created ON sessions (created_at)
     WHERE status = 'ready_for_complete';
 CREATE INDEX sessions_charging ON sessions (created_at) WHERE status = 'charging';
--- Room on each page of orders for its row's charge id: recording the charge is then a
--- heap-only update, with no new entry in any of the three indexes of orders.
-ALTER TABLE orders SET (fillfactor = 80);
+-- A paid order's charge id is kept on its session, set by the update that completes the
+-- session: an order's row is then written once, at its insert. An order paid before this
+-- migration keeps its charge id in orders.charge_id.
+ALTER TABLE sessions ADD COLUMN charge_id TEXT;
 ",
 ];
 
@@ -74,15 +75,26 @@ const BEGIN_ORDER: &str = concat!(
            WHERE id IN (SELECT session_id FROM o))
      SELECT status FROM s"
 );
-/// The charge recorded and the session completed, in one statement.
-const FINISH_ORDER: &str =
-    "WITH o AS (UPDATE orders SET charge_id = $2 WHERE id = $1 RETURNING session_id)
-     UPDATE sessions SET status = 'completed' WHERE id IN (SELECT session_id FROM o)";
+/// The charge recorded on the order's session and the session completed, in one statement.
+const FINISH_ORDER: &str = "UPDATE sessions SET status = 'completed', charge_id = $2
+     FROM orders WHERE orders.id = $1 AND sessions.id = orders.session_id";
 /// The order removed and its session reopened, in one statement.
 const ABORT_ORDER: &str = "WITH o AS (DELETE FROM orders WHERE id = $1 RETURNING session_id)
      UPDATE sessions SET status = 'ready_for_complete', order_id = NULL
      WHERE id IN (SELECT session_id FROM o)";
-const SELECT_ORDER: &str = concat!("SELECT ", order_columns!(), " FROM orders WHERE id = $1");
+/// An order's columns, in `order_columns!()`'s order, with the charge id from its session
+/// (`o` the order, `s` its session; an order paid before migration 2 has it on the order).
+macro_rules! paid_order_columns {
+    () => {
+        "o.id, o.session_id, o.amount, o.currency, o.mandate, o.claims, o.iss, o.jti, o.sub, \
+         o.kid, o.agent_id, COALESCE(s.charge_id, o.charge_id), o.created_at, o.agent_jkt"
+    };
+}
+const SELECT_ORDER: &str = concat!(
+    "SELECT ",
+    paid_order_columns!(),
+    " FROM orders o JOIN sessions s ON s.id = o.session_id WHERE o.id = $1"
+);
 /// Many orders begun in one statement and one commit (group commit): the sessions are locked
 /// in id order (two batches at two instances cannot deadlock on them), each ready session's
 /// order is inserted (in `(iss, jti)` order, so two batches wait for each other's unique keys
@@ -112,16 +124,15 @@ const BEGIN_ORDERS: &str = concat!(
      FROM i LEFT JOIN s ON s.id = i.session_id LEFT JOIN o ON o.id = i.id
      ORDER BY i.n"
 );
-/// Many charges recorded in one statement: the sessions locked in id order first (as
-/// `BEGIN_ORDERS` does), then the orders and sessions updated.
+/// Many charges recorded in one statement: the orders' sessions locked in id order first (as
+/// `BEGIN_ORDERS` does), then each completed with its charge id.
 const FINISH_ORDERS: &str = "
 WITH i AS (SELECT * FROM unnest($1::text[], $2::text[]) AS t(id, charge_id)),
-     l AS (SELECT sessions.id FROM sessions JOIN orders ON orders.session_id = sessions.id
-           WHERE orders.id IN (SELECT id FROM i) ORDER BY sessions.id FOR UPDATE OF sessions),
-     o AS (UPDATE orders SET charge_id = i.charge_id FROM i
-           WHERE orders.id = i.id AND orders.session_id IN (SELECT id FROM l)
-           RETURNING orders.session_id)
-UPDATE sessions SET status = 'completed' WHERE id IN (SELECT session_id FROM o)";
+     l AS (SELECT sessions.id, i.charge_id FROM i JOIN orders ON orders.id = i.id
+           JOIN sessions ON sessions.id = orders.session_id
+           ORDER BY sessions.id FOR UPDATE OF sessions)
+UPDATE sessions SET status = 'completed', charge_id = l.charge_id FROM l
+WHERE sessions.id = l.id";
 
 /// Many sessions inserted in one statement.
 const INSERT_SESSIONS: &str = concat!(
@@ -599,9 +610,9 @@ impl MerchantStore for PgStore {
         let conn = self.conn().await?;
         let sql = concat!(
             "SELECT ",
-            order_columns!(),
-            " FROM orders WHERE charge_id IS NULL AND created_at < $1
-              AND session_id IN (SELECT id FROM sessions WHERE status = 'charging')"
+            paid_order_columns!(),
+            " FROM sessions s JOIN orders o ON o.session_id = s.id
+              WHERE s.status = 'charging' AND o.created_at < $1"
         );
         conn.query(sql, &[&begun_before])
             .await
