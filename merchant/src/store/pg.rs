@@ -98,10 +98,13 @@ const SELECT_ORDER: &str = concat!(
 /// Many orders begun in one statement and one commit (group commit): the sessions are locked
 /// in id order (two batches at two instances cannot deadlock on them), each ready session's
 /// order is inserted (in `(iss, jti)` order, so two batches wait for each other's unique keys
-/// in one direction only; a key already used is skipped, not an error that would undo the
-/// batch), and those sessions move to `charging`. One row per input, in input order: the
-/// session's status before (NULL: no such session), whether this order was inserted, and
-/// whether another order of the batch took the session.
+/// in one direction only), and those sessions move to `charging`. One row per input, in input
+/// order: the session's status before (NULL: no such session), whether this order was
+/// inserted, and whether another order of the batch took the session. A unique key already
+/// used (a spent mandate, which the replay set refuses first, or two orders of the batch for
+/// one session) fails the statement, and its orders are then begun one at a time: a plain
+/// insert searches each unique index once, where skipping conflicts (`ON CONFLICT DO
+/// NOTHING`) searches each twice: measured, 81 µs of the server's time per order against 89.
 const BEGIN_ORDERS: &str = concat!(
     "WITH i AS (SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[],
                   $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
@@ -116,7 +119,7 @@ const BEGIN_ORDERS: &str = concat!(
                  i.sub, i.kid, i.agent_id, NULL, i.created_at, i.agent_jkt
           FROM i JOIN s ON s.id = i.session_id WHERE s.status = 'ready_for_complete'
           ORDER BY i.iss, i.jti
-          ON CONFLICT DO NOTHING RETURNING id, session_id),
+          RETURNING id, session_id),
      u AS (UPDATE sessions SET status = 'charging', order_id = o.id FROM o
            WHERE sessions.id = o.session_id)
      SELECT s.status, o.id IS NOT NULL,
