@@ -79,7 +79,9 @@ make_bound_tokens() {
 }
 
 show_profile() {
-  echo "== merchant profile (cpu-clock samples, self time)"
+  local name
+  name=$(ps -o comm= -p "$SERVER_PID" 2>/dev/null || echo server)
+  echo "== $name profile (cpu-clock samples, self time)"
   perf report -i "$WORK/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null \
     | grep -v '^#' | grep -v '^$' > "$WORK/profile.txt" || true
   if [ -n "${PROFILE_DIR:-}" ]; then
@@ -87,7 +89,7 @@ show_profile() {
     cp "$WORK/profile.txt" "$PROFILE_DIR/$(date +%H%M%S)-$SERVER_PID.txt"
   fi
   { cut -c1-160 "$WORK/profile.txt" | head -${PROFILE_LINES:-25}; } || true
-  echo "== merchant profile by component"
+  echo "== $name profile by component"
   python3 - "$WORK/profile.txt" <<'PY'
 import re, sys, collections
 groups = collections.Counter()
@@ -102,6 +104,8 @@ for line in open(sys.argv[1]):
         key = "aws-lc (ECDSA, SHA-256)"
     elif sym.startswith(("mi_", "_mi_", "malloc", "_int_", "cfree", "free")):
         key = "allocator"
+    elif sym.startswith(("sqlite3", "pcache1", "wal", "btree", "vdbe")):
+        key = "SQLite"
     elif dso.startswith("libc") or dso.startswith("[vdso]"):
         key = "libc (memcpy, memcmp, clock)"
     else:
