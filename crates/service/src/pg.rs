@@ -118,11 +118,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// planned once per connection (`force_generic_plan`) with nested loops over indexes only
 /// (sequential scans, hash and merge joins off). The services' queries look rows up by key or
 /// read one range of an index, so that is their plan at any table size, and a statement
-/// prepared while its tables are
-/// empty (a fresh deployment) keeps a plan that still fits them when they are large. Measured
-/// (docs/PROTOCOL.md): planned for the tables of the moment, the merchant's batched charge
-/// records kept two sequential scans of the orders table, 18 ms per batch at 40 000 orders;
-/// planned on every execution instead, the planning was a quarter of PostgreSQL's CPU.
+/// prepared while its tables are empty (a fresh deployment) keeps a plan that still fits them
+/// when they are large. Measured (docs/PROTOCOL.md): planned for the tables of the moment, the
+/// merchant's batched charge records kept two sequential scans of the orders table, 18 ms per
+/// batch at 40 000 orders; planned on every execution instead, the planning was a quarter of
+/// PostgreSQL's CPU.
 fn session_options(schema: &str) -> String {
     format!(
         "-c search_path={schema} -c plan_cache_mode=force_generic_plan -c enable_seqscan=off \

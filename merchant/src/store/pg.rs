@@ -638,6 +638,7 @@ impl MerchantStore for PgStore {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+    use ap2_service::pg::PgAsyncConnection;
 
     /// `sql`'s plan on `conn`, as prepared statements run it (`EXPLAIN EXECUTE`), with `args`.
     async fn plan(conn: &PgAsyncConnection, name: &str, sql: &str, args: &str) -> String {
@@ -657,8 +658,6 @@ mod tests {
         }
         text
     }
-
-    use ap2_service::pg::PgAsyncConnection;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn spec11_statements_prepared_on_empty_tables_read_them_by_index() {
