@@ -350,5 +350,5 @@ async fn spec11_the_postgres_store_keeps_the_rules() {
             .unwrap()
             .get(0)
     });
-    assert_eq!(versions, 2);
+    assert_eq!(versions, 3);
 }

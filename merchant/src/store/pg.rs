@@ -58,6 +58,20 @@ CREATE INDEX sessions_charging ON sessions (created_at) WHERE status = 'charging
 -- migration keeps its charge id in orders.charge_id.
 ALTER TABLE sessions ADD COLUMN charge_id TEXT;
 ",
+    "
+-- An order's session is found, locked and checked ready by the statement that inserts the
+-- order, and only an open session (which has no order) is ever deleted: the foreign key could
+-- not fail, and its check locked the session a second time for every order inserted.
+ALTER TABLE orders DROP CONSTRAINT orders_session_id_fkey;
+-- Ids, issuers, jtis and thumbprints are ASCII keys, compared byte by byte: the database's
+-- collation (a locale's, on most servers) made every comparison in their indexes a call into
+-- the C library's locale code.
+ALTER TABLE sessions ALTER COLUMN id TYPE TEXT COLLATE \"C\",
+    ALTER COLUMN order_id TYPE TEXT COLLATE \"C\", ALTER COLUMN owner_jkt TYPE TEXT COLLATE \"C\";
+ALTER TABLE orders ALTER COLUMN id TYPE TEXT COLLATE \"C\",
+    ALTER COLUMN session_id TYPE TEXT COLLATE \"C\", ALTER COLUMN iss TYPE TEXT COLLATE \"C\",
+    ALTER COLUMN jti TYPE TEXT COLLATE \"C\";
+",
 ];
 
 /// One statement, so one round trip and one commit: the session's row is locked (of two
