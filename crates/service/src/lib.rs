@@ -279,8 +279,8 @@ fn group_commit(
 }
 
 /// How long the checkpointer waits after a checkpoint before the next one. Shorter keeps each
-/// checkpoint small, so a commit's fsync waits less behind one: measured on the merchant's
-/// completions, p99 21–23 ms at 5 ms, 25.5–26.7 ms at 20 ms, 31 ms at 100 ms (docs/PROTOCOL.md).
+/// checkpoint small; measured on the merchant's completions, p99 21–23 ms at 5 ms, 25.5–26.7 ms
+/// at 20 ms, 31 ms at 100 ms (docs/PROTOCOL.md).
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// The checkpointer thread: after commits, copies what the WAL holds into the database file

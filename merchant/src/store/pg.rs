@@ -113,8 +113,8 @@ const SELECT_ORDER: &str = concat!(
 /// in id order (two batches at two instances cannot deadlock on them), each ready session's
 /// order is inserted (in `(iss, jti)` order, so two batches wait for each other's unique keys
 /// in one direction only), and those sessions move to `charging`. One row per input, in input
-/// order: the session's status before (NULL: no such session), whether this order was
-/// inserted, and whether another order of the batch took the session. A unique key already
+/// order: the session's status before (NULL: no such session) and whether this order was
+/// inserted. A unique key already
 /// used (a spent mandate, which the replay set refuses first, or two orders of the batch for
 /// one session) fails the statement, and its orders are then begun one at a time: a plain
 /// insert searches each unique index once, where skipping conflicts (`ON CONFLICT DO
@@ -136,8 +136,7 @@ const BEGIN_ORDERS: &str = concat!(
           RETURNING id, session_id),
      u AS (UPDATE sessions SET status = 'charging', order_id = o.id FROM o
            WHERE sessions.id = o.session_id)
-     SELECT s.status, o.id IS NOT NULL,
-            EXISTS (SELECT 1 FROM o AS other WHERE other.session_id = i.session_id)
+     SELECT s.status, o.id IS NOT NULL
      FROM i LEFT JOIN s ON s.id = i.session_id LEFT JOIN o ON o.id = i.id
      ORDER BY i.n"
 );
@@ -428,16 +427,14 @@ async fn select_sessions(
 fn begun(row: &tokio_postgres::Row) -> Result<(), StoreError> {
     let status: Option<String> = row.try_get(0).map_err(backend)?;
     let inserted: bool = row.try_get(1).map_err(backend)?;
-    let taken_in_batch: bool = row.try_get(2).map_err(backend)?;
     match status.as_deref().map(SessionStatus::parse) {
         None => Err(StoreError::NotFound),
         Some(None) => Err(backend(format!("unknown status {status:?}"))),
         Some(Some(_)) if inserted => Ok(()),
-        Some(Some(SessionStatus::ReadyForComplete)) if taken_in_batch => {
-            Err(StoreError::NotReady(SessionStatus::Charging))
+        // The session was locked and ready, so its order was inserted or the statement failed.
+        Some(Some(SessionStatus::ReadyForComplete)) => {
+            Err(backend("a ready session's order was not inserted"))
         }
-        // Ready, and nothing else of the batch took it: the order's key was already used.
-        Some(Some(SessionStatus::ReadyForComplete)) => Err(StoreError::MandateUsed),
         Some(Some(other)) => Err(StoreError::NotReady(other)),
     }
 }
