@@ -25,7 +25,7 @@ use secrecy::ExposeSecret;
 
 pub use config::Config;
 use crypto::MasterKey;
-use routes::AppState;
+use routes::{App, AppState};
 use store::{PgStore, SqliteStore, WalletStore};
 
 /// Opens the store and the master key, re-registers keys that never reached the directory,
@@ -112,7 +112,7 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
         (Some(_), None) => anyhow::bail!("--notify-url needs --notify-secret"),
         _ => None,
     };
-    let state = AppState {
+    let state = AppState::new(App {
         store,
         master: Arc::new(master),
         signers: Arc::new(RwLock::new(HashMap::new())),
@@ -135,7 +135,7 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
         approval: config.approval,
         enrollment_link_ttl_secs: config.enrollment_link_ttl_secs,
         notifier,
-    };
+    });
     register_pending_keys(&state).await;
     retry_retired_revocations(state.clone());
     let follower = tokio::spawn(follow_revocations(state.clone()));
