@@ -34,9 +34,32 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     /// item, at most `max_batch`), gives it to `write`, and answers each item with the output
     /// at its position. At most `queue` items wait; a caller past that waits for room, so a
     /// flood is slowed, never stored without bound. Each batch's size is recorded in the
-    /// `store_batch_size` histogram under the label `batch="{name}"`. Must be called within a
-    /// Tokio runtime.
+    /// `store_batch_size` histogram, and the time its write took in `store_batch_seconds`, both
+    /// under the label `batch="{name}"`. Must be called within a Tokio runtime.
     pub fn spawn<F, Fut>(
+        name: &'static str,
+        writers: usize,
+        max_batch: usize,
+        queue: usize,
+        write: F,
+    ) -> Self
+    where
+        F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<O>> + Send + 'static,
+    {
+        Self::spawn_on(
+            &tokio::runtime::Handle::current(),
+            name,
+            writers,
+            max_batch,
+            queue,
+            write,
+        )
+    }
+
+    /// As [`Batcher::spawn`], with the writers on `runtime` (a store's own I/O thread).
+    pub fn spawn_on<F, Fut>(
+        runtime: &tokio::runtime::Handle,
         name: &'static str,
         writers: usize,
         max_batch: usize,
@@ -52,13 +75,16 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
         let write = Arc::new(write);
         for _ in 0..writers.max(1) {
             let (rx, write) = (rx.clone(), write.clone());
-            tokio::spawn(async move {
+            runtime.spawn(async move {
                 while let Some(batch) = next_batch(&rx, max_batch.max(1)).await {
                     let (items, replies): (Vec<I>, Vec<oneshot::Sender<O>>) =
                         batch.into_iter().unzip();
                     metrics::histogram!("store_batch_size", "batch" => name)
                         .record(items.len() as f64);
+                    let started = std::time::Instant::now();
                     let outputs = write(items).await;
+                    metrics::histogram!("store_batch_seconds", "batch" => name)
+                        .record(started.elapsed().as_secs_f64());
                     // An output missing for an item drops its reply: that caller sees
                     // `BatcherGone`.
                     for (reply, output) in replies.into_iter().zip(outputs) {

@@ -225,13 +225,20 @@ pub fn is_unique_violation(e: &postgres::Error) -> bool {
 
 /// A pooled asynchronous connection; [`deadpool_postgres::ClientWrapper::prepare_cached`] keeps the
 /// statements it prepared.
-pub type PgAsyncConnection = deadpool_postgres::Object;
+pub type PgAsyncConnection = deadpool::managed::Object<AsyncManager>;
 
 /// The asynchronous pool a hot path uses (SPEC §11): queries run on the caller's task, with no
 /// hop to a blocking thread and back, and concurrent queries on one connection are pipelined.
+///
+/// The connections are driven by a thread of their own (`pg-io`, a single-threaded runtime),
+/// and the store's batch writers run there too ([`PgPool::runtime`]): a server's answer is read
+/// when it arrives, not when one of the service's runtime workers, busy with requests (a
+/// signature check each), next looks at its sockets. Measured (docs/PROTOCOL.md): on the
+/// service's runtime, a batch's round trip took about three times the server's time for it.
 #[derive(Clone)]
 pub struct PgPool {
-    pool: deadpool_postgres::Pool,
+    pool: deadpool::managed::Pool<AsyncManager>,
+    io: std::sync::Arc<IoThread>,
 }
 
 impl std::fmt::Debug for PgPool {
@@ -243,9 +250,100 @@ impl std::fmt::Debug for PgPool {
     }
 }
 
+/// The `pg-io` thread and its runtime; the thread ends (and its runtime's tasks with it) when
+/// this is dropped.
+#[derive(Debug)]
+struct IoThread {
+    runtime: tokio::runtime::Handle,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl IoThread {
+    fn start() -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("pg-io".into())
+            .spawn(move || {
+                // Ends when the sender is dropped; the runtime is dropped here, off any runtime.
+                let _ = runtime.block_on(stopped);
+            })?;
+        Ok(Self {
+            runtime: handle,
+            _stop: stop,
+        })
+    }
+}
+
+/// Why no asynchronous connection could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The server refused or could not be reached.
+    #[error(transparent)]
+    Postgres(#[from] tokio_postgres::Error),
+    /// The `pg-io` thread is gone (the pool is closing).
+    #[error("the PostgreSQL I/O thread is gone")]
+    IoGone,
+}
+
+/// Makes the asynchronous pool's connections, each connected and driven on the `pg-io` thread.
+pub struct AsyncManager {
+    config: tokio_postgres::Config,
+    io: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for AsyncManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The configuration holds the password: not printed.
+        f.debug_struct("AsyncManager").finish_non_exhaustive()
+    }
+}
+
+impl deadpool::managed::Manager for AsyncManager {
+    type Type = deadpool_postgres::ClientWrapper;
+    type Error = ConnectError;
+
+    async fn create(&self) -> Result<Self::Type, ConnectError> {
+        let config = self.config.clone();
+        // Connected on `pg-io`, so the socket is that runtime's to watch.
+        let connected = self.io.spawn(async move {
+            let (client, connection) = config.connect(NoTls).await?;
+            let driven = tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::warn!(error = %e, "PostgreSQL connection closed");
+                }
+            });
+            Ok::<_, tokio_postgres::Error>(deadpool_postgres::ClientWrapper::new(client, driven))
+        });
+        match connected.await {
+            Ok(made) => Ok(made?),
+            Err(_) => Err(ConnectError::IoGone),
+        }
+    }
+
+    async fn recycle(
+        &self,
+        client: &mut Self::Type,
+        _: &deadpool::managed::Metrics,
+    ) -> deadpool::managed::RecycleResult<ConnectError> {
+        // A connection the server dropped is found closed on return and replaced; no test
+        // query per checkout.
+        if client.is_closed() {
+            return Err(deadpool::managed::RecycleError::message(
+                "the connection is closed",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl PgPool {
     /// Migrates `schema` as [`PgDb::open`] does (on a blocking thread, one connection), then
-    /// opens a pool of at most `max_connections` whose `search_path` is `schema`.
+    /// opens a pool of at most `max_connections` whose `search_path` is `schema`, and starts
+    /// its `pg-io` thread.
     pub async fn open(
         url: &str,
         schema: &'static str,
@@ -264,23 +362,27 @@ impl PgPool {
             .options(session_options(schema))
             .connect_timeout(CONNECT_TIMEOUT)
             .application_name(schema);
-        let manager = deadpool_postgres::Manager::from_config(
+        let io = IoThread::start()?;
+        let manager = AsyncManager {
             config,
-            NoTls,
-            deadpool_postgres::ManagerConfig {
-                // A connection the server dropped is found closed on return and replaced; no
-                // test query per checkout.
-                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-            },
-        );
-        let pool = deadpool_postgres::Pool::builder(manager)
+            io: io.runtime.clone(),
+        };
+        let pool = deadpool::managed::Pool::builder(manager)
             .max_size(usize::try_from(max_connections.max(1))?)
-            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .runtime(deadpool::Runtime::Tokio1)
             .wait_timeout(Some(CONNECT_TIMEOUT))
             .create_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| anyhow::anyhow!("PostgreSQL: {e}"))?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            io: std::sync::Arc::new(io),
+        })
+    }
+
+    /// The `pg-io` thread's runtime, where the store's batch writers are spawned.
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.io.runtime
     }
 
     /// A connection from the pool; the error says why none could be had.

@@ -292,9 +292,15 @@ where
     Fut: std::future::Future<Output = Vec<O>> + Send + 'static,
 {
     let db = db.clone();
-    Batcher::spawn(name, BATCH_WRITERS, BATCH_MAX, BATCH_QUEUE, move |items| {
-        write(db.clone(), items)
-    })
+    let runtime = db.runtime().clone();
+    Batcher::spawn_on(
+        &runtime,
+        name,
+        BATCH_WRITERS,
+        BATCH_MAX,
+        BATCH_QUEUE,
+        move |items| write(db.clone(), items),
+    )
 }
 
 /// The same failure for each of a batch's `n` items.
