@@ -21,13 +21,14 @@ pub use problem::{ApiJson, ApiPath, Problem};
 
 /// The SQLite database a service keeps its state in: a few connections shared by its handlers
 /// ([`READERS`]), one more owned by a writer thread that commits the writes given to
-/// [`SqliteDb::write`] in groups, and another on a checkpointer thread that copies committed
+/// [`SqliteDb::write_async`] in groups, and another on a checkpointer thread that copies committed
 /// pages from the WAL into the database file behind the writer.
 #[derive(Debug)]
 pub struct SqliteDb {
     conns: Vec<std::sync::Mutex<rusqlite::Connection>>,
     next: std::sync::atomic::AtomicUsize,
     writer: std::sync::Mutex<std::sync::mpsc::Sender<WriteJob>>,
+    room: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// The handlers' connections. With one, every read of every runtime worker took turns on its
@@ -49,6 +50,11 @@ type Delivery = Box<dyn FnOnce(Option<&str>) + Send>;
 
 /// Most writes committed together.
 const GROUP_MAX: usize = 256;
+/// Most writes given to the writer thread and not yet answered; a caller past that waits for
+/// room. A write stays counted until its group is committed even when its caller stopped
+/// waiting (a request that timed out), so a disk that stalls cannot make the queue grow
+/// without end.
+pub const WRITE_QUEUE: usize = 4096;
 
 /// The connection's lock was poisoned by a panic while it was held.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
@@ -87,30 +93,16 @@ impl SqliteDb {
             conns,
             next: std::sync::atomic::AtomicUsize::new(0),
             writer: std::sync::Mutex::new(jobs),
+            room: std::sync::Arc::new(tokio::sync::Semaphore::new(WRITE_QUEUE)),
         })
     }
 
     /// Runs `f` in the writer thread's transaction, together with the writes that arrived
     /// while the previous group was committing (group commit): each `f` in a savepoint of its
     /// own, so one that fails leaves the others alone, and one `COMMIT`, one fsync, for all.
-    /// Returns `f`'s result once its group is durable; a failed commit is `WriteFailed`.
-    pub fn write<T, E>(
-        &self,
-        f: impl FnOnce(&rusqlite::Connection) -> Result<T, E> + Send + 'static,
-    ) -> Result<T, E>
-    where
-        T: Send + 'static,
-        E: From<DbPoisoned> + From<WriteFailed> + Send + 'static,
-    {
-        let (tell, told) = std::sync::mpsc::sync_channel::<Result<T, E>>(1);
-        self.queue(f, move |result| {
-            let _ = tell.send(result);
-        })?;
-        told.recv().map_err(|_| writer_gone::<E>())?
-    }
-
-    /// [`SqliteDb::write`] for asynchronous callers: the same group commit, and the caller's
-    /// task is woken when its group is durable instead of a thread waiting for it.
+    /// Returns `f`'s result once its group is durable, the caller's task woken then (no thread
+    /// waits for it); a failed commit is `WriteFailed`. Waits first while [`WRITE_QUEUE`]
+    /// writes are queued.
     pub async fn write_async<T, E>(
         &self,
         f: impl FnOnce(&rusqlite::Connection) -> Result<T, E> + Send + 'static,
@@ -119,8 +111,17 @@ impl SqliteDb {
         T: Send + 'static,
         E: From<DbPoisoned> + From<WriteFailed> + Send + 'static,
     {
+        // The semaphore is never closed.
+        let place = self
+            .room
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| writer_gone::<E>())?;
         let (tell, told) = tokio::sync::oneshot::channel::<Result<T, E>>();
         self.queue(f, move |result| {
+            // Answered (or dropped, never to be run): its place is free.
+            drop(place);
             let _ = tell.send(result);
         })?;
         told.await.map_err(|_| writer_gone::<E>())?
@@ -386,6 +387,17 @@ mod tests {
         }
     }
 
+    /// `write_async` from a thread that is not in a runtime.
+    fn write<T: Send + 'static>(
+        db: &SqliteDb,
+        f: impl FnOnce(&rusqlite::Connection) -> Result<T, TestError> + Send + 'static,
+    ) -> Result<T, TestError> {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(db.write_async(f))
+    }
+
     #[test]
     fn spec11_writes_are_committed_in_groups_and_a_failing_one_is_undone_alone() {
         let dir = tempfile::tempdir().unwrap();
@@ -401,7 +413,7 @@ mod tests {
                 .map(|i| {
                     let db = db.clone();
                     scope.spawn(move || {
-                        db.write(move |conn| {
+                        write(&db, move |conn| {
                             conn.execute("INSERT INTO t VALUES (?1)", [i])
                                 .map_err(|e| TestError::Db(e.to_string()))?;
                             // Inserted, then refused: its row must not survive.
@@ -432,7 +444,7 @@ mod tests {
             .unwrap();
         assert_eq!((rows, seven), (31, 0));
         // A duplicate key fails alone too.
-        let dup = db.write(|conn| {
+        let dup = write(&db, |conn| {
             conn.execute("INSERT INTO t VALUES (1)", [])
                 .map(|_| ())
                 .map_err(|e| TestError::Db(e.to_string()))
@@ -453,12 +465,12 @@ mod tests {
         // About 200 pages: far below the 1000 at which a commit checkpoints the WAL itself, so
         // only the checkpointer copies them into the database file.
         for i in 0..50 {
-            db.write(move |conn| {
+            write(&db, move |conn| {
                 for j in 0..4 {
                     conn.execute("INSERT INTO t VALUES (?1, zeroblob(4000))", [i * 4 + j])
                         .map_err(|e| TestError::Db(e.to_string()))?;
                 }
-                Ok::<_, TestError>(())
+                Ok(())
             })
             .unwrap();
         }
@@ -584,5 +596,91 @@ mod tests {
             Ok(0),
             "the read waited for the connection another read held"
         );
+    }
+
+    #[test]
+    fn spec11_a_write_waits_for_room_when_the_writer_queue_is_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = std::sync::Arc::new(
+            SqliteDb::open(
+                &dir.path().join("q.db"),
+                "CREATE TABLE IF NOT EXISTS t (x INTEGER PRIMARY KEY) STRICT;",
+            )
+            .unwrap(),
+        );
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            // The writer thread is held inside the first write until `release`.
+            let (release, released) = std::sync::mpsc::channel::<()>();
+            let started = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let mut queued = vec![tokio::spawn({
+                let db = db.clone();
+                let started = started.clone();
+                async move {
+                    started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    db.write_async(move |conn| {
+                        released.recv().unwrap();
+                        conn.execute("INSERT INTO t VALUES (0)", [])
+                            .map(|_| ())
+                            .map_err(|e| TestError::Db(e.to_string()))
+                    })
+                    .await
+                }
+            })];
+            for i in 1..WRITE_QUEUE as i64 {
+                let db = db.clone();
+                let started = started.clone();
+                queued.push(tokio::spawn(async move {
+                    started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    db.write_async(move |conn| {
+                        conn.execute("INSERT INTO t VALUES (?1)", [i])
+                            .map(|_| ())
+                            .map_err(|e| TestError::Db(e.to_string()))
+                    })
+                    .await
+                }));
+            }
+            // Each has been polled once, so each is queued (or, past the bound, waiting).
+            while started.load(std::sync::atomic::Ordering::SeqCst) < WRITE_QUEUE {
+                tokio::task::yield_now().await;
+            }
+            // One more, polled once and then given up: it waited for room, so it never
+            // reached the writer and never runs.
+            let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            {
+                let ran = ran.clone();
+                let extra = std::pin::pin!(db.write_async(move |_conn| {
+                    ran.store(true, std::sync::atomic::Ordering::SeqCst);
+                    Ok::<_, TestError>(())
+                }));
+                let polled = futures_util::FutureExt::now_or_never(extra);
+                assert!(polled.is_none(), "a write went through a full queue");
+            }
+            release.send(()).unwrap();
+            for task in queued {
+                task.await.unwrap().unwrap();
+            }
+            assert!(
+                !ran.load(std::sync::atomic::Ordering::SeqCst),
+                "a write was queued past the bound"
+            );
+            // The places are free again.
+            db.write_async(|conn| {
+                conn.execute("INSERT INTO t VALUES (-1)", [])
+                    .map(|_| ())
+                    .map_err(|e| TestError::Db(e.to_string()))
+            })
+            .await
+            .unwrap();
+        });
+        let rows: i64 = db
+            .with(|c| {
+                c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+                    .map_err(|e| TestError::Db(e.to_string()))
+            })
+            .unwrap();
+        assert_eq!(rows, WRITE_QUEUE as i64 + 1);
     }
 }

@@ -233,8 +233,9 @@ pub type PgAsyncConnection = deadpool::managed::Object<AsyncManager>;
 /// The connections are driven by a thread of their own (`pg-io`, a single-threaded runtime),
 /// and the store's batch writers run there too ([`PgPool::runtime`]): a server's answer is read
 /// when it arrives, not when one of the service's runtime workers, busy with requests (a
-/// signature check each), next looks at its sockets. Measured (docs/PROTOCOL.md): on the
-/// service's runtime, a batch's round trip took about three times the server's time for it.
+/// signature check each), next looks at its sockets. Measured under the completion load
+/// (docs/PROTOCOL.md): a batch of session reads took 0.70 ms from its send to its answer on
+/// the service's runtime and 0.40 ms on `pg-io`, for about 0.05 ms of the server's time.
 #[derive(Clone)]
 pub struct PgPool {
     pool: deadpool::managed::Pool<AsyncManager>,
