@@ -352,3 +352,36 @@ async fn spec11_the_postgres_store_keeps_the_rules() {
     });
     assert_eq!(versions, 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec11_an_order_paid_before_migration_2_keeps_its_charge_id() {
+    let db = PgDatabase::create();
+    let store = PgStore::open(db.url(), 2).await.unwrap();
+    store
+        .create_session(&session("old", None, 100), None)
+        .await
+        .unwrap();
+    store
+        .begin_order(&order("o_old", "old", "j_old", 100))
+        .await
+        .unwrap();
+    store.finish_order("o_old", "ch_session").await.unwrap();
+    // As migration 2 left an order paid before it: the charge id on the order's row, none on
+    // its session.
+    db.with_client(|c| {
+        c.batch_execute(
+            "UPDATE merchant.orders SET charge_id = 'ch_order' WHERE id = 'o_old';
+             UPDATE merchant.sessions SET charge_id = NULL WHERE id = 'old';",
+        )
+        .unwrap();
+    });
+    let paid = store.order("o_old").await.unwrap().unwrap();
+    assert_eq!(paid.charge_id.as_deref(), Some("ch_order"));
+    // A session's own charge id is the one read when both are there.
+    db.with_client(|c| {
+        c.batch_execute("UPDATE merchant.sessions SET charge_id = 'ch_session' WHERE id = 'old'")
+            .unwrap();
+    });
+    let paid = store.order("o_old").await.unwrap().unwrap();
+    assert_eq!(paid.charge_id.as_deref(), Some("ch_session"));
+}
