@@ -259,7 +259,11 @@ async fn finish_stuck_orders(
             continue;
         };
         let done = match payments.charge(&order.id, amount).await {
-            Ok(charge) => store.finish_order(&order.id, &charge.charge_id).await,
+            Ok(charge) => {
+                store
+                    .finish_order(&order.session_id, &order.id, &charge.charge_id)
+                    .await
+            }
             Err(e) => {
                 tracing::warn!(order_id = %order.id, error = %e, "a stuck order's charge was refused; the session is open again");
                 store.abort_order(&order.id).await

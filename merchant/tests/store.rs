@@ -167,7 +167,7 @@ async fn contract(store: Arc<dyn MerchantStore>) {
         store.begin_order(&order("o4", "nope", "j4", 200)).await,
         Err(StoreError::NotFound)
     ));
-    store.finish_order("o1", "ch_1").await.unwrap();
+    store.finish_order("s0", "o1", "ch_1").await.unwrap();
     assert_eq!(
         store.session("s0").await.unwrap().unwrap().status,
         SessionStatus::Completed
@@ -194,6 +194,13 @@ async fn contract(store: Arc<dyn MerchantStore>) {
         .begin_order(&order("o6", "s1", "j5", 200))
         .await
         .unwrap();
+    // The aborted order's charge recorded late (a sweep's, say) does not complete the session
+    // another order now holds.
+    store.finish_order("s1", "o5", "ch_5").await.unwrap();
+    assert_eq!(
+        store.session("s1").await.unwrap().unwrap().status,
+        SessionStatus::Charging
+    );
 
     // Racing completions of one session, all submitted at once (one group commit or several):
     // exactly one begins, the others see it charging.
@@ -321,7 +328,7 @@ async fn stuck_orders(store: Arc<dyn MerchantStore>) {
     // Before 1000: the contract's charges (begun at 200 and 300); this one too after it.
     assert_eq!(stuck(1000).await.len(), 2 + begun_in_contract(&store).await);
     assert!(stuck(1001).await.contains(&"os".to_owned()));
-    store.finish_order("os", "ch_late").await.unwrap();
+    store.finish_order("stuck", "os", "ch_late").await.unwrap();
     assert!(!stuck(1001).await.contains(&"os".to_owned()));
 }
 
@@ -350,7 +357,7 @@ async fn spec11_the_postgres_store_keeps_the_rules() {
             .unwrap()
             .get(0)
     });
-    assert_eq!(versions, 3);
+    assert_eq!(versions, 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -365,7 +372,10 @@ async fn spec11_an_order_paid_before_migration_2_keeps_its_charge_id() {
         .begin_order(&order("o_old", "old", "j_old", 100))
         .await
         .unwrap();
-    store.finish_order("o_old", "ch_session").await.unwrap();
+    store
+        .finish_order("old", "o_old", "ch_session")
+        .await
+        .unwrap();
     // As migration 2 left an order paid before it: the charge id on the order's row, none on
     // its session.
     db.with_client(|c| {

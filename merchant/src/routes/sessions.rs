@@ -362,7 +362,12 @@ pub async fn complete(
     // finishes the order later (the same idempotency key charges once).
     let mut tries = 0u32;
     loop {
-        let recorded = stored(state.store.finish_order(&order.id, &charge.charge_id).await);
+        let recorded = stored(
+            state
+                .store
+                .finish_order(&order.session_id, &order.id, &charge.charge_id)
+                .await,
+        );
         match recorded {
             Ok(Ok(())) => break,
             Ok(Err(e)) => return Err(Problem::internal(e)),

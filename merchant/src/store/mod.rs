@@ -146,8 +146,14 @@ pub trait MerchantStore: Send + Sync + 'static {
     /// Moves a ready session to charging and records its pending order, atomically: of two
     /// racing completions, one begins.
     async fn begin_order(&self, order: &OrderRow) -> Result<(), StoreError>;
-    /// The charge went through: the order is paid and the session completed.
-    async fn finish_order(&self, order_id: &str, charge_id: &str) -> Result<(), StoreError>;
+    /// The charge went through: the order `order_id` of session `session_id` is paid and the
+    /// session completed (nothing changes if the session's order is another, or none).
+    async fn finish_order(
+        &self,
+        session_id: &str,
+        order_id: &str,
+        charge_id: &str,
+    ) -> Result<(), StoreError>;
     /// The charge failed: the order goes and the session is ready again.
     async fn abort_order(&self, order_id: &str) -> Result<(), StoreError>;
     /// An order.

@@ -260,19 +260,26 @@ impl MerchantStore for SqliteStore {
             .await
     }
 
-    async fn finish_order(&self, order_id: &str, charge_id: &str) -> Result<(), StoreError> {
-        let (order_id, charge_id) = (order_id.to_owned(), charge_id.to_owned());
+    async fn finish_order(
+        &self,
+        session_id: &str,
+        order_id: &str,
+        charge_id: &str,
+    ) -> Result<(), StoreError> {
+        let (session_id, order_id, charge_id) = (
+            session_id.to_owned(),
+            order_id.to_owned(),
+            charge_id.to_owned(),
+        );
         self.db
             .write_async(move |conn| {
                 conn.prepare_cached("UPDATE orders SET charge_id = ?2 WHERE id = ?1")
                     .and_then(|mut update| update.execute(params![order_id, charge_id]))
                     .map_err(backend)?;
-                // By the session's primary key (through the order's): sessions.order_id has no index.
                 conn.prepare_cached(
-                    "UPDATE sessions SET status = 'completed' \
-                 WHERE id = (SELECT session_id FROM orders WHERE id = ?1)",
+                    "UPDATE sessions SET status = 'completed' WHERE id = ?1 AND order_id = ?2",
                 )
-                .and_then(|mut update| update.execute(params![order_id]))
+                .and_then(|mut update| update.execute(params![session_id, order_id]))
                 .map(|_| ())
                 .map_err(backend)
             })
