@@ -26,7 +26,8 @@
 #        AGENT_KEYS=16 bench/load.sh ...               agents opening the sessions of 2b (8)
 #        OPEN_SECS=45 bench/load.sh ...                how long 2b opens sessions (2 x duration; at most
 #                                      50, its proofs are made first and live 60 s):
-#                                      a run that uses them all up measures 409s after that
+#                                      a run that uses them all up measures 409s after that,
+#                                      and its report says NOT A MEASUREMENT
 #        ROUNDS=3 bench/load.sh ...    alternates scenarios 0 and 1 three times, prints medians
 #        PROFILE=1 bench/load.sh ...   also samples each server with `perf record` (cpu-clock)
 #                                      (PROFILE_DIR=dir keeps each full profile there)
@@ -143,6 +144,10 @@ rps = int(req) / (int(dur_us) / 1e6)
 cpu = (int(after) - int(before)) / int(ticks) / (int(dur_us) / 1e6)
 print(f"{label}: {rps:.0f} req/s, non-2xx {non2xx}, p50 {int(p50)/1000:.2f} ms, p99 {int(p99)/1000:.2f} ms, server CPU {cpu:.2f} cores")
 print(f"ratio {label} req/s / openssl verify/s = {rps / float(ossl):.3f}")
+if int(non2xx) > 0:
+    # A refused request is cheaper than a served one: the rate is not this path's.
+    print(f"NOT A MEASUREMENT: {non2xx} of {req} answers were not 2xx (see the NON2XX line; in "
+          "2b, sessions used up: raise OPEN_SECS)")
 PY
 }
 # Scenario 0 and 1; $1 is consume (true or false), $2 the label, $3 the port, $4 the tokens.

@@ -26,7 +26,7 @@ pub use config::Config;
 use payment::{MockProcessor, PaymentProcessor};
 use replay::{RedisReplayGuard, ReplayStore};
 use routes::{App, AppState};
-use store::{MerchantStore, PgStore, SqliteStore};
+use store::{MerchantStore, PgStore, SqliteStore, StoreError};
 
 /// What a build may inject instead of the defaults.
 pub struct Parts {
@@ -260,9 +260,20 @@ async fn finish_stuck_orders(
         };
         let done = match payments.charge(&order.id, amount).await {
             Ok(charge) => {
-                store
+                let recorded = store
                     .finish_order(&order.session_id, &order.id, &charge.charge_id)
-                    .await
+                    .await;
+                if matches!(recorded, Err(StoreError::OrderNotHeld)) {
+                    // Aborted meanwhile (its completion's charge failed and the session
+                    // reopened), and yet charged now: the processor took money for an order
+                    // that is gone.
+                    tracing::error!(
+                        order_id = %order.id, session_id = %order.session_id,
+                        charge_id = %charge.charge_id, amount = %amount,
+                        "a stuck order was charged after it was aborted; refund the charge"
+                    );
+                }
+                recorded
             }
             Err(e) => {
                 tracing::warn!(order_id = %order.id, error = %e, "a stuck order's charge was refused; the session is open again");
@@ -273,6 +284,7 @@ async fn finish_stuck_orders(
             Ok(()) => {
                 tracing::warn!(order_id = %order.id, session_id = %order.session_id, "a charge cut short was finished")
             }
+            Err(StoreError::OrderNotHeld) => {}
             Err(e) => {
                 tracing::warn!(order_id = %order.id, error = %e, "a stuck order is still stuck")
             }

@@ -195,11 +195,35 @@ async fn contract(store: Arc<dyn MerchantStore>) {
         .await
         .unwrap();
     // The aborted order's charge recorded late (a sweep's, say) does not complete the session
-    // another order now holds.
-    store.finish_order("s1", "o5", "ch_5").await.unwrap();
+    // another order now holds, and says so.
+    assert!(matches!(
+        store.finish_order("s1", "o5", "ch_5").await,
+        Err(StoreError::OrderNotHeld)
+    ));
+    let held = store.session("s1").await.unwrap().unwrap();
     assert_eq!(
-        store.session("s1").await.unwrap().unwrap().status,
-        SessionStatus::Charging
+        (held.status, held.order_id.as_deref()),
+        (SessionStatus::Charging, Some("o6"))
+    );
+    assert!(
+        store
+            .order("o6")
+            .await
+            .unwrap()
+            .unwrap()
+            .charge_id
+            .is_none()
+    );
+    // Nor does a charge for a session that has no such order, or does not exist.
+    assert!(matches!(
+        store.finish_order("nope", "o1", "ch_1").await,
+        Err(StoreError::OrderNotHeld)
+    ));
+    // A paid order's charge recorded again (the sweep and the completion both) is no error.
+    store.finish_order("s0", "o1", "ch_1").await.unwrap();
+    assert_eq!(
+        store.session("s0").await.unwrap().unwrap().status,
+        SessionStatus::Completed
     );
 
     // Racing completions of one session, all submitted at once (one group commit or several):

@@ -341,7 +341,9 @@ pub async fn complete(
             ));
         }
         Err(StoreError::NotFound) => return Err(session_not_found()),
-        Err(e @ (StoreError::Backend(_) | StoreError::TooManySessions)) => {
+        Err(
+            e @ (StoreError::Backend(_) | StoreError::TooManySessions | StoreError::OrderNotHeld),
+        ) => {
             return Err(Problem::internal(e));
         }
     }
@@ -370,6 +372,17 @@ pub async fn complete(
         );
         match recorded {
             Ok(Ok(())) => break,
+            // Only the sweep aborts an order once begun, and only one older than
+            // `--stuck-order-secs` whose charge the processor refused: the charge and the abort
+            // disagree, and the money is to be returned by hand.
+            Ok(Err(StoreError::OrderNotHeld)) => {
+                tracing::error!(
+                    order_id = %order.id, session_id = %order.session_id,
+                    charge_id = %charge.charge_id, amount = %amount,
+                    "charged, but the order no longer holds its session; refund the charge"
+                );
+                return Err(Problem::internal(StoreError::OrderNotHeld));
+            }
             Ok(Err(e)) => return Err(Problem::internal(e)),
             Err(unavailable) => {
                 tries += 1;

@@ -121,6 +121,10 @@ pub enum StoreError {
     /// The session's owner has as many open sessions as allowed.
     #[error("too many open sessions")]
     TooManySessions,
+    /// A charge was recorded for an order that no longer holds its session (aborted, and the
+    /// session reopened or paid by another order): the money moved and no order shows it.
+    #[error("the order no longer holds its session")]
+    OrderNotHeld,
     /// The database failed.
     #[error("store failure: {0}")]
     Backend(String),
@@ -147,7 +151,8 @@ pub trait MerchantStore: Send + Sync + 'static {
     /// racing completions, one begins.
     async fn begin_order(&self, order: &OrderRow) -> Result<(), StoreError>;
     /// The charge went through: the order `order_id` of session `session_id` is paid and the
-    /// session completed (nothing changes if the session's order is another, or none).
+    /// session completed. Recording it again is `Ok`; when the session's order is another, or
+    /// none, nothing changes and the answer is `OrderNotHeld`.
     async fn finish_order(
         &self,
         session_id: &str,

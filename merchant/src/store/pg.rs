@@ -80,21 +80,6 @@ ALTER TABLE sessions SET (fillfactor = 70);
 ",
 ];
 
-/// One statement, so one round trip and one commit: the session's row is locked (of two
-/// completions racing at two instances, the second waits, then sees `charging`), the order is
-/// inserted only if the session was ready (the unique `(iss, jti)` refuses a spent mandate),
-/// and the session is marked `charging`. The row answered is the session's status before.
-const BEGIN_ORDER: &str = concat!(
-    "WITH s AS (SELECT status FROM sessions WHERE id = $2 FOR UPDATE),
-     o AS (INSERT INTO orders (",
-    order_columns!(),
-    ") SELECT $1::text, $2::text, $3::bigint, $4::text, $5::text, $6::text, $7::text,
-                 $8::text, $9::text, $10::text, $11::text, NULL, $12::bigint, $13::text
-          FROM s WHERE s.status = 'ready_for_complete' RETURNING session_id),
-     u AS (UPDATE sessions SET status = 'charging', order_id = $1
-           WHERE id IN (SELECT session_id FROM o))
-     SELECT status FROM s"
-);
 /// The charge recorded on the order's session (`$1`, while `$2` is its order) and the session
 /// completed, in one statement.
 const FINISH_ORDER: &str = "UPDATE sessions SET status = 'completed', charge_id = $3
@@ -153,10 +138,12 @@ const BEGIN_ORDERS: &str = concat!(
 );
 /// Many charges recorded in one statement: each session whose order it still is completed with
 /// its charge id, the rows locked as they change, in the input's order (the caller sorts it by
-/// session id, as `BEGIN_ORDERS` does).
+/// session id, as `BEGIN_ORDERS` does). The orders recorded are answered; one missing no
+/// longer holds its session.
 const FINISH_ORDERS: &str = "UPDATE sessions SET status = 'completed', charge_id = i.charge_id
      FROM unnest($1::text[], $2::text[], $3::text[]) AS i(session_id, order_id, charge_id)
-     WHERE sessions.id = i.session_id AND sessions.order_id = i.order_id";
+     WHERE sessions.id = i.session_id AND sessions.order_id = i.order_id
+     RETURNING i.order_id";
 
 /// The open sessions opened at or before `$1` (expired) deleted.
 const DELETE_EXPIRED: &str =
@@ -481,46 +468,8 @@ async fn begin_orders(db: PgPool, orders: Vec<OrderRow>) -> Vec<Result<(), Store
     // its position in `orders`, where its answer goes.
     let mut sorted: Vec<(usize, &OrderRow)> = orders.iter().enumerate().collect();
     sorted.sort_unstable_by(|(_, a), (_, b)| a.session_id.cmp(&b.session_id));
-    let result = async {
-        let statement = conn.prepare_cached(BEGIN_ORDERS).await?;
-        let col =
-            |f: fn(&OrderRow) -> &str| sorted.iter().map(|(_, o)| f(o)).collect::<Vec<&str>>();
-        let (ids, sessions, currencies, mandates) = (
-            col(|o| &o.id),
-            col(|o| &o.session_id),
-            col(|o| &o.currency),
-            col(|o| &o.mandate),
-        );
-        let (claims, iss, jti, sub, kid, agents) = (
-            col(|o| &o.claims),
-            col(|o| &o.iss),
-            col(|o| &o.jti),
-            col(|o| &o.sub),
-            col(|o| &o.kid),
-            col(|o| &o.agent_id),
-        );
-        let amounts: Vec<i64> = sorted.iter().map(|(_, o)| o.amount).collect();
-        let created: Vec<i64> = sorted.iter().map(|(_, o)| o.created_at).collect();
-        let jkts: Vec<Option<&str>> = sorted.iter().map(|(_, o)| o.agent_jkt.as_deref()).collect();
-        let params: &Params<'_> = &[
-            &ids,
-            &sessions,
-            &amounts,
-            &currencies,
-            &mandates,
-            &claims,
-            &iss,
-            &jti,
-            &sub,
-            &kid,
-            &agents,
-            &created,
-            &jkts,
-        ];
-        conn.query(&statement, params).await
-    }
-    .await;
-    match result {
+    let in_order: Vec<&OrderRow> = sorted.iter().map(|(_, o)| *o).collect();
+    match send_begins(&conn, &in_order).await {
         Ok(rows) if rows.len() == orders.len() => {
             let mut outcomes: Vec<(usize, Result<(), StoreError>)> = sorted
                 .iter()
@@ -534,8 +483,8 @@ async fn begin_orders(db: PgPool, orders: Vec<OrderRow>) -> Vec<Result<(), Store
             &format!("{} rows for {} orders", rows.len(), orders.len()),
             orders.len(),
         ),
-        // The batch as a whole failed (a deadlock with another instance's batch is the one
-        // expected case): each order again, alone, so one cannot fail the others.
+        // The batch as a whole failed (a unique key already used, or a deadlock with another
+        // instance's batch): each order again, alone, so one cannot fail the others.
         Err(e) if retry_alone(&e) => {
             tracing::warn!(error = %e, orders = orders.len(), "order batch failed; beginning each alone");
             let mut out = Vec::with_capacity(orders.len());
@@ -548,76 +497,116 @@ async fn begin_orders(db: PgPool, orders: Vec<OrderRow>) -> Vec<Result<(), Store
     }
 }
 
+/// `BEGIN_ORDERS` for `orders`, in their order: one row each.
+async fn send_begins(
+    conn: &ap2_service::pg::PgAsyncConnection,
+    orders: &[&OrderRow],
+) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+    let statement = conn.prepare_cached(BEGIN_ORDERS).await?;
+    let col = |f: fn(&OrderRow) -> &str| orders.iter().map(|o| f(o)).collect::<Vec<&str>>();
+    let (ids, sessions, currencies, mandates) = (
+        col(|o| &o.id),
+        col(|o| &o.session_id),
+        col(|o| &o.currency),
+        col(|o| &o.mandate),
+    );
+    let (claims, iss, jti, sub, kid, agents) = (
+        col(|o| &o.claims),
+        col(|o| &o.iss),
+        col(|o| &o.jti),
+        col(|o| &o.sub),
+        col(|o| &o.kid),
+        col(|o| &o.agent_id),
+    );
+    let amounts: Vec<i64> = orders.iter().map(|o| o.amount).collect();
+    let created: Vec<i64> = orders.iter().map(|o| o.created_at).collect();
+    let jkts: Vec<Option<&str>> = orders.iter().map(|o| o.agent_jkt.as_deref()).collect();
+    let params: &Params<'_> = &[
+        &ids,
+        &sessions,
+        &amounts,
+        &currencies,
+        &mandates,
+        &claims,
+        &iss,
+        &jti,
+        &sub,
+        &kid,
+        &agents,
+        &created,
+        &jkts,
+    ];
+    conn.query(&statement, params).await
+}
+
+/// One order begun by the batch statement on its own: a unique key it breaks is this order's
+/// (`MandateUsed`: its `(iss, jti)` paid an order already), and a session another completion
+/// took is `NotReady`, as in a batch.
 async fn begin_order_alone(
     conn: &ap2_service::pg::PgAsyncConnection,
-    o: &OrderRow,
+    order: &OrderRow,
 ) -> Result<(), StoreError> {
-    let begin = conn.prepare_cached(BEGIN_ORDER).await.map_err(backend)?;
-    let before = conn
-        .query_opt(
-            &begin,
-            &[
-                &o.id,
-                &o.session_id,
-                &o.amount,
-                &o.currency,
-                &o.mandate,
-                &o.claims,
-                &o.iss,
-                &o.jti,
-                &o.sub,
-                &o.kid,
-                &o.agent_id,
-                &o.created_at,
-                &o.agent_jkt,
-            ],
-        )
-        .await;
-    let status: Option<String> = match before {
-        Ok(row) => row.map(|row| row.get(0)),
-        Err(e) if is_unique_violation(&e) => return Err(StoreError::MandateUsed),
-        Err(e) => return Err(backend(e)),
-    };
-    match status.as_deref().and_then(SessionStatus::parse) {
-        None => Err(StoreError::NotFound),
-        Some(SessionStatus::ReadyForComplete) => Ok(()),
-        Some(other) => Err(StoreError::NotReady(other)),
+    match send_begins(conn, &[order]).await {
+        Ok(rows) => match rows.as_slice() {
+            [row] => begun(row),
+            _ => Err(backend(format!("{} rows for one order", rows.len()))),
+        },
+        Err(e) if is_unique_violation(&e) => Err(StoreError::MandateUsed),
+        Err(e) => Err(backend(e)),
     }
 }
 
-async fn finish_orders(db: PgPool, mut charges: Vec<Charged>) -> Vec<Result<(), StoreError>> {
+async fn finish_orders(db: PgPool, charges: Vec<Charged>) -> Vec<Result<(), StoreError>> {
     let n = charges.len();
-    // One answer for all, so the order of the batch's items is free: by session id, the order
-    // the update locks them in.
-    charges.sort_unstable_by(|a, b| a.session_id.cmp(&b.session_id));
+    // Sent in session id order, the order the update locks them in; each answer goes to its
+    // charge's place in `charges`.
+    let mut sorted: Vec<&Charged> = charges.iter().collect();
+    sorted.sort_unstable_by(|a, b| a.session_id.cmp(&b.session_id));
     let result = async {
         let conn = db.get().await.map_err(StoreError::Backend)?;
         let statement = conn.prepare_cached(FINISH_ORDERS).await.map_err(backend)?;
-        let col = |f: fn(&Charged) -> &str| charges.iter().map(f).collect::<Vec<&str>>();
+        let col = |f: fn(&Charged) -> &str| sorted.iter().map(|c| f(c)).collect::<Vec<&str>>();
         let sessions = col(|c| &c.session_id);
         let orders = col(|c| &c.order_id);
         let charge_ids = col(|c| &c.charge_id);
         match conn
-            .execute(&statement, &[&sessions, &orders, &charge_ids])
+            .query(&statement, &[&sessions, &orders, &charge_ids])
             .await
         {
-            Ok(_) => Ok(()),
+            Ok(rows) => rows
+                .iter()
+                .map(|row| row.try_get::<_, String>(0).map_err(backend))
+                .collect::<Result<std::collections::HashSet<String>, _>>(),
             Err(e) if retry_alone(&e) => {
                 tracing::warn!(error = %e, orders = n, "charge batch failed; recording each alone");
                 let alone = conn.prepare_cached(FINISH_ORDER).await.map_err(backend)?;
-                for c in &charges {
-                    conn.execute(&alone, &[&c.session_id, &c.order_id, &c.charge_id])
+                let mut recorded = std::collections::HashSet::new();
+                for c in &sorted {
+                    let changed = conn
+                        .execute(&alone, &[&c.session_id, &c.order_id, &c.charge_id])
                         .await
                         .map_err(backend)?;
+                    if changed > 0 {
+                        recorded.insert(c.order_id.clone());
+                    }
                 }
-                Ok(())
+                Ok(recorded)
             }
             Err(e) => Err(backend(e)),
         }
     }
     .await;
     match result {
-        Ok(()) => (0..n).map(|_| Ok(())).collect(),
+        Ok(recorded) => charges
+            .iter()
+            .map(|c| {
+                if recorded.contains(&c.order_id) {
+                    Ok(())
+                } else {
+                    Err(StoreError::OrderNotHeld)
+                }
+            })
+            .collect(),
         Err(e) => all_failed(&e, n),
     }
 }
@@ -792,6 +781,50 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn spec11_one_batch_of_charges_answers_each_in_order() {
+        let db = ap2_testkit::PgDatabase::create();
+        let store = PgStore::open(db.url(), 2).await.unwrap();
+        for id in ["s1", "s2", "s3"] {
+            store.create_session(&ready(id), None).await.unwrap();
+        }
+        for (o, s) in [("o1", "s1"), ("o2", "s2"), ("o3", "s3")] {
+            store.begin_order(&order(o, s)).await.unwrap();
+        }
+        let charged = |session: &str, order: &str| Charged {
+            session_id: session.to_owned(),
+            order_id: order.to_owned(),
+            charge_id: format!("ch-{order}"),
+        };
+        // Not in session id order; o9 holds no session, o1 comes twice.
+        let batch = vec![
+            charged("s3", "o3"),
+            charged("s2", "o9"),
+            charged("s1", "o1"),
+            charged("s0", "o0"),
+            charged("s1", "o1"),
+        ];
+        let out = finish_orders(store.db.clone(), batch).await;
+        let held: Vec<bool> = out
+            .iter()
+            .map(|r| match r {
+                Ok(()) => true,
+                Err(StoreError::OrderNotHeld) => false,
+                Err(e) => panic!("{e}"),
+            })
+            .collect();
+        assert_eq!(held, [true, false, true, false, true]);
+        let status = |id: &'static str| {
+            let store = store.clone();
+            async move { store.session(id).await.unwrap().unwrap().status }
+        };
+        assert_eq!(status("s1").await, SessionStatus::Completed);
+        assert_eq!(status("s2").await, SessionStatus::Charging);
+        assert_eq!(status("s3").await, SessionStatus::Completed);
+        let paid = store.order("o3").await.unwrap().unwrap();
+        assert_eq!(paid.charge_id.as_deref(), Some("ch-o3"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn spec11_statements_prepared_on_empty_tables_read_them_by_index() {
         // A fresh deployment: the tables are empty when the statements are first prepared,
         // and the plans the connection keeps must still fit the tables once they are large.
@@ -816,11 +849,6 @@ mod tests {
             ("select_sessions", SELECT_SESSIONS, texts.to_owned()),
             ("count_open", COUNT_OPEN, format!("{texts}, '{{1,2}}'")),
             ("select_order", SELECT_ORDER, "'a'".to_owned()),
-            (
-                "begin_order",
-                BEGIN_ORDER,
-                "'a', 'b', 1, 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j', 1, 'k'".to_owned(),
-            ),
             ("finish_order", FINISH_ORDER, "'a', 'b', 'c'".to_owned()),
             ("abort_order", ABORT_ORDER, "'a'".to_owned()),
             ("stuck_orders", STUCK_ORDERS, "1".to_owned()),

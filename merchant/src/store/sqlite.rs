@@ -273,15 +273,19 @@ impl MerchantStore for SqliteStore {
         );
         self.db
             .write_async(move |conn| {
+                let held = conn
+                    .prepare_cached(
+                        "UPDATE sessions SET status = 'completed' WHERE id = ?1 AND order_id = ?2",
+                    )
+                    .and_then(|mut update| update.execute(params![session_id, order_id]))
+                    .map_err(backend)?;
+                if held == 0 {
+                    return Err(StoreError::OrderNotHeld);
+                }
                 conn.prepare_cached("UPDATE orders SET charge_id = ?2 WHERE id = ?1")
                     .and_then(|mut update| update.execute(params![order_id, charge_id]))
-                    .map_err(backend)?;
-                conn.prepare_cached(
-                    "UPDATE sessions SET status = 'completed' WHERE id = ?1 AND order_id = ?2",
-                )
-                .and_then(|mut update| update.execute(params![session_id, order_id]))
-                .map(|_| ())
-                .map_err(backend)
+                    .map(|_| ())
+                    .map_err(backend)
             })
             .await
     }
