@@ -372,9 +372,9 @@ pub async fn complete(
         );
         match recorded {
             Ok(Ok(())) => break,
-            // Only the sweep aborts an order once begun, and only one older than
-            // `--stuck-order-secs` whose charge the processor refused: the charge and the abort
-            // disagree, and the money is to be returned by hand.
+            // Besides its own completion (on a failed charge), only the sweep aborts a begun
+            // order, one older than `--stuck-order-secs` whose charge the processor refused:
+            // that refusal and this charge disagree, and the money is to be returned by hand.
             Ok(Err(StoreError::OrderNotHeld)) => {
                 tracing::error!(
                     order_id = %order.id, session_id = %order.session_id,
