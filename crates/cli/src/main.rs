@@ -123,8 +123,9 @@ enum Command {
         /// Mint this many mandates, one per line, each with its own random jti (load tests).
         #[arg(long, default_value_t = 1, conflicts_with = "jti")]
         count: u64,
-        /// Bind the mandate to this agent key thumbprint (`cnf.jkt`, SPEC §8).
-        #[arg(long)]
+        /// Bind the mandate to this agent key thumbprint (`cnf.jkt`, SPEC §8). A thumbprint
+        /// is base64url and may begin with `-`, so the value is taken as given.
+        #[arg(long, allow_hyphen_values = true)]
         cnf_jkt: Option<String>,
     },
     /// Verify a mandate (SPEC §4) against a public JWK, a cart and an agent. Prints the

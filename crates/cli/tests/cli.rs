@@ -278,6 +278,22 @@ fn demo_uses_redis_when_redis_url_is_set() {
 }
 
 #[test]
+fn spec8_mint_takes_a_thumbprint_that_begins_with_a_hyphen() {
+    // base64url: one thumbprint in 64 begins with `-`, and is a value, not a flag.
+    let jkt = format!("-{}", "A".repeat(42));
+    let out = mint_with_fresh_key(&["--cnf-jkt", &jkt]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let token = stdout(&out);
+    let payload = token.trim().split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["cnf"]["jkt"], jkt.as_str());
+}
+
+#[test]
 fn mint_count_prints_that_many_distinct_mandates() {
     let out = mint_with_fresh_key(&["--count", "50"]);
     assert!(out.status.success(), "{}", stderr(&out));
