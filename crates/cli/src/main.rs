@@ -81,8 +81,9 @@ enum Command {
         /// The mandate presented with the request, whose hash the proof carries (`ath`).
         #[arg(long)]
         mandate: Option<String>,
-        /// The server's nonce (from its `DPoP-Nonce` header).
-        #[arg(long)]
+        /// The server's nonce (from its `DPoP-Nonce` header; base64url, so it may begin with
+        /// `-`, and is taken as given).
+        #[arg(long, allow_hyphen_values = true)]
         nonce: Option<String>,
         /// Issue as of this Unix time (default: now).
         #[arg(long)]
@@ -94,16 +95,16 @@ enum Command {
         #[arg(long)]
         key: PathBuf,
         /// The kid to put in the header (default: the key's RFC 7638 thumbprint).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         kid: Option<String>,
         /// The wallet (`iss`).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         iss: String,
         /// The user (`sub`).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         sub: String,
         /// The agent allowed to present it.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         agent: String,
         /// The cart's JSON file.
         #[arg(long)]
@@ -115,7 +116,7 @@ enum Command {
         #[arg(long, default_value_t = 300)]
         ttl: i64,
         /// The token id (default: 128 random bits).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         jti: Option<String>,
         /// Issue as of this Unix time (default: now).
         #[arg(long)]
@@ -137,19 +138,19 @@ enum Command {
         #[arg(long)]
         jwk: PathBuf,
         /// The issuer registered for the key.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         iss: String,
         /// The subject registered for the key.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         sub: String,
         /// The presenting agent.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         agent: String,
         /// The merchant's cart (JSON file).
         #[arg(long)]
         cart: PathBuf,
         /// This merchant's id (default: the cart's merchant_id).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         audience: Option<String>,
         /// Verify as of this Unix time (default: now).
         #[arg(long)]

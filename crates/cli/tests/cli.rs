@@ -293,6 +293,67 @@ fn spec8_mint_takes_a_thumbprint_that_begins_with_a_hyphen() {
     assert_eq!(claims["cnf"]["jkt"], jkt.as_str());
 }
 
+/// The JSON of a JWT's part `n` (0 the header, 1 the payload).
+fn jwt_part(token: &str, n: usize) -> serde_json::Value {
+    let part = token.trim().split('.').nth(n).unwrap();
+    serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, part).unwrap(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn ids_and_nonces_that_begin_with_a_hyphen_are_values_not_flags() {
+    // Agent ids may begin with `-` (`[A-Za-z0-9._:-]`), and kids, jtis and nonces are often
+    // base64url, one in 64 of which begins with it.
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let user = path("user.pem");
+    let out = ap2(&["keygen", "--out", &user]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::write(path("user.jwk"), stdout(&out)).unwrap();
+    let ids = ["--iss", "-i", "--sub", "-s", "--agent", "-a"];
+    let cart = "../mandate/tests/vectors/cart_v1.json";
+    let mut args = vec!["mint", "--key", &user, "--cart", cart];
+    args.extend(ids);
+    args.extend(["--jti", "-j", "--now", "1798761600"]);
+    let out = ap2(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mandate = stdout(&out).trim().to_owned();
+    let claims = jwt_part(&mandate, 1);
+    assert_eq!(
+        [
+            &claims["iss"],
+            &claims["sub"],
+            &claims["ap2_scope"]["allow_agent_id"],
+            &claims["jti"]
+        ],
+        ["-i", "-s", "-a", "-j"]
+    );
+    let jwk = path("user.jwk");
+    let mut args = vec!["verify", &mandate, "--jwk", &jwk, "--cart", cart];
+    args.extend(ids);
+    args.extend(["--audience", "acme-corp", "--now", "1798761601"]);
+    let out = ap2(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    args = vec!["mint", "--key", &user, "--cart", cart, "--kid", "-k"];
+    args.extend(ids);
+    let out = ap2(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(jwt_part(&stdout(&out), 0)["kid"], "-k");
+
+    let out = ap2(&["agent-keygen", "--out", &path("agent.pem")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let url = "https://merchant.example/v1/checkout-sessions";
+    let agent = path("agent.pem");
+    let out = ap2(&[
+        "dpop", "--key", &agent, "--method", "POST", "--url", url, "--nonce", "-n",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(jwt_part(&stdout(&out), 1)["nonce"], "-n");
+}
+
 #[test]
 fn mint_count_prints_that_many_distinct_mandates() {
     let out = mint_with_fresh_key(&["--count", "50"]);
