@@ -32,7 +32,8 @@ pub struct Config {
         long = "issuer-token",
         env = "KEY_DIRECTORY_ISSUER_TOKENS",
         value_delimiter = ',',
-        hide_env_values = true
+        hide_env_values = true,
+        allow_hyphen_values = true
     )]
     pub issuer_tokens: Vec<NamedToken>,
     /// Largest request body, in bytes.
@@ -60,5 +61,21 @@ impl Config {
             http: ap2_service::ConnectionLimits::default(),
             key_max_age_secs: 60,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use secrecy::ExposeSecret;
+
+    use super::Config;
+
+    #[test]
+    fn tokens_that_begin_with_a_hyphen_are_values_not_flags() {
+        let config =
+            Config::try_parse_from(["key-directory", "--issuer-token", "-issuer=-t"]).unwrap();
+        assert_eq!(config.issuer_tokens[0].name, "-issuer");
+        assert_eq!(config.issuer_tokens[0].token.expose_secret(), "-t");
     }
 }

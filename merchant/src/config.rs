@@ -96,7 +96,8 @@ pub struct Config {
         long = "backend-token",
         env = "MERCHANT_BACKEND_TOKENS",
         value_delimiter = ',',
-        hide_env_values = true
+        hide_env_values = true,
+        allow_hyphen_values = true
     )]
     pub backend_tokens: Vec<ap2_service::NamedToken>,
     /// Serve `POST /v1/mandates/verify` on this address only, not on `--listen` (SPEC §9): a
@@ -188,5 +189,29 @@ impl Config {
             .filter(|k| !k.is_empty())
             .map(secrecy::SecretString::from);
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use secrecy::ExposeSecret;
+
+    use super::Config;
+
+    #[test]
+    fn tokens_that_begin_with_a_hyphen_are_values_not_flags() {
+        let config = Config::try_parse_from([
+            "merchant",
+            "--merchant-id",
+            "m",
+            "--key-directory-url",
+            "http://127.0.0.1:1",
+            "--backend-token",
+            "-backend=-t",
+        ])
+        .unwrap();
+        assert_eq!(config.backend_tokens[0].name, "-backend");
+        assert_eq!(config.backend_tokens[0].token.expose_secret(), "-t");
     }
 }

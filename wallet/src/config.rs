@@ -35,10 +35,20 @@ pub struct Config {
     #[arg(long, env = "KEY_DIRECTORY_URL")]
     pub key_directory_url: String,
     /// This wallet's issuer token at the key directory.
-    #[arg(long, env = "KEY_DIRECTORY_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "KEY_DIRECTORY_TOKEN",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     pub key_directory_token: SecretString,
     /// The administrator's bearer token (creates users).
-    #[arg(long, env = "WALLET_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "WALLET_ADMIN_TOKEN",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     pub admin_token: SecretString,
     /// An agent and its bearer token: AGENT_ID=TOKEN. Repeatable; the environment takes a
     /// comma-separated list.
@@ -46,7 +56,8 @@ pub struct Config {
         long = "agent-token",
         env = "WALLET_AGENT_TOKENS",
         value_delimiter = ',',
-        hide_env_values = true
+        hide_env_values = true,
+        allow_hyphen_values = true
     )]
     pub agent_tokens: Vec<NamedToken>,
     /// Longest mandate lifetime an agent may ask for, in seconds.
@@ -90,7 +101,12 @@ pub struct Config {
     #[arg(long, env = "WALLET_NOTIFY_URL", requires = "notify_secret")]
     pub notify_url: Option<String>,
     /// The webhook's signing secret.
-    #[arg(long, env = "WALLET_NOTIFY_SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "WALLET_NOTIFY_SECRET",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     pub notify_secret: Option<SecretString>,
     /// The master key, base64 of 32 bytes (environment only). Without it the wallet creates
     /// `master.key` in the data directory, readable only by its owner.
@@ -141,5 +157,45 @@ impl Config {
             .filter(|k| !k.is_empty())
             .map(SecretString::from);
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use secrecy::ExposeSecret;
+
+    use super::Config;
+
+    #[test]
+    fn tokens_that_begin_with_a_hyphen_are_values_not_flags() {
+        // Generated base64url tokens begin with `-` one time in 64; agent ids may too.
+        let config = Config::try_parse_from([
+            "wallet",
+            "--issuer",
+            "https://w.example",
+            "--key-directory-url",
+            "http://127.0.0.1:1",
+            "--key-directory-token",
+            "-d",
+            "--admin-token",
+            "-a",
+            "--agent-token",
+            "-agent=-t",
+            "--notify-url",
+            "http://127.0.0.1:2",
+            "--notify-secret",
+            "-n",
+        ])
+        .unwrap();
+        assert_eq!(config.key_directory_token.expose_secret(), "-d");
+        assert_eq!(config.admin_token.expose_secret(), "-a");
+        assert_eq!(config.agent_tokens[0].name, "-agent");
+        assert_eq!(config.agent_tokens[0].token.expose_secret(), "-t");
+        let secret = config
+            .notify_secret
+            .as_ref()
+            .map(ExposeSecret::expose_secret);
+        assert_eq!(secret, Some("-n"));
     }
 }

@@ -42,17 +42,17 @@ pub struct Endpoints {
     #[arg(long, env = "AP2_OTHER_MERCHANT_URL")]
     pub other_merchant_url: Option<String>,
     /// The wallet's admin token.
-    #[arg(long, env = "AP2_ADMIN_TOKEN", default_value = ADMIN_TOKEN, hide_env_values = true)]
+    #[arg(long, env = "AP2_ADMIN_TOKEN", default_value = ADMIN_TOKEN, hide_env_values = true, allow_hyphen_values = true)]
     pub admin_token: String,
     /// The agent's token at the wallet (its id is agent-7).
-    #[arg(long, env = "AP2_AGENT_TOKEN", default_value = AGENT_TOKEN, hide_env_values = true)]
+    #[arg(long, env = "AP2_AGENT_TOKEN", default_value = AGENT_TOKEN, hide_env_values = true, allow_hyphen_values = true)]
     pub agent_token: String,
     /// The wallet's issuer token at the key directory (to revoke the user's key).
-    #[arg(long, env = "AP2_DIRECTORY_TOKEN", default_value = DIRECTORY_TOKEN, hide_env_values = true)]
+    #[arg(long, env = "AP2_DIRECTORY_TOKEN", default_value = DIRECTORY_TOKEN, hide_env_values = true, allow_hyphen_values = true)]
     pub directory_token: String,
     /// The merchants' backend token for `POST /v1/mandates/verify` (SPEC §9), which the demo
     /// uses, as the merchant's backend would, to watch a mandate's state without spending it.
-    #[arg(long, env = "AP2_BACKEND_TOKEN", default_value = BACKEND_TOKEN, hide_env_values = true)]
+    #[arg(long, env = "AP2_BACKEND_TOKEN", default_value = BACKEND_TOKEN, hide_env_values = true, allow_hyphen_values = true)]
     pub backend_token: String,
     /// Wait for a person to approve the first purchase on its approval page (SPEC §12: with
     /// the code the demo prints, or a passkey) instead of approving it by code.
