@@ -20,13 +20,16 @@ pub struct NamedToken {
 impl FromStr for NamedToken {
     type Err = String;
 
-    /// Splits at the last `=`, so a name may itself contain `=` (URLs with queries) while a
-    /// token may not; both must be non-empty.
+    /// Splits at the last `=` before the token's trailing padding, so a name may itself
+    /// contain `=` (URLs with queries) and a token may end in `=` as base64 does (RFC 6750's
+    /// `b64token`: `=` only at its end); both must be non-empty, and a token is more than
+    /// padding.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.rsplit_once('=') {
-            Some((name, token)) if !name.is_empty() && !token.is_empty() => Ok(Self {
+        let unpadded = s.trim_end_matches('=');
+        match unpadded.rsplit_once('=') {
+            Some((name, _)) if !name.is_empty() && unpadded.len() > name.len() + 1 => Ok(Self {
                 name: name.to_owned(),
-                token: SecretString::from(token.to_owned()),
+                token: SecretString::from(s[name.len() + 1..].to_owned()),
             }),
             _ => Err("expected NAME=TOKEN with both parts non-empty".to_owned()),
         }
@@ -179,6 +182,26 @@ mod tests {
         assert!("novalue=".parse::<NamedToken>().is_err());
         assert!("=token".parse::<NamedToken>().is_err());
         assert!("plain".parse::<NamedToken>().is_err());
+        assert!("name==".parse::<NamedToken>().is_err());
+    }
+
+    #[test]
+    fn named_tokens_keep_base64_padding_and_names_with_equals() {
+        let token = |s: &str| {
+            let t: NamedToken = s.parse().unwrap();
+            (t.name, t.token.expose_secret().to_owned())
+        };
+        // `openssl rand -base64 32`: 44 characters, one `=` of padding.
+        let b64 = "0S9xrqXH4Q+8bJ/mJ7hBq0V5l1m2K3n4o5p6q7r8s9Q=";
+        assert_eq!(
+            token(&format!("agent-7={b64}")),
+            ("agent-7".to_owned(), b64.to_owned())
+        );
+        assert_eq!(token("a=b=="), ("a".to_owned(), "b==".to_owned()));
+        assert_eq!(
+            token("https://w.example/?v=1=tok="),
+            ("https://w.example/?v=1".to_owned(), "tok=".to_owned())
+        );
     }
 
     #[test]
