@@ -1,6 +1,8 @@
 //! SPEC §13: the OpenAPI document lists every route the router serves, and every problem code.
 
-use ap2_testkit::openapi::{assert_codes_listed, assert_routes_documented};
+use ap2_testkit::openapi::{
+    assert_codes_listed, assert_routes_documented, assert_statuses_documented,
+};
 
 #[test]
 fn spec13_every_route_is_in_the_document() {
@@ -10,6 +12,19 @@ fn spec13_every_route_is_in_the_document() {
 #[test]
 fn spec13_every_problem_code_is_listed() {
     assert_codes_listed(
+        key_directory::openapi(),
+        &[
+            include_str!("../src/routes/keys.rs"),
+            include_str!("../src/routes/events.rs"),
+            include_str!("../src/routes/mod.rs"),
+            include_str!("../src/routes/health.rs"),
+        ],
+    );
+}
+
+#[test]
+fn spec13_every_problem_is_documented_under_its_status() {
+    assert_statuses_documented(
         key_directory::openapi(),
         &[
             include_str!("../src/routes/keys.rs"),

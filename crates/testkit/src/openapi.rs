@@ -95,3 +95,134 @@ pub fn assert_codes_listed(doc: &serde_json::Value, sources: &[&str]) {
         );
     }
 }
+
+/// The HTTP status of a `StatusCode::NAME` constant the services answer problems with.
+fn status_named(name: &str) -> Option<u16> {
+    Some(match name {
+        "BAD_REQUEST" => 400,
+        "UNAUTHORIZED" => 401,
+        "PAYMENT_REQUIRED" => 402,
+        "FORBIDDEN" => 403,
+        "NOT_FOUND" => 404,
+        "METHOD_NOT_ALLOWED" => 405,
+        "CONFLICT" => 409,
+        "GONE" => 410,
+        "PAYLOAD_TOO_LARGE" => 413,
+        "UNSUPPORTED_MEDIA_TYPE" => 415,
+        "UNPROCESSABLE_ENTITY" => 422,
+        "LOCKED" => 423,
+        "TOO_MANY_REQUESTS" => 429,
+        "INTERNAL_SERVER_ERROR" => 500,
+        "BAD_GATEWAY" => 502,
+        "SERVICE_UNAVAILABLE" => 503,
+        _ => return None,
+    })
+}
+
+/// `(status, code)` of every problem `sources` answer with a fixed status:
+/// `Problem::new(StatusCode::NAME, "code", …)`, `Problem::not_found("code", …)` (404),
+/// `Problem::bad_request("code", …)` (400), `unprocessable("code", …)` (422),
+/// `Problem::forbidden(…)` (403 `forbidden`) and `Problem::unauthorized(…)` (401
+/// `unauthorized`). A call whose
+/// status is a variable is left out; a `StatusCode` this file does not know panics.
+pub fn statuses_in(sources: &[&str]) -> Vec<(u16, String)> {
+    let mut pairs = Vec::new();
+    for source in sources {
+        for (call, fixed) in [
+            ("Problem::new(", None),
+            ("Problem::not_found(", Some(404)),
+            ("Problem::bad_request(", Some(400)),
+            ("unprocessable(", Some(422)),
+        ] {
+            for chunk in source.split(call).skip(1) {
+                let (status, args) = match fixed {
+                    Some(status) => (status, chunk),
+                    None => {
+                        let Some(rest) = chunk.trim_start().strip_prefix("StatusCode::") else {
+                            continue;
+                        };
+                        let name: String = rest
+                            .chars()
+                            .take_while(|c| c.is_ascii_uppercase() || *c == '_')
+                            .collect();
+                        let status = status_named(&name).unwrap_or_else(|| {
+                            panic!("StatusCode::{name}: add it to status_named")
+                        });
+                        let Some(args) = rest[name.len()..].trim_start().strip_prefix(',') else {
+                            continue;
+                        };
+                        (status, args)
+                    }
+                };
+                // The code is the literal right there, not one further on (a definition such
+                // as `fn unprocessable(code: &str, …)` has none).
+                if !args.trim_start().starts_with('"') {
+                    continue;
+                }
+                if let Some(code) = args.split('"').nth(1)
+                    && !code.is_empty()
+                    && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                {
+                    pairs.push((status, code.to_owned()));
+                }
+            }
+        }
+    }
+    // The two whose code is fixed by the constructor.
+    for source in sources {
+        if source.contains("Problem::forbidden(") {
+            pairs.push((403, "forbidden".to_owned()));
+        }
+        if source.contains("Problem::unauthorized(") {
+            pairs.push((401, "unauthorized".to_owned()));
+        }
+    }
+    pairs.sort();
+    pairs.dedup();
+    pairs
+}
+
+/// Whether `text` names a family such as `` `mandate_*` `` that `code` belongs to.
+fn wildcard_names(text: &str, code: &str) -> bool {
+    text.split('`')
+        .skip(1)
+        .step_by(2)
+        .filter_map(|named| named.strip_suffix('*'))
+        .any(|prefix| !prefix.is_empty() && code.starts_with(prefix))
+}
+
+/// Panics unless every `(status, code)` that `sources` answer with is documented: some
+/// operation of `doc` has a `status` response whose description names `` `code` `` (or its
+/// family, `` `mandate_*` ``). A client
+/// that reads the document must find each code under the status it really comes with.
+pub fn assert_statuses_documented(doc: &serde_json::Value, sources: &[&str]) {
+    let answered = statuses_in(sources);
+    assert!(!answered.is_empty(), "no problems found in the sources");
+    let mut described = Vec::new();
+    if let Some(paths) = doc["paths"].as_object() {
+        for operations in paths.values() {
+            for operation in operations.as_object().into_iter().flat_map(|o| o.values()) {
+                for (status, response) in operation["responses"].as_object().into_iter().flatten() {
+                    if let Some(text) = response["description"].as_str() {
+                        described.push((status.clone(), text.to_owned()));
+                    }
+                }
+            }
+        }
+    }
+    let missing: Vec<String> = answered
+        .iter()
+        .filter(|(status, code)| {
+            let status = status.to_string();
+            let named = format!("`{code}`");
+            !described.iter().any(|(s, text)| {
+                *s == status && (text.contains(&named) || wildcard_names(text, code))
+            })
+        })
+        .map(|(status, code)| format!("{status} {code}"))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "answered but documented under no operation's response with that status: {missing:?}"
+    );
+}

@@ -208,6 +208,7 @@ async fn load(state: &AppState, id: String, caller: Option<&str>) -> Result<Sess
     responses(
         (status = 200, description = "the session", body = SessionView),
         (status = 404, description = "`session_not_found` (also another key's session)", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 410, description = "`session_expired`: open longer than `--session-ttl-secs`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
         (status = 400, description = "`invalid_body`, `agent_id_required`, `agent_id_invalid`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
         (status = 401, description = "a SPEC §4 or §8 code (`mandate_*`, `dpop_*`), with `WWW-Authenticate`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
         (status = 503, description = "`key_directory_unavailable`, `replay_store_unavailable`, `store_unavailable`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
@@ -242,7 +243,8 @@ fn already_done(status: SessionStatus) -> Problem {
         (status = 200, description = "`{status, order_id, amount, currency, mandate: {jti, sub, kid, amr}}`", body = Object),
         (status = 402, description = "`payment_failed`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
         (status = 404, description = "`session_not_found`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 409, description = "`session_completed`, `session_expired`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 409, description = "`session_completed`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 410, description = "`session_expired`: open longer than `--session-ttl-secs`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
         (status = 400, description = "`invalid_body`, `agent_id_required`, `agent_id_invalid`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
         (status = 401, description = "a SPEC §4 or §8 code (`mandate_*`, `dpop_*`), with `WWW-Authenticate`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
         (status = 503, description = "`key_directory_unavailable`, `replay_store_unavailable`, `store_unavailable`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]

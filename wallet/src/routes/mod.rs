@@ -183,11 +183,25 @@ impl Caller {
     }
 }
 
-/// A store call's answer for the caller: store failures are 503, a missing row 404, another
-/// user's row 403.
+/// 404 `user_not_found`.
+pub fn user_not_found() -> Problem {
+    Problem::not_found("user_not_found", "no such user")
+}
+
+/// A store call's answer for the caller: store failures are 503, another user's row 403, and a
+/// row that is missing `missing()` (the call's own 404: `user_not_found`, `request_not_found`).
+pub fn stored_or<T>(result: Result<T, StoreError>, missing: fn() -> Problem) -> Result<T, Problem> {
+    match result {
+        Err(StoreError::NotFound) => Err(missing()),
+        other => stored(other),
+    }
+}
+
+/// A store call's answer for the caller: store failures are 503, another user's row 403. Only
+/// the calls that look a row up answer `NotFound`, and they go through [`stored_or`].
 pub fn stored<T>(result: Result<T, StoreError>) -> Result<T, Problem> {
     result.map_err(|e| match e {
-        StoreError::NotFound => Problem::not_found("not_found", "no such resource"),
+        StoreError::NotFound => Problem::internal("a row looked up without its own 404"),
         StoreError::NotYours => Problem::forbidden("this belongs to another user"),
         StoreError::UserExists => {
             Problem::new(StatusCode::CONFLICT, "user_exists", "this user id is taken")
@@ -236,8 +250,7 @@ pub async fn signer_for(state: &AppState, user_id: &str) -> Result<Arc<LocalSign
     {
         return Ok(signer);
     }
-    let user = stored(state.store.user(user_id).await)?
-        .ok_or_else(|| Problem::not_found("user_not_found", "no such user"))?;
+    let user = stored(state.store.user(user_id).await)?.ok_or_else(user_not_found)?;
     if user.key_revoked_at.is_some() {
         return Err(key_revoked());
     }

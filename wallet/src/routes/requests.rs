@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use super::{AppState, Caller, MAX_OTP_ATTEMPTS, signer_for, stored};
+use super::{AppState, Caller, MAX_OTP_ATTEMPTS, signer_for, stored, stored_or};
 use crate::crypto;
 use crate::store::{Approval, Attempt, RequestRow, Status};
 
@@ -138,7 +138,7 @@ pub async fn create(
     }
     let user = stored(state.store.user(&body.user_id).await)?;
     if !user.is_some_and(|u| u.registered) {
-        return Err(Problem::not_found("user_not_found", "no such user"));
+        return Err(super::user_not_found());
     }
     let now = state.clock.now_unix();
     let id = ap2_service::ids::time_ordered(now).map_err(Problem::internal)?;
@@ -273,6 +273,7 @@ pub struct Approve {
 /// The user approves with the code: the mandate is minted, once.
 #[utoipa::path(post, path = "/v1/mandate-requests/{id}/approve", tag = "mandate-requests", request_body = Approve, params(("id" = String, Path)), security(("bearer" = [])),
     responses((status = 200, description = "approved: the request with its mandate", body = Object),
+        (status = 403, description = "`otp_not_allowed` (`--approval passkey`), `forbidden` (another user's request)", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
         (status = 404, description = "`request_not_found`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
         (status = 409, description = "`request_not_pending`, `user_key_revoked`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
         (status = 410, description = "`request_expired`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
@@ -358,7 +359,7 @@ pub async fn finish_approval(
         mandate,
         evidence,
     };
-    let outcome = stored(state.store.approve(attempt).await)?;
+    let outcome = stored_or(state.store.approve(attempt).await, request_not_found)?;
     match outcome {
         Approval::Approved(row) => {
             tracing::info!(request_id = %row.id, user_id = %row.user_id, "request approved; mandate minted");
@@ -443,7 +444,10 @@ pub async fn finish_denial(
         return Err(Problem::forbidden("this request belongs to another user"));
     }
     let now = state.clock.now_unix();
-    match stored(state.store.deny(&id, &user_id, now).await)? {
+    match stored_or(
+        state.store.deny(&id, &user_id, now).await,
+        request_not_found,
+    )? {
         Ok(row) => {
             tracing::info!(request_id = %row.id, user_id = %row.user_id, "request denied");
             Ok(row)

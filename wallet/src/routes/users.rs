@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Admin, AppState, Caller, stored};
+use super::{Admin, AppState, Caller, stored, stored_or};
 use crate::crypto;
 use crate::store::UserRow;
 
@@ -33,7 +33,8 @@ pub struct CreatedUser {
     responses((status = 201, description = "`{user_id, kid, user_token}`: the token is shown once", body = Object),
         (status = 409, description = "`user_exists`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
         (status = 422, description = "`user_id_invalid`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 502, description = "`key_directory_refused`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
+        (status = 502, description = "`key_directory_refused`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 503, description = "`key_directory_unavailable` (nothing was created), `store_unavailable`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
 pub async fn create(
     State(state): State<AppState>,
     _: Admin,
@@ -121,7 +122,8 @@ pub struct Rotated {
 #[utoipa::path(post, path = "/v1/users/{id}/keys/rotate", tag = "users", params(("id" = String, Path)), security(("bearer" = [])),
     responses((status = 200, description = "`{user_id, kid, previous_kid, previous_revoked}`", body = Object),
         (status = 404, description = "`user_not_found`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
-        (status = 502, description = "`key_directory_refused`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
+        (status = 502, description = "`key_directory_refused`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json"),
+        (status = 503, description = "`key_directory_unavailable` (the key is unchanged), `store_unavailable`", body = ap2_service::openapi::ProblemSchema, content_type = "application/problem+json")))]
 pub async fn rotate(
     State(state): State<AppState>,
     caller: super::AdminOrCaller,
@@ -132,8 +134,7 @@ pub async fn rotate(
     {
         return Err(Problem::forbidden("this is another user's key"));
     }
-    stored(state.store.user(&user_id).await)?
-        .ok_or_else(|| Problem::not_found("user_not_found", "no such user"))?;
+    stored(state.store.user(&user_id).await)?.ok_or_else(super::user_not_found)?;
     let signer = ap2_mandate::LocalSigner::generate().map_err(Problem::internal)?;
     let der = signer.to_pkcs8_der().map_err(Problem::internal)?;
     let sealed = state
@@ -162,11 +163,12 @@ pub async fn rotate(
             }
         })?;
     let kid = signer.kid().to_string();
-    let previous = stored(
+    let previous = stored_or(
         state
             .store
             .rotate_key(&user_id, &kid, &sealed, state.clock.now_unix())
             .await,
+        super::user_not_found,
     )?;
     let signer = std::sync::Arc::new(signer);
     if let Ok(mut signers) = state.signers.write() {
@@ -325,7 +327,7 @@ pub async fn enrollment_link(
 ) -> Result<(StatusCode, ApiJson<Value>), Problem> {
     let user = stored(state.store.user(&user_id).await)?;
     if !user.is_some_and(|u| u.registered) {
-        return Err(Problem::not_found("user_not_found", "no such user"));
+        return Err(super::user_not_found());
     }
     let expires_at = state
         .clock
