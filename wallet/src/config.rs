@@ -70,6 +70,13 @@ pub struct Config {
     /// `too_many_pending_requests`.
     #[arg(long, env = "WALLET_MAX_PENDING_PER_USER", default_value_t = 20)]
     pub max_pending_per_user: u32,
+    /// How long a request that ended without a mandate (expired, denied, locked) is kept
+    /// after its approval deadline, in seconds; then it is deleted. Approved requests stay.
+    #[arg(long, env = "WALLET_ENDED_REQUEST_RETENTION_SECS", default_value_t = 7 * 24 * 3600)]
+    pub ended_request_retention_secs: u64,
+    /// How often the sweep of requests runs (not a flag: tests shorten it).
+    #[arg(skip = std::time::Duration::from_secs(15))]
+    pub sweep_every: std::time::Duration,
     /// Largest request body, in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
@@ -139,6 +146,8 @@ impl Config {
             max_body_bytes: 64 * 1024,
             http: ap2_service::ConnectionLimits::default(),
             max_pending_per_user: 20,
+            ended_request_retention_secs: 7 * 24 * 3600,
+            sweep_every: std::time::Duration::from_secs(15),
             public_url: None,
             allow_unbound_mandates: false,
             dpop_max_age_secs: ap2_mandate::dpop::DEFAULT_DPOP_MAX_AGE_SECS,

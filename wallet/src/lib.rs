@@ -139,13 +139,63 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
     register_pending_keys(&state).await;
     retry_retired_revocations(state.clone());
     let follower = tokio::spawn(follow_revocations(state.clone()));
+    let sweeper = tokio::spawn(sweep_requests(
+        state.store.clone(),
+        state.clock.clone(),
+        config.sweep_every,
+        i64::try_from(config.ended_request_retention_secs).unwrap_or(i64::MAX),
+    ));
     let limits = Limits {
         max_body_bytes: config.max_body_bytes,
         ..Limits::default()
     };
     Ok(Server::from_listener(listener, router(state, limits))
         .with_limits(config.http)
-        .on_stop(move || follower.abort()))
+        .on_stop(move || {
+            follower.abort();
+            sweeper.abort();
+        }))
+}
+
+/// How many rows one of the sweep's transactions touches at most.
+const SWEEP_BATCH: u32 = 500;
+
+/// Every `every` (`Config::sweep_every`, 15 s): pending requests past their deadline end,
+/// and lose their sealed code, whether or not anyone looks at them again (SPEC §9); requests
+/// that ended without a mandate are deleted `retention_secs` after their deadline, so the
+/// store holds what was approved and a bounded tail of the rest. A backlog goes
+/// [`SWEEP_BATCH`] rows at a time.
+async fn sweep_requests(
+    store: Arc<dyn WalletStore>,
+    clock: Arc<dyn Clock>,
+    every: Duration,
+    retention_secs: i64,
+) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(1)));
+    loop {
+        tick.tick().await;
+        loop {
+            let now = clock.now_unix();
+            match store
+                .sweep_requests(now, now.saturating_sub(retention_secs), SWEEP_BATCH)
+                .await
+            {
+                Ok((ended, deleted)) => {
+                    if ended > 0 || deleted > 0 {
+                        tracing::info!(ended, deleted, "mandate requests swept");
+                    }
+                    let batch = usize::try_from(SWEEP_BATCH).unwrap_or(usize::MAX);
+                    if ended < batch && deleted < batch {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "mandate requests not swept");
+                    break;
+                }
+            }
+        }
+    }
 }
 
 /// Follows the directory's revocations from the first one (so none made while the wallet was

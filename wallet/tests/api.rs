@@ -78,17 +78,21 @@ async fn start_directory(db: PathBuf) -> key_directory::Running {
 
 impl World {
     async fn new() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    /// A world whose wallet's configuration `change` adjusts.
+    async fn with(change: impl FnOnce(&mut wallet::Config)) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let directory_db = tmp.path().join("keys.db");
         let wallet_dir = tmp.path().join("wallet");
         let directory = start_directory(directory_db.clone()).await;
         let clock = TestClock(Arc::new(AtomicI64::new(1_800_000_000)));
-        let wallet = wallet::spawn_with_clock(
-            wallet_config(wallet_dir.clone(), &directory.url()),
-            Arc::new(clock.clone()),
-        )
-        .await
-        .unwrap();
+        let mut config = wallet_config(wallet_dir.clone(), &directory.url());
+        change(&mut config);
+        let wallet = wallet::spawn_with_clock(config, Arc::new(clock.clone()))
+            .await
+            .unwrap();
         Self {
             directory: Some(directory),
             directory_db,
@@ -421,6 +425,90 @@ async fn three_wrong_codes_lock_the_request_and_nothing_is_minted() {
         )
         .await;
     assert_eq!(n["notifications"], json!([]));
+}
+
+/// SPEC §9: the wallet's sweep deletes the requests that ended without a mandate once their
+/// deadline is `--ended-request-retention-secs` past, untouched pending ones included, and
+/// keeps the approved ones.
+#[tokio::test]
+async fn spec9_requests_that_ended_without_a_mandate_are_deleted_after_the_retention() {
+    let w = World::with(|c| {
+        c.ended_request_retention_secs = 60;
+        c.sweep_every = std::time::Duration::from_millis(10);
+    })
+    .await;
+    let (_, user_token) = w.create_user("alice").await;
+    let new_request = || async {
+        let (status, created) = w.request_mandate("alice", json!({})).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        created["id"].as_str().unwrap().to_owned()
+    };
+    let deny = |id: String| {
+        let (w, user_token) = (&w, &user_token);
+        async move {
+            let path = format!("/v1/mandate-requests/{id}/deny");
+            let (status, body) = w.call("POST", &path, Some(user_token), None).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    };
+    let status_of = |id: String| {
+        let w = &w;
+        async move {
+            let path = format!("/v1/mandate-requests/{id}");
+            let (status, body) = w.call("GET", &path, Some(AGENT_TOKEN), None).await;
+            match status {
+                StatusCode::OK => body["status"].as_str().unwrap().to_owned(),
+                _ => body["code"].as_str().unwrap_or("?").to_owned(),
+            }
+        }
+    };
+    let gone_soon = |id: String| {
+        let status_of = &status_of;
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while status_of(id.clone()).await != "request_not_found" {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{id} is still there after 20 s of sweeps"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    };
+    // t0: one denied. t0 + 200: one approved, one denied, one left alone.
+    let old = new_request().await;
+    deny(old.clone()).await;
+    w.clock.advance(200);
+    let approved = new_request().await;
+    let otp = w.code_for("alice", &user_token, &approved).await;
+    let (status, body) = w.approve(&user_token, &approved, &otp).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let denied = new_request().await;
+    deny(denied.clone()).await;
+    let untouched = new_request().await;
+    // t0 + 520: the first one is past its deadline (t0 + 300) by more than the retention, the
+    // others (t0 + 500) by less. The sweep that deletes the first saw the others too.
+    w.clock.advance(320);
+    gone_soon(old).await;
+    assert_eq!(status_of(denied.clone()).await, "denied");
+    assert_eq!(status_of(untouched.clone()).await, "expired");
+    // t0 + 600: the others' turn; the approved one stays, with its mandate.
+    w.clock.advance(80);
+    gone_soon(denied).await;
+    gone_soon(untouched).await;
+    let (status, view) = w
+        .call(
+            "GET",
+            &format!("/v1/mandate-requests/{approved}"),
+            Some(AGENT_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, view["status"].as_str()),
+        (StatusCode::OK, Some("approved"))
+    );
+    assert!(view["mandate"].is_string(), "{view}");
 }
 
 #[tokio::test]

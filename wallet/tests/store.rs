@@ -230,6 +230,43 @@ async fn contract(store: Arc<dyn WalletStore>) {
         store.rotate_key("nobody", "k3", &[9], 1103).await,
         Err(StoreError::NotFound)
     ));
+
+    // The sweep (SPEC §9). r1 is approved (deadline 1300), r2 denied (1301); three more wait,
+    // with deadlines 2300, 2301 and 3300.
+    for (id, created_at) in [("r4", 2000), ("r5", 2001), ("r6", 3000)] {
+        store
+            .create_request(request(id, "alice", created_at), None, 10)
+            .await
+            .unwrap();
+    }
+    // Pending past the deadline ends, oldest first, `limit` at a time; nothing is deleted
+    // before `delete_before`.
+    assert_eq!(store.sweep_requests(2301, 0, 1).await.unwrap(), (1, 0));
+    let r4 = store.request("r4").await.unwrap().unwrap();
+    assert_eq!((r4.status, r4.otp.as_str()), (Status::Expired, ""));
+    assert_eq!(
+        store.request("r5").await.unwrap().unwrap().status,
+        Status::PendingApproval
+    );
+    assert_eq!(store.sweep_requests(2301, 0, 10).await.unwrap(), (1, 0));
+    assert_eq!(store.sweep_requests(2301, 0, 10).await.unwrap(), (0, 0));
+    // Ended without a mandate by `delete_before`: deleted, `limit` at a time; approved stays.
+    assert_eq!(store.sweep_requests(2301, 2300, 1).await.unwrap(), (0, 1));
+    assert!(store.request("r2").await.unwrap().is_none());
+    assert!(store.request("r4").await.unwrap().is_some());
+    assert_eq!(store.sweep_requests(2301, 2300, 10).await.unwrap(), (0, 1));
+    assert!(store.request("r4").await.unwrap().is_none());
+    let r1 = store.request("r1").await.unwrap().unwrap();
+    assert_eq!(r1.status, Status::Approved);
+    assert!(r1.mandate.is_some());
+    assert!(store.evidence("r1").await.unwrap().is_some());
+    let r5 = store.request("r5").await.unwrap().unwrap();
+    assert_eq!((r5.status, r5.otp.as_str()), (Status::Expired, ""));
+    let r6 = store.request("r6").await.unwrap().unwrap();
+    assert_eq!(
+        (r6.status, r6.otp.as_str()),
+        (Status::PendingApproval, "sealed-code")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

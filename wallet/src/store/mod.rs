@@ -352,6 +352,16 @@ pub trait WalletStore: Send + Sync + 'static {
         user_id: &str,
         now: i64,
     ) -> Result<Result<RequestRow, Status>, StoreError>;
+    /// The sweep (SPEC §9): ends at most `limit` pending requests whose deadline passed by
+    /// `now` (expired, their code erased), and deletes at most `limit` requests that ended
+    /// without a mandate (expired, denied, locked) by `delete_before`. Approved requests, the
+    /// record of what the user signed, stay. Returns how many it ended and deleted.
+    async fn sweep_requests(
+        &self,
+        now: i64,
+        delete_before: i64,
+        limit: u32,
+    ) -> Result<(usize, usize), StoreError>;
     /// Whether the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
 }

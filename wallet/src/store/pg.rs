@@ -66,7 +66,27 @@ CREATE TABLE evidence (
     evidence   TEXT NOT NULL
 );
 ",
+    "
+-- The sweep: pending requests past their deadline lose their code, and requests that ended
+-- without a mandate are deleted after the retention period, each found by its own index.
+CREATE INDEX requests_pending_by_expiry ON requests (expires_at)
+    WHERE status = 'pending_approval';
+CREATE INDEX requests_ended_by_expiry ON requests (expires_at)
+    WHERE status IN ('expired', 'denied', 'locked');
+",
 ];
+
+/// The sweep (`WalletStore::sweep_requests`): the oldest first, `$2` at a time, each by its
+/// partial index. `FOR UPDATE SKIP LOCKED`: a row an approval holds is left for the next
+/// sweep, and a row is locked only as it is now, so another instance's approval that
+/// committed meanwhile is never marked expired; sweeps of several instances share the work.
+const EXPIRE_PENDING: &str = "UPDATE requests SET status = 'expired', otp = ''
+     WHERE id IN (SELECT id FROM requests WHERE status = 'pending_approval' AND expires_at <= $1
+                  ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)";
+/// See [`EXPIRE_PENDING`].
+const DELETE_ENDED: &str = "DELETE FROM requests
+     WHERE id IN (SELECT id FROM requests WHERE status IN ('expired', 'denied', 'locked')
+                  AND expires_at <= $1 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)";
 
 /// Users and requests in PostgreSQL, schema `wallet`.
 #[derive(Debug, Clone)]
@@ -551,6 +571,24 @@ impl Blocking {
         Ok(outcome)
     }
 
+    fn sweep_requests(
+        &self,
+        now: i64,
+        delete_before: i64,
+        limit: u32,
+    ) -> Result<(usize, usize), StoreError> {
+        let mut conn = self.conn()?;
+        let limit = i64::from(limit);
+        let ended = conn
+            .execute(EXPIRE_PENDING, &[&now, &limit])
+            .map_err(backend)?;
+        let deleted = conn
+            .execute(DELETE_ENDED, &[&delete_before, &limit])
+            .map_err(backend)?;
+        let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        Ok((count(ended), count(deleted)))
+    }
+
     fn ping(&self) -> Result<(), StoreError> {
         self.conn()?
             .execute("SELECT 1", &[])
@@ -687,6 +725,16 @@ impl WalletStore for PgStore {
     ) -> Result<Result<RequestRow, Status>, StoreError> {
         let (id, user_id) = (id.to_owned(), user_id.to_owned());
         self.run(move |s| s.deny(&id, &user_id, now)).await
+    }
+
+    async fn sweep_requests(
+        &self,
+        now: i64,
+        delete_before: i64,
+        limit: u32,
+    ) -> Result<(usize, usize), StoreError> {
+        self.run(move |s| s.sweep_requests(now, delete_before, limit))
+            .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

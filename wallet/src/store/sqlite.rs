@@ -59,6 +59,10 @@ CREATE TABLE IF NOT EXISTS requests (
     mandate_exp INTEGER
 ) STRICT;
 CREATE INDEX IF NOT EXISTS requests_by_user ON requests(user_id, status);
+CREATE INDEX IF NOT EXISTS requests_pending_by_expiry ON requests(expires_at)
+    WHERE status = 'pending_approval';
+CREATE INDEX IF NOT EXISTS requests_ended_by_expiry ON requests(expires_at)
+    WHERE status IN ('expired', 'denied', 'locked');
 CREATE TABLE IF NOT EXISTS dpop_proofs (
     key   TEXT PRIMARY KEY NOT NULL,
     until INTEGER NOT NULL
@@ -82,6 +86,17 @@ CREATE TABLE IF NOT EXISTS retired_keys (
     revoked    INTEGER NOT NULL
 ) STRICT;
 ";
+
+/// The sweep (`WalletStore::sweep_requests`): the oldest first, `?2` at a time, each by its
+/// partial index. The database's one writer runs them, so nothing changes a row between the
+/// choice and the write.
+const EXPIRE_PENDING: &str = "UPDATE requests SET status = 'expired', otp = ''
+     WHERE id IN (SELECT id FROM requests WHERE status = 'pending_approval' AND expires_at <= ?1
+                  ORDER BY expires_at LIMIT ?2)";
+/// See [`EXPIRE_PENDING`].
+const DELETE_ENDED: &str = "DELETE FROM requests
+     WHERE id IN (SELECT id FROM requests WHERE status IN ('expired', 'denied', 'locked')
+                  AND expires_at <= ?1 ORDER BY expires_at LIMIT ?2)";
 
 fn user_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> {
     Ok(UserRow {
@@ -584,6 +599,23 @@ impl WalletStore for SqliteStore {
                     other => Err(other),
                 };
                 Ok(outcome)
+            })
+            .await
+    }
+
+    async fn sweep_requests(
+        &self,
+        now: i64,
+        delete_before: i64,
+        limit: u32,
+    ) -> Result<(usize, usize), StoreError> {
+        self.db
+            .write_async(move |conn| {
+                let ended =
+                    execute_cached(conn, EXPIRE_PENDING, params![now, limit]).map_err(backend)?;
+                let deleted = execute_cached(conn, DELETE_ENDED, params![delete_before, limit])
+                    .map_err(backend)?;
+                Ok((ended, deleted))
             })
             .await
     }
