@@ -123,8 +123,8 @@ fn status_named(name: &str) -> Option<u16> {
 /// `Problem::new(StatusCode::NAME, "code", …)`, `Problem::not_found("code", …)` (404),
 /// `Problem::bad_request("code", …)` (400), `unprocessable("code", …)` (422),
 /// `Problem::forbidden(…)` (403 `forbidden`) and `Problem::unauthorized(…)` (401
-/// `unauthorized`). A call whose
-/// status is a variable is left out; a `StatusCode` this file does not know panics.
+/// `unauthorized`). A call whose status is a variable is left out; a `StatusCode` this file
+/// does not know panics.
 pub fn statuses_in(sources: &[&str]) -> Vec<(u16, String)> {
     let mut pairs = Vec::new();
     for source in sources {
@@ -193,8 +193,8 @@ fn wildcard_names(text: &str, code: &str) -> bool {
 
 /// Panics unless every `(status, code)` that `sources` answer with is documented: some
 /// operation of `doc` has a `status` response whose description names `` `code` `` (or its
-/// family, `` `mandate_*` ``). A client
-/// that reads the document must find each code under the status it really comes with.
+/// family, `` `mandate_*` ``). A client that reads the document must find each code under
+/// the status it really comes with.
 pub fn assert_statuses_documented(doc: &serde_json::Value, sources: &[&str]) {
     let answered = statuses_in(sources);
     assert!(!answered.is_empty(), "no problems found in the sources");
