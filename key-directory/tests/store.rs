@@ -120,3 +120,17 @@ fn spec11_the_postgres_store_keeps_the_rules() {
     let db = PgDatabase::create();
     contract(Arc::new(PgStore::open(db.url(), 8).unwrap()));
 }
+
+/// A database that cannot be used says why, in the server's words: the client's own errors
+/// say only `db error`.
+#[test]
+fn spec11_a_database_that_cannot_be_opened_is_named_with_the_servers_reason() {
+    let db = PgDatabase::create();
+    let missing = format!("{}_missing", db.url());
+    let err = PgStore::open(&missing, 1).expect_err("a database that does not exist");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("does not exist") && text.contains("_missing"),
+        "{text}"
+    );
+}

@@ -10,6 +10,37 @@ use postgres::{Client, NoTls, Statement};
 /// A pooled connection.
 pub type PgConnection = r2d2::PooledConnection<Manager>;
 
+/// `e` and every cause under it, `: `-separated. The PostgreSQL client's errors say only their
+/// kind (`db error`, `error connecting to server`); the server's message (`password
+/// authentication failed for user "…"`, `database "…" does not exist`, a constraint's name)
+/// or the socket's (`Connection refused`) is their source. Neither holds the URL or password.
+pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(inner) = cause {
+        let more = inner.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = inner.source();
+    }
+    text
+}
+
+/// A connection that could not be made, with its cause in its message (what the pool logs and
+/// answers when no connection can be had).
+#[derive(Debug)]
+pub struct ConnectFailed(String);
+
+impl std::fmt::Display for ConnectFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConnectFailed {}
+
 /// One connection and the statements prepared on it: a statement prepared once is executed
 /// in one round trip afterwards, where an unprepared one takes two (parse, then execute).
 pub struct PgConn {
@@ -56,17 +87,23 @@ impl std::fmt::Debug for Manager {
 
 impl r2d2::ManageConnection for Manager {
     type Connection = PgConn;
-    type Error = postgres::Error;
+    type Error = ConnectFailed;
 
-    fn connect(&self) -> Result<PgConn, postgres::Error> {
+    fn connect(&self) -> Result<PgConn, ConnectFailed> {
         Ok(PgConn {
-            client: self.config.connect(NoTls)?,
+            client: self
+                .config
+                .connect(NoTls)
+                .map_err(|e| ConnectFailed(describe(&e)))?,
             prepared: HashMap::new(),
         })
     }
 
-    fn is_valid(&self, conn: &mut PgConn) -> Result<(), postgres::Error> {
-        conn.client.simple_query("").map(|_| ())
+    fn is_valid(&self, conn: &mut PgConn) -> Result<(), ConnectFailed> {
+        conn.client
+            .simple_query("")
+            .map(|_| ())
+            .map_err(|e| ConnectFailed(describe(&e)))
     }
 
     fn has_broken(&self, conn: &mut PgConn) -> bool {
@@ -148,7 +185,7 @@ impl PgDb {
         );
         let mut config: postgres::Config = url
             .parse()
-            .map_err(|e| anyhow::anyhow!("--database-url: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("--database-url: {}", describe(&e)))?;
         config
             .options(&session_options(schema))
             .connect_timeout(CONNECT_TIMEOUT)
@@ -197,8 +234,9 @@ impl PgDb {
             if version <= applied {
                 continue;
             }
-            tx.batch_execute(sql)
-                .map_err(|e| anyhow::anyhow!("migration {version} of {schema}: {e}"))?;
+            tx.batch_execute(sql).map_err(|e| {
+                anyhow::anyhow!("migration {version} of {schema}: {}", describe(&e))
+            })?;
             tx.execute(
                 &format!("INSERT INTO {schema}.schema_migrations (version) VALUES ($1)"),
                 &[&version],
@@ -283,7 +321,7 @@ impl IoThread {
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     /// The server refused or could not be reached.
-    #[error(transparent)]
+    #[error("{}", describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// The `pg-io` thread is gone (the pool is closing).
     #[error("the PostgreSQL I/O thread is gone")]
@@ -314,7 +352,7 @@ impl deadpool::managed::Manager for AsyncManager {
             let (client, connection) = config.connect(NoTls).await?;
             let driven = tokio::spawn(async move {
                 if let Err(e) = connection.await {
-                    tracing::warn!(error = %e, "PostgreSQL connection closed");
+                    tracing::warn!(error = %describe(&e), "PostgreSQL connection closed");
                 }
             });
             Ok::<_, tokio_postgres::Error>(deadpool_postgres::ClientWrapper::new(client, driven))
@@ -358,7 +396,7 @@ impl PgPool {
             .await??;
         let mut config: tokio_postgres::Config = url
             .parse()
-            .map_err(|e| anyhow::anyhow!("--database-url: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("--database-url: {}", describe(&e)))?;
         config
             .options(session_options(schema))
             .connect_timeout(CONNECT_TIMEOUT)
@@ -389,5 +427,41 @@ impl PgPool {
     /// A connection from the pool; the error says why none could be had.
     pub async fn get(&self) -> Result<PgAsyncConnection, String> {
         self.pool.get().await.map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe;
+
+    /// An error with an optional cause, as the client's are.
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    #[test]
+    fn an_error_is_described_with_every_cause_once() {
+        let server = Layer("FATAL: database \"x\" does not exist", None);
+        let client = Layer("db error", Some(Box::new(server)));
+        assert_eq!(
+            describe(&client),
+            "db error: FATAL: database \"x\" does not exist"
+        );
+        // A cause whose text the error already ends with is not repeated.
+        let io = Layer("Connection refused", None);
+        let wrapped = Layer("connect: Connection refused", Some(Box::new(io)));
+        assert_eq!(describe(&wrapped), "connect: Connection refused");
+        assert_eq!(describe(&Layer("alone", None)), "alone");
     }
 }

@@ -29,7 +29,7 @@ fn connect(url: &str) -> postgres::Client {
     config.connect_timeout(Duration::from_secs(5));
     config
         .connect(postgres::NoTls)
-        .unwrap_or_else(|e| panic!("{INSTALL_HINT}\n({url}: {e})"))
+        .unwrap_or_else(|e| panic!("{INSTALL_HINT}\n({url}: {})", ap2_service::pg::describe(&e)))
 }
 
 /// Runs `f` on a thread of its own: the synchronous client brings its own runtime, which may
@@ -60,7 +60,12 @@ impl PgDatabase {
         let mut admin = connect(&server);
         admin
             .batch_execute(&format!("CREATE DATABASE {name}"))
-            .unwrap_or_else(|e| panic!("creating a test database on {server}: {e}"));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "creating a test database on {server}: {}",
+                    ap2_service::pg::describe(&e)
+                )
+            });
         let url = match server.rsplit_once('/') {
             Some((base, _)) => format!("{base}/{name}"),
             None => panic!("AP2_TEST_POSTGRES_URL must end with /<database>"),

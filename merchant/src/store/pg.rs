@@ -214,8 +214,9 @@ pub struct PgStore {
     finishes: Batcher<Charged, Result<(), StoreError>>,
 }
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
+/// A failure as the store reports it, with the server's own message (`describe`).
+fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
+    StoreError::Backend(ap2_service::pg::describe(&*e.into()))
 }
 
 fn session_row(row: &tokio_postgres::Row) -> Result<SessionRow, StoreError> {
@@ -307,9 +308,14 @@ where
 }
 
 /// The same failure for each of a batch's `n` items.
-fn all_failed<T>(why: &dyn std::fmt::Display, n: usize) -> Vec<Result<T, StoreError>> {
-    let why = why.to_string();
-    (0..n).map(|_| Err(backend(&why))).collect()
+fn all_failed<T>(
+    why: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    n: usize,
+) -> Vec<Result<T, StoreError>> {
+    let why = ap2_service::pg::describe(&*why.into());
+    (0..n)
+        .map(|_| Err(StoreError::Backend(why.clone())))
+        .collect()
 }
 
 /// `item`'s answer from its batch; a batcher that is gone is a store failure.
@@ -330,14 +336,14 @@ async fn create_sessions(db: PgPool, items: Vec<NewSession>) -> Vec<Result<(), S
     let n = items.len();
     let mut conn = match db.get().await {
         Ok(conn) => conn,
-        Err(why) => return all_failed(&why, n),
+        Err(why) => return all_failed(why, n),
     };
     match create_sessions_together(&mut conn, &items).await {
         Ok(outcomes) => outcomes,
         // The batch as a whole failed (a deadlock, an id drawn twice): each session again,
         // alone, so one cannot fail the others.
         Err(e) if retry_alone(&e) => {
-            tracing::warn!(error = %e, sessions = n, "session batch failed; adding each alone");
+            tracing::warn!(error = %ap2_service::pg::describe(&e), sessions = n, "session batch failed; adding each alone");
             let mut out = Vec::with_capacity(n);
             for item in &items {
                 let alone = create_sessions_together(&mut conn, std::slice::from_ref(item)).await;
@@ -348,7 +354,7 @@ async fn create_sessions(db: PgPool, items: Vec<NewSession>) -> Vec<Result<(), S
             }
             out
         }
-        Err(e) => all_failed(&e, n),
+        Err(e) => all_failed(e, n),
     }
 }
 
@@ -424,14 +430,14 @@ async fn select_sessions(
         let select = conn
             .prepare_cached(SELECT_SESSIONS)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ap2_service::pg::describe(&e))?;
         let rows = conn
             .query(&select, &[&ids])
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ap2_service::pg::describe(&e))?;
         let mut found = std::collections::HashMap::with_capacity(rows.len());
         for row in &rows {
-            let session = session_row(row).map_err(|e| e.to_string())?;
+            let session = session_row(row).map_err(|e| ap2_service::pg::describe(&e))?;
             found.insert(session.id.clone(), session);
         }
         Ok::<_, String>(found)
@@ -439,7 +445,10 @@ async fn select_sessions(
     .await;
     match rows {
         Ok(found) => ids.iter().map(|id| Ok(found.get(id).cloned())).collect(),
-        Err(why) => ids.iter().map(|_| Err(backend(&why))).collect(),
+        Err(why) => ids
+            .iter()
+            .map(|_| Err(StoreError::Backend(why.clone())))
+            .collect(),
     }
 }
 
@@ -462,7 +471,7 @@ fn begun(row: &tokio_postgres::Row) -> Result<(), StoreError> {
 async fn begin_orders(db: PgPool, orders: Vec<OrderRow>) -> Vec<Result<(), StoreError>> {
     let conn = match db.get().await {
         Ok(conn) => conn,
-        Err(why) => return all_failed(&why, orders.len()),
+        Err(why) => return all_failed(why, orders.len()),
     };
     // Sent in session id order, so the update locks the sessions in that order; each keeps
     // its position in `orders`, where its answer goes.
@@ -480,20 +489,20 @@ async fn begin_orders(db: PgPool, orders: Vec<OrderRow>) -> Vec<Result<(), Store
             outcomes.into_iter().map(|(_, outcome)| outcome).collect()
         }
         Ok(rows) => all_failed(
-            &format!("{} rows for {} orders", rows.len(), orders.len()),
+            format!("{} rows for {} orders", rows.len(), orders.len()),
             orders.len(),
         ),
         // The batch as a whole failed (a unique key already used, or a deadlock with another
         // instance's batch): each order again, alone, so one cannot fail the others.
         Err(e) if retry_alone(&e) => {
-            tracing::warn!(error = %e, orders = orders.len(), "order batch failed; beginning each alone");
+            tracing::warn!(error = %ap2_service::pg::describe(&e), orders = orders.len(), "order batch failed; beginning each alone");
             let mut out = Vec::with_capacity(orders.len());
             for order in &orders {
                 out.push(begin_order_alone(&conn, order).await);
             }
             out
         }
-        Err(e) => all_failed(&e, orders.len()),
+        Err(e) => all_failed(e, orders.len()),
     }
 }
 
@@ -578,7 +587,7 @@ async fn finish_orders(db: PgPool, charges: Vec<Charged>) -> Vec<Result<(), Stor
                 .map(|row| row.try_get::<_, String>(0).map_err(backend))
                 .collect::<Result<std::collections::HashSet<String>, _>>(),
             Err(e) if retry_alone(&e) => {
-                tracing::warn!(error = %e, orders = n, "charge batch failed; recording each alone");
+                tracing::warn!(error = %ap2_service::pg::describe(&e), orders = n, "charge batch failed; recording each alone");
                 let alone = conn.prepare_cached(FINISH_ORDER).await.map_err(backend)?;
                 let mut recorded = std::collections::HashSet::new();
                 for c in &sorted {
@@ -607,7 +616,7 @@ async fn finish_orders(db: PgPool, charges: Vec<Charged>) -> Vec<Result<(), Stor
                 }
             })
             .collect(),
-        Err(e) => all_failed(&e, n),
+        Err(e) => all_failed(e, n),
     }
 }
 

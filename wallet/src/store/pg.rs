@@ -100,8 +100,9 @@ struct Blocking {
     db: PgDb,
 }
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
+/// A failure as the store reports it, with the server's own message (`describe`).
+fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
+    StoreError::Backend(ap2_service::pg::describe(&*e.into()))
 }
 
 fn user_row(row: &postgres::Row) -> Result<UserRow, StoreError> {
