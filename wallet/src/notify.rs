@@ -107,7 +107,9 @@ async fn deliver(
             Ok(response) => {
                 tracing::warn!(attempt, status = %response.status(), "the notification webhook refused a notification");
             }
-            Err(e) => tracing::warn!(attempt, error = %e, "the notification webhook failed"),
+            Err(e) => {
+                tracing::warn!(attempt, error = %ap2_service::describe(&e), "the notification webhook failed")
+            }
         }
         if attempt < TRIES {
             tokio::time::sleep(backoff).await;

@@ -138,7 +138,7 @@ impl DirectoryClient {
             .connect_timeout(config.timeout)
             .pool_idle_timeout(Duration::from_secs(90))
             .build()
-            .map_err(|e| ClientError::Unavailable(e.to_string()))?;
+            .map_err(|e| ClientError::Unavailable(ap2_service::describe(&e)))?;
         let cache = Cache::builder()
             .max_capacity(config.max_entries)
             .expire_after(EntryExpiry)
@@ -147,7 +147,7 @@ impl DirectoryClient {
             .connect_timeout(config.timeout)
             .read_timeout(STREAM_READ_TIMEOUT)
             .build()
-            .map_err(|e| ClientError::Unavailable(e.to_string()))?;
+            .map_err(|e| ClientError::Unavailable(ap2_service::describe(&e)))?;
         let revoked = Cache::builder()
             .max_capacity(config.max_entries)
             .time_to_live(config.fresh_for.saturating_mul(2))
@@ -190,7 +190,7 @@ impl DirectoryClient {
             .json(&serde_json::json!({ "subject": subject, "jwk": jwk }))
             .send()
             .await
-            .map_err(|e| ClientError::Unavailable(e.to_string()))?;
+            .map_err(|e| ClientError::Unavailable(ap2_service::describe(&e)))?;
         let created = response.status() == StatusCode::CREATED;
         Ok((read_key(response).await?, created))
     }
@@ -209,7 +209,7 @@ impl DirectoryClient {
             .bearer_auth(issuer_token.expose_secret())
             .send()
             .await
-            .map_err(|e| ClientError::Unavailable(e.to_string()))?;
+            .map_err(|e| ClientError::Unavailable(ap2_service::describe(&e)))?;
         let view = read_key(response).await?;
         self.inner.cache.invalidate(kid).await;
         Ok(view)
@@ -239,7 +239,7 @@ impl DirectoryClient {
             .headers(trace_headers())
             .send()
             .await
-            .map_err(|e| unavailable(e.to_string()))?;
+            .map_err(|e| unavailable(ap2_service::describe(&e)))?;
         match response.status() {
             StatusCode::OK => {}
             StatusCode::NOT_FOUND => {
@@ -256,7 +256,7 @@ impl DirectoryClient {
         let view: KeyView = response
             .json()
             .await
-            .map_err(|e| unavailable(format!("unreadable key: {e}")))?;
+            .map_err(|e| unavailable(format!("unreadable key: {}", ap2_service::describe(&e))))?;
         let record = to_record(view, kid).map_err(unavailable)?;
         Ok(Entry::Found {
             record: Arc::new(record),
@@ -326,7 +326,10 @@ impl DirectoryClient {
         if let Some(id) = last_id.as_deref() {
             request = request.header("last-event-id", id);
         }
-        let mut response = request.send().await.map_err(|e| e.to_string())?;
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| ap2_service::describe(&e))?;
         if response.status() != StatusCode::OK {
             return Err(format!("status {}", response.status()));
         }
@@ -338,7 +341,11 @@ impl DirectoryClient {
             "revocation stream open"
         );
         let mut parser = SseParser::default();
-        while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| ap2_service::describe(&e))?
+        {
             for event in parser.feed(&chunk)? {
                 if event.event == "revoked"
                     && let Some(kid) = self.on_revoked(&event.data).await
@@ -530,10 +537,9 @@ fn max_age(value: Option<&reqwest::header::HeaderValue>) -> Option<Duration> {
 async fn read_key(response: reqwest::Response) -> Result<KeyView, ClientError> {
     let status = response.status();
     if status.is_success() {
-        return response
-            .json()
-            .await
-            .map_err(|e| ClientError::Unavailable(format!("unreadable answer: {e}")));
+        return response.json().await.map_err(|e| {
+            ClientError::Unavailable(format!("unreadable answer: {}", ap2_service::describe(&e)))
+        });
     }
     let problem: Value = response.json().await.unwrap_or(Value::Null);
     let text = |name: &str| {

@@ -367,6 +367,25 @@ pub fn rfc3339(unix: i64) -> String {
         .unwrap_or_else(|| unix.to_string())
 }
 
+/// `e` and every cause under it, `: `-separated. Clients' errors often say only their kind: the
+/// PostgreSQL client's `db error` or `error connecting to server`, reqwest's `error sending
+/// request for url (…)`; the server's message (`password authentication failed for user
+/// "…"`, `database "…" does not exist`) or the socket's (`Connection refused`) is their
+/// source. Neither holds a password.
+pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(inner) = cause {
+        let more = inner.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = inner.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -682,5 +701,36 @@ mod tests {
             })
             .unwrap();
         assert_eq!(rows, WRITE_QUEUE as i64 + 1);
+    }
+
+    /// An error with an optional cause, as the client's are.
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    #[test]
+    fn an_error_is_described_with_every_cause_once() {
+        let server = Layer("FATAL: database \"x\" does not exist", None);
+        let client = Layer("db error", Some(Box::new(server)));
+        assert_eq!(
+            describe(&client),
+            "db error: FATAL: database \"x\" does not exist"
+        );
+        // A cause whose text the error already ends with is not repeated.
+        let io = Layer("Connection refused", None);
+        let wrapped = Layer("connect: Connection refused", Some(Box::new(io)));
+        assert_eq!(describe(&wrapped), "connect: Connection refused");
+        assert_eq!(describe(&Layer("alone", None)), "alone");
     }
 }

@@ -7,26 +7,10 @@ use std::time::Duration;
 
 use postgres::{Client, NoTls, Statement};
 
+use crate::describe;
+
 /// A pooled connection.
 pub type PgConnection = r2d2::PooledConnection<Manager>;
-
-/// `e` and every cause under it, `: `-separated. The PostgreSQL client's errors say only their
-/// kind (`db error`, `error connecting to server`); the server's message (`password
-/// authentication failed for user "…"`, `database "…" does not exist`, a constraint's name)
-/// or the socket's (`Connection refused`) is their source. Neither holds the URL or password.
-pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(inner) = cause {
-        let more = inner.to_string();
-        if !text.ends_with(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        cause = inner.source();
-    }
-    text
-}
 
 /// A connection that could not be made, with its cause in its message (what the pool logs and
 /// answers when no connection can be had).
@@ -427,41 +411,5 @@ impl PgPool {
     /// A connection from the pool; the error says why none could be had.
     pub async fn get(&self) -> Result<PgAsyncConnection, String> {
         self.pool.get().await.map_err(|e| e.to_string())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::describe;
-
-    /// An error with an optional cause, as the client's are.
-    #[derive(Debug)]
-    struct Layer(&'static str, Option<Box<Layer>>);
-
-    impl std::fmt::Display for Layer {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str(self.0)
-        }
-    }
-
-    impl std::error::Error for Layer {
-        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-            self.1.as_deref().map(|l| l as _)
-        }
-    }
-
-    #[test]
-    fn an_error_is_described_with_every_cause_once() {
-        let server = Layer("FATAL: database \"x\" does not exist", None);
-        let client = Layer("db error", Some(Box::new(server)));
-        assert_eq!(
-            describe(&client),
-            "db error: FATAL: database \"x\" does not exist"
-        );
-        // A cause whose text the error already ends with is not repeated.
-        let io = Layer("Connection refused", None);
-        let wrapped = Layer("connect: Connection refused", Some(Box::new(io)));
-        assert_eq!(describe(&wrapped), "connect: Connection refused");
-        assert_eq!(describe(&Layer("alone", None)), "alone");
     }
 }

@@ -29,7 +29,7 @@ fn connect(url: &str) -> postgres::Client {
     config.connect_timeout(Duration::from_secs(5));
     config
         .connect(postgres::NoTls)
-        .unwrap_or_else(|e| panic!("{INSTALL_HINT}\n({url}: {})", ap2_service::pg::describe(&e)))
+        .unwrap_or_else(|e| panic!("{INSTALL_HINT}\n({url}: {})", ap2_service::describe(&e)))
 }
 
 /// Runs `f` on a thread of its own: the synchronous client brings its own runtime, which may
@@ -63,7 +63,7 @@ impl PgDatabase {
             .unwrap_or_else(|e| {
                 panic!(
                     "creating a test database on {server}: {}",
-                    ap2_service::pg::describe(&e)
+                    ap2_service::describe(&e)
                 )
             });
         let url = match server.rsplit_once('/') {

@@ -32,7 +32,7 @@ pub struct PgStore {
 
 /// A failure as the store reports it, with the server's own message (`describe`).
 fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
-    StoreError::Backend(ap2_service::pg::describe(&*e.into()))
+    StoreError::Backend(ap2_service::describe(&*e.into()))
 }
 
 fn entry(row: &postgres::Row) -> Result<KeyEntry, StoreError> {

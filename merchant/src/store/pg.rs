@@ -216,7 +216,7 @@ pub struct PgStore {
 
 /// A failure as the store reports it, with the server's own message (`describe`).
 fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
-    StoreError::Backend(ap2_service::pg::describe(&*e.into()))
+    StoreError::Backend(ap2_service::describe(&*e.into()))
 }
 
 fn session_row(row: &tokio_postgres::Row) -> Result<SessionRow, StoreError> {
@@ -312,7 +312,7 @@ fn all_failed<T>(
     why: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     n: usize,
 ) -> Vec<Result<T, StoreError>> {
-    let why = ap2_service::pg::describe(&*why.into());
+    let why = ap2_service::describe(&*why.into());
     (0..n)
         .map(|_| Err(StoreError::Backend(why.clone())))
         .collect()
@@ -343,7 +343,7 @@ async fn create_sessions(db: PgPool, items: Vec<NewSession>) -> Vec<Result<(), S
         // The batch as a whole failed (a deadlock, an id drawn twice): each session again,
         // alone, so one cannot fail the others.
         Err(e) if retry_alone(&e) => {
-            tracing::warn!(error = %ap2_service::pg::describe(&e), sessions = n, "session batch failed; adding each alone");
+            tracing::warn!(error = %ap2_service::describe(&e), sessions = n, "session batch failed; adding each alone");
             let mut out = Vec::with_capacity(n);
             for item in &items {
                 let alone = create_sessions_together(&mut conn, std::slice::from_ref(item)).await;
@@ -430,14 +430,14 @@ async fn select_sessions(
         let select = conn
             .prepare_cached(SELECT_SESSIONS)
             .await
-            .map_err(|e| ap2_service::pg::describe(&e))?;
+            .map_err(|e| ap2_service::describe(&e))?;
         let rows = conn
             .query(&select, &[&ids])
             .await
-            .map_err(|e| ap2_service::pg::describe(&e))?;
+            .map_err(|e| ap2_service::describe(&e))?;
         let mut found = std::collections::HashMap::with_capacity(rows.len());
         for row in &rows {
-            let session = session_row(row).map_err(|e| ap2_service::pg::describe(&e))?;
+            let session = session_row(row).map_err(|e| ap2_service::describe(&e))?;
             found.insert(session.id.clone(), session);
         }
         Ok::<_, String>(found)
@@ -495,7 +495,7 @@ async fn begin_orders(db: PgPool, orders: Vec<OrderRow>) -> Vec<Result<(), Store
         // The batch as a whole failed (a unique key already used, or a deadlock with another
         // instance's batch): each order again, alone, so one cannot fail the others.
         Err(e) if retry_alone(&e) => {
-            tracing::warn!(error = %ap2_service::pg::describe(&e), orders = orders.len(), "order batch failed; beginning each alone");
+            tracing::warn!(error = %ap2_service::describe(&e), orders = orders.len(), "order batch failed; beginning each alone");
             let mut out = Vec::with_capacity(orders.len());
             for order in &orders {
                 out.push(begin_order_alone(&conn, order).await);
@@ -587,7 +587,7 @@ async fn finish_orders(db: PgPool, charges: Vec<Charged>) -> Vec<Result<(), Stor
                 .map(|row| row.try_get::<_, String>(0).map_err(backend))
                 .collect::<Result<std::collections::HashSet<String>, _>>(),
             Err(e) if retry_alone(&e) => {
-                tracing::warn!(error = %ap2_service::pg::describe(&e), orders = n, "charge batch failed; recording each alone");
+                tracing::warn!(error = %ap2_service::describe(&e), orders = n, "charge batch failed; recording each alone");
                 let alone = conn.prepare_cached(FINISH_ORDER).await.map_err(backend)?;
                 let mut recorded = std::collections::HashSet::new();
                 for c in &sorted {

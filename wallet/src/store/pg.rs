@@ -102,7 +102,7 @@ struct Blocking {
 
 /// A failure as the store reports it, with the server's own message (`describe`).
 fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
-    StoreError::Backend(ap2_service::pg::describe(&*e.into()))
+    StoreError::Backend(ap2_service::describe(&*e.into()))
 }
 
 fn user_row(row: &postgres::Row) -> Result<UserRow, StoreError> {
