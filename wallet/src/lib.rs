@@ -171,21 +171,22 @@ async fn sweep_requests(
     every: Duration,
     retention_secs: i64,
 ) {
+    let batch = usize::try_from(SWEEP_BATCH).unwrap_or(usize::MAX);
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(1)));
     loop {
         tick.tick().await;
+        // One log line per round, however many batches a backlog takes.
+        let (mut ended, mut deleted) = (0usize, 0usize);
         loop {
             let now = clock.now_unix();
             match store
                 .sweep_requests(now, now.saturating_sub(retention_secs), SWEEP_BATCH)
                 .await
             {
-                Ok((ended, deleted)) => {
-                    if ended > 0 || deleted > 0 {
-                        tracing::info!(ended, deleted, "mandate requests swept");
-                    }
-                    let batch = usize::try_from(SWEEP_BATCH).unwrap_or(usize::MAX);
-                    if ended < batch && deleted < batch {
+                Ok((e, d)) => {
+                    ended = ended.saturating_add(e);
+                    deleted = deleted.saturating_add(d);
+                    if e < batch && d < batch {
                         break;
                     }
                 }
@@ -194,6 +195,9 @@ async fn sweep_requests(
                     break;
                 }
             }
+        }
+        if ended > 0 || deleted > 0 {
+            tracing::info!(ended, deleted, "mandate requests swept");
         }
     }
 }
