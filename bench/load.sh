@@ -261,10 +261,13 @@ if [ "${SCENARIOS:-1}" = all ] || [ "${SCENARIOS:-1}" = complete ]; then
     perf record -e cpu-clock -F 1999 -p "$MERCHANT_PID" -o "$WORK/perf.data" -- sleep "$DURATION" >/dev/null 2>&1 &
     PERF_PID=$!
   fi
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -s bench/complete.lua \
-    "http://127.0.0.1:$MERCHANT_PORT" -- "$WORK/tokens2.txt" "$WORK/sessions.txt" "$THREADS" > "$WORK/wrk2.txt"
+  redis_before=$(cpu_ticks "$REDIS_PID")
+  wrk_cpu=$( { TIMEFORMAT='%U %S'; time wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency \
+    -s bench/complete.lua "http://127.0.0.1:$MERCHANT_PORT" \
+    -- "$WORK/tokens2.txt" "$WORK/sessions.txt" "$THREADS" > "$WORK/wrk2.txt"; } 2>&1 )
   after=$(cpu_ticks "$MERCHANT_PID")
   pg_after=$(postgres_ticks)
+  redis_after=$(cpu_ticks "$REDIS_PID")
   written_after=$(written "$MERCHANT_PID")
   if [ -n "${MERCHANT_DATABASE_URL:-}" ]; then
     wal_after=$(pg_wal)
@@ -280,6 +283,8 @@ if [ "${SCENARIOS:-1}" = all ] || [ "${SCENARIOS:-1}" = complete ]; then
   echo "$RESULT"
   eval "$(echo "$RESULT" | sed 's/^RESULT //')"
   report "merchant complete" "$requests" "$duration_us" "$non2xx" "$p50_us" "$p99_us" "$before" "$after"
+  python3 -c "import sys; u, s, r0, r1, t, d = sys.argv[1:]; d = int(d) / 1e6; print(f'load generator (wrk) CPU {(float(u) + float(s)) / d:.2f} cores, redis-server CPU {(int(r1) - int(r0)) / int(t) / d:.2f} cores')" \
+    $wrk_cpu "$redis_before" "$redis_after" "$TICKS" "$duration_us"
   if [ -n "${MERCHANT_DATABASE_URL:-}" ]; then
     read -r wal_b0 fpi0 <<<"$wal_before"; read -r wal_b1 fpi1 <<<"$wal_after"
     awk -v b=$(( wal_b1 - wal_b0 )) -v f=$(( fpi1 - fpi0 )) -v n="$requests" \
