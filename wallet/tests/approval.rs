@@ -478,3 +478,50 @@ async fn spec12_notifications_reach_the_webhook_signed_and_retried() {
         );
     }
 }
+
+/// A database that cannot answer is the store's failure, not the link's: while it is down the
+/// approval page is `503 store_unavailable` (the user is told to try again, not that the link
+/// is bad), and once it is back the same link opens the page again, without a restart.
+#[tokio::test]
+async fn spec12_the_approval_page_tells_a_store_outage_from_an_invalid_link() {
+    let mut pg = ap2_testkit::PgServer::start();
+    let url = pg.url();
+    let w = world(move |c| {
+        c.database_url = Some(url);
+        c.master_key = Some(
+            base64::engine::general_purpose::STANDARD
+                .encode([7u8; 32])
+                .into(),
+        );
+    })
+    .await;
+    let token = w.user("alice").await;
+    let id = w.request("alice").await;
+    let link = w.notification("alice", &token, &id).await["approval_url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let page = w.http.get(w.local(&link)).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    pg.stop();
+    let page = w.http.get(w.local(&link)).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let text = page.text().await.unwrap();
+    assert!(text.contains("store_unavailable"), "{text}");
+    assert!(!text.contains("link_invalid"), "{text}");
+    assert!(text.contains("try again in a moment"), "{text}");
+    pg.restart();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let page = w.http.get(w.local(&link)).send().await.unwrap();
+        if page.status() == StatusCode::OK {
+            break;
+        }
+        assert_eq!(page.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the page did not come back within 30 s of the restart"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

@@ -119,6 +119,8 @@ fn problem_page(problem: &Problem) -> Response {
             StatusCode::GONE => "This request has expired",
             StatusCode::FORBIDDEN => "This link is not valid",
             StatusCode::CONFLICT => "This request is closed",
+            StatusCode::SERVICE_UNAVAILABLE =>
+                "The wallet cannot answer now: try again in a moment",
             _ => "Something went wrong",
         }),
         esc(problem.detail()),
@@ -179,9 +181,14 @@ pub struct ApprovalLink {
 
 /// The request behind an approval link, or why the link does not open it.
 async fn linked_request(state: &AppState, id: &str, t: &str) -> Result<RequestRow, Problem> {
-    let row = load(state, id.to_owned())
-        .await
-        .map_err(|_| link_invalid())?;
+    // No such request is the link's fault; a store that cannot answer is not (503).
+    let row = load(state, id.to_owned()).await.map_err(|problem| {
+        if problem.status() == StatusCode::NOT_FOUND {
+            link_invalid()
+        } else {
+            problem
+        }
+    })?;
     if !approval::approval_tag_ok(&state.master, &row, t) {
         return Err(link_invalid());
     }
@@ -190,13 +197,10 @@ async fn linked_request(state: &AppState, id: &str, t: &str) -> Result<RequestRo
 
 /// `GET /approve/{id}?t=`: the approval page.
 #[utoipa::path(get, path = "/approve/{id}", tag = "pages", params(("id" = String, Path), ("t" = String, Query, description = "the link's tag")),
-    responses((status = 200, description = "the approval page", body = String, content_type = "text/html"), (status = 403, description = "`link_invalid`, `cross_origin_refused` (a page)", body = String, content_type = "text/html"),
-        (status = 404, description = "a page", body = String, content_type = "text/html"),
-        (status = 409, description = "the request is closed (a page)", body = String, content_type = "text/html"),
+    responses((status = 200, description = "the approval page: the purchase and its buttons while it waits, or how it ended", body = String, content_type = "text/html"),
+        (status = 403, description = "`link_invalid` (a page)", body = String, content_type = "text/html"),
         (status = 410, description = "expired (a page)", body = String, content_type = "text/html"),
-        (status = 422, description = "a wrong code (the page again, with how many tries are left)", body = String, content_type = "text/html"),
-        (status = 423, description = "locked (a page)", body = String, content_type = "text/html"),
-        (status = 503, description = "the store is unavailable (a page)", body = String, content_type = "text/html")))]
+        (status = 503, description = "`store_unavailable` (a page)", body = String, content_type = "text/html")))]
 pub async fn approval_page(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -363,7 +367,7 @@ pub struct LinkForm {
         (status = 410, description = "expired (a page)", body = String, content_type = "text/html"),
         (status = 422, description = "a wrong code (the page again, with how many tries are left)", body = String, content_type = "text/html"),
         (status = 423, description = "locked (a page)", body = String, content_type = "text/html"),
-        (status = 503, description = "the store is unavailable (a page)", body = String, content_type = "text/html")))]
+        (status = 503, description = "`store_unavailable`, `key_directory_unavailable` (a page)", body = String, content_type = "text/html")))]
 pub async fn approve_otp(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -388,11 +392,9 @@ pub async fn approve_otp(
     request_body(content = LinkForm, content_type = "application/x-www-form-urlencoded"),
     responses((status = 200, description = "the page, denied", body = String, content_type = "text/html"), (status = 403, description = "`link_invalid`, `cross_origin_refused` (a page)", body = String, content_type = "text/html"),
         (status = 404, description = "a page", body = String, content_type = "text/html"),
-        (status = 409, description = "the request is closed (a page)", body = String, content_type = "text/html"),
+        (status = 409, description = "the request was approved, denied or locked before (a page)", body = String, content_type = "text/html"),
         (status = 410, description = "expired (a page)", body = String, content_type = "text/html"),
-        (status = 422, description = "a wrong code (the page again, with how many tries are left)", body = String, content_type = "text/html"),
-        (status = 423, description = "locked (a page)", body = String, content_type = "text/html"),
-        (status = 503, description = "the store is unavailable (a page)", body = String, content_type = "text/html")))]
+        (status = 503, description = "`store_unavailable` (a page)", body = String, content_type = "text/html")))]
 pub async fn deny(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -654,13 +656,9 @@ fn enrollment_check(
 
 /// `GET /enroll/{user}?e=&t=`: the enrolment page.
 #[utoipa::path(get, path = "/enroll/{id}", tag = "pages", params(("id" = String, Path), ("e" = i64, Query), ("t" = String, Query)),
-    responses((status = 200, description = "the enrolment page", body = String, content_type = "text/html"), (status = 403, description = "`link_invalid`, `cross_origin_refused` (a page)", body = String, content_type = "text/html"),
-        (status = 404, description = "a page", body = String, content_type = "text/html"),
-        (status = 409, description = "the request is closed (a page)", body = String, content_type = "text/html"),
-        (status = 410, description = "expired (a page)", body = String, content_type = "text/html"),
-        (status = 422, description = "a wrong code (the page again, with how many tries are left)", body = String, content_type = "text/html"),
-        (status = 423, description = "locked (a page)", body = String, content_type = "text/html"),
-        (status = 503, description = "the store is unavailable (a page)", body = String, content_type = "text/html")))]
+    responses((status = 200, description = "the enrolment page", body = String, content_type = "text/html"),
+        (status = 403, description = "`link_invalid` (a page)", body = String, content_type = "text/html"),
+        (status = 410, description = "`link_expired` (a page)", body = String, content_type = "text/html")))]
 pub async fn enrollment_page(
     State(state): State<AppState>,
     ApiPath(user_id): ApiPath<String>,
