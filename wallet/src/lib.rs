@@ -136,7 +136,9 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
         enrollment_link_ttl_secs: config.enrollment_link_ttl_secs,
         notifier,
     });
-    register_pending_keys(&state).await;
+    if !register_pending_keys(&state).await {
+        retry_pending_keys(state.clone());
+    }
     retry_retired_revocations(state.clone());
     let follower = tokio::spawn(follow_revocations(state.clone()));
     let sweeper = tokio::spawn(sweep_requests(
@@ -279,13 +281,23 @@ pub(crate) fn retry_retired_revocations(state: AppState) {
     tokio::spawn(async move {
         let mut backoff = Duration::from_secs(1);
         loop {
-            let pending = state.store.retired_unrevoked().await.unwrap_or_default();
-            let mut left = 0;
-            for kid in &pending {
-                if !revoke_retired(&state, kid).await {
-                    left += 1;
+            let left = match state.store.retired_unrevoked().await {
+                Ok(pending) => {
+                    let mut left = 0;
+                    for kid in &pending {
+                        if !revoke_retired(&state, kid).await {
+                            left += 1;
+                        }
+                    }
+                    left
                 }
-            }
+                // Not knowing what is left is not "nothing left": a retired key must not
+                // stay valid at the directory because the store failed once.
+                Err(e) => {
+                    tracing::warn!(error = %ap2_service::describe(&e), "the retired keys cannot be listed yet");
+                    1
+                }
+            };
             if left == 0 {
                 return;
             }
@@ -295,13 +307,28 @@ pub(crate) fn retry_retired_revocations(state: AppState) {
     });
 }
 
+/// How long a user's unregistered key is left to the call that created it (which registers
+/// it, or deletes the user when the directory refuses) before the wallet registers it itself:
+/// far past the directory client's timeout, so the two never race.
+const PENDING_KEY_GRACE_SECS: i64 = 60;
+
 /// A user whose row was stored but whose key registration was cut short (a crash between
-/// the two) gets its key registered at the next start.
-async fn register_pending_keys(state: &AppState) {
-    let Ok(pending) = state.store.unregistered_users().await else {
-        return;
+/// the two) gets its key registered: at start, and again until none is left. Whether none is.
+async fn register_pending_keys(state: &AppState) -> bool {
+    let pending = match state.store.unregistered_users().await {
+        Ok(pending) => pending,
+        Err(e) => {
+            tracing::warn!(error = %ap2_service::describe(&e), "the users with unregistered keys cannot be listed yet");
+            return false;
+        }
     };
+    let now = state.clock.now_unix();
+    let mut done = true;
     for user in pending {
+        if now - user.created_at < PENDING_KEY_GRACE_SECS {
+            done = false;
+            continue;
+        }
         let registered = async {
             let der = state.master.open(&user.user_id, &user.sealed_key)?;
             let kid = Kid::parse(&user.kid)?;
@@ -318,10 +345,28 @@ async fn register_pending_keys(state: &AppState) {
         match registered {
             Ok(()) => tracing::info!(user_id = %user.user_id, "registered a pending key"),
             Err(e) => {
-                tracing::warn!(user_id = %user.user_id, error = %e, "a pending key is still unregistered")
+                done = false;
+                tracing::warn!(user_id = %user.user_id, error = %ap2_service::describe(e.as_ref()), "a pending key is still unregistered")
             }
         }
     }
+    done
+}
+
+/// [`register_pending_keys`] again (1 s, doubling up to a minute) until none is left: a key
+/// directory that was down when the wallet started does not leave a user unable to have
+/// their mandates verified until the next restart.
+fn retry_pending_keys(state: AppState) {
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            tokio::time::sleep(backoff).await;
+            if register_pending_keys(&state).await {
+                return;
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(60));
+        }
+    });
 }
 
 /// Builds and starts the wallet on a background task.

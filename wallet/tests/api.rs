@@ -995,3 +995,157 @@ async fn spec9_a_user_has_at_most_20_pending_requests_and_notifications_come_in_
         StatusCode::CREATED
     );
 }
+
+/// A directory on a port of its own, so it can be stopped and started again at one URL.
+async fn start_directory_on(db: PathBuf, port: u16) -> key_directory::Running {
+    let mut config = key_directory::Config::local(
+        db,
+        vec![format!("{ISSUER}={DIRECTORY_TOKEN}").parse().unwrap()],
+    );
+    config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    key_directory::spawn(config).await.unwrap()
+}
+
+/// A user whose key registration was cut short (the wallet stopped between storing the user
+/// and registering its key) gets the key registered by the wallet itself, even when the key
+/// directory is down as the wallet starts: it retries until the directory takes the key,
+/// without a restart. A key stored a moment ago is left to the call that is creating its user
+/// (which registers it, or deletes the user) for a minute first.
+#[tokio::test]
+async fn a_pending_key_is_registered_once_the_directory_is_back() {
+    use wallet::store::WalletStore;
+    let mut w = World::new().await;
+    let port = ap2_testkit::free_port();
+    w.directory.take().unwrap().stop().await.unwrap();
+    let directory_url = format!("http://127.0.0.1:{port}");
+    w.wallet.take().unwrap().stop().await.unwrap();
+    // What the crash left: the user stored, its key sealed, not registered.
+    let master = wallet::crypto::MasterKey::load(None, &w.wallet_dir).unwrap();
+    let store = wallet::store::SqliteStore::open(&w.wallet_dir).unwrap();
+    let mut kids = Vec::new();
+    for (user, age) in [("dana", 120), ("erin", 0)] {
+        let signer = ap2_mandate::LocalSigner::generate().unwrap();
+        kids.push(ap2_mandate::Signer::kid(&signer).to_string());
+        store
+            .create_user(wallet::store::UserRow {
+                user_id: user.into(),
+                kid: kids.last().unwrap().clone(),
+                token_hash: format!("unused-{user}"),
+                sealed_key: master.seal(user, &signer.to_pkcs8_der().unwrap()).unwrap(),
+                registered: false,
+                created_at: w.clock.now_unix() - age,
+                key_revoked_at: None,
+            })
+            .await
+            .unwrap();
+    }
+    drop(store);
+    let registered = |kid: &str| {
+        let r = w.http.get(format!("{directory_url}/v1/keys/{kid}")).send();
+        async move {
+            let status = r.await.unwrap().status();
+            assert!(
+                matches!(status, StatusCode::OK | StatusCode::NOT_FOUND),
+                "{status}"
+            );
+            status == StatusCode::OK
+        }
+    };
+    // The wallet starts while the directory is down, then the directory comes back.
+    let config = wallet_config(w.wallet_dir.clone(), &directory_url);
+    w.wallet = Some(
+        wallet::spawn_with_clock(config, Arc::new(w.clock.clone()))
+            .await
+            .unwrap(),
+    );
+    w.directory = Some(start_directory_on(w.directory_db.clone(), port).await);
+    let wait_for = |kid: String| async move {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !registered(&kid).await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the pending key was not registered within 30 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+    wait_for(kids[0].clone()).await;
+    assert!(
+        !registered(&kids[1]).await,
+        "a key stored a moment ago was taken over"
+    );
+    w.clock.0.fetch_add(61, Ordering::SeqCst);
+    wait_for(kids[1].clone()).await;
+}
+
+/// A retired key is revoked at the directory in the end even when the wallet's store fails
+/// while the wallet retries: a store that cannot list the retired keys once does not mean
+/// none is left (the retries used to stop there, leaving the old key valid).
+#[tokio::test]
+async fn a_retired_key_is_revoked_in_the_end_though_the_store_failed_meanwhile() {
+    use base64::Engine;
+    use wallet::store::WalletStore;
+    let mut pg = ap2_testkit::PgServer::start();
+    let master = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
+    let on_pg = |c: &mut wallet::Config| {
+        c.database_url = Some(pg.url());
+        c.master_key = Some(master.clone().into());
+    };
+    let mut w = World::with(on_pg).await;
+    let (old_kid, _) = w.create_user("fay").await;
+    // A rotation whose revocation did not reach the directory: the old key retired in the
+    // store, not revoked.
+    w.wallet.take().unwrap().stop().await.unwrap();
+    let url = pg.url();
+    let store = tokio::task::spawn_blocking(move || wallet::store::PgStore::open(&url, 2))
+        .await
+        .unwrap()
+        .unwrap();
+    let signer = ap2_mandate::LocalSigner::generate().unwrap();
+    let sealed = wallet::crypto::MasterKey::load(Some(&master.clone().into()), &w.wallet_dir)
+        .unwrap()
+        .seal("fay", &signer.to_pkcs8_der().unwrap())
+        .unwrap();
+    let new_kid = ap2_mandate::Signer::kid(&signer).to_string();
+    let retired = store
+        .rotate_key("fay", &new_kid, &sealed, w.clock.now_unix())
+        .await
+        .unwrap();
+    assert_eq!(retired, old_kid);
+    drop(store);
+    // The wallet starts with the directory down; its store goes down for its next retries.
+    let port = ap2_testkit::free_port();
+    w.directory.take().unwrap().stop().await.unwrap();
+    let directory_url = format!("http://127.0.0.1:{port}");
+    let mut config = wallet_config(w.wallet_dir.clone(), &directory_url);
+    config.database_url = Some(pg.url());
+    config.master_key = Some(master.clone().into());
+    w.wallet = Some(
+        wallet::spawn_with_clock(config, Arc::new(w.clock.clone()))
+            .await
+            .unwrap(),
+    );
+    pg.stop();
+    // Down across the retries 1 s and 3 s after the first.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    pg.restart();
+    w.directory = Some(start_directory_on(w.directory_db.clone(), port).await);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    loop {
+        let r = w
+            .http
+            .get(format!("{directory_url}/v1/keys/{old_kid}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        if r.json::<Value>().await.unwrap()["status"] == "revoked" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the retired key was not revoked within 40 s of the store's and the directory's return"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
