@@ -130,6 +130,29 @@ metric() {
     | awk -v name="$1" -v filter="${2:-}" 'index($0, name) == 1 && index($0, filter) { s += $NF } END { printf "%d\n", s }'
 }
 
+# batches FILE: the store's group commits since the scrape in FILE, by batch: how many, their
+# mean size and mean time (store_batch_size and store_batch_seconds, SPEC §11).
+batches() {
+  curl -fs "http://127.0.0.1:$MERCHANT_PORT/metrics" > "$WORK/metrics.after" || return 0
+  python3 - "$1" "$WORK/metrics.after" <<'PY'
+import re, sys
+def read(path):
+    out = {}
+    for line in open(path):
+        m = re.match(r'(store_batch_(?:size|seconds)_(?:sum|count))\{batch="([^"]+)"\} (\S+)', line)
+        if m:
+            out[(m.group(1), m.group(2))] = float(m.group(3))
+    return out
+before, after = read(sys.argv[1]), read(sys.argv[2])
+d = lambda k: after.get(k, 0.0) - before.get(k, 0.0)
+for name in sorted({b for (_, b) in after}):
+    n = d(("store_batch_size_count", name))
+    if n:
+        print(f"batches {name}: {n:.0f}, mean size {d(('store_batch_size_sum', name)) / n:.1f}, "
+              f"mean time {d(('store_batch_seconds_sum', name)) / d(('store_batch_seconds_count', name)) * 1000:.2f} ms")
+PY
+}
+
 echo "== baseline: openssl speed -multi 2 -seconds 3 ecdsap256"
 OPENSSL_LINE=$(openssl speed -multi 2 -seconds 3 ecdsap256 2>/dev/null | awk '/nistp256/ {l=$0} END {print l}')
 OPENSSL_VERIFY=$(echo "$OPENSSL_LINE" | awk '{print $NF}')
@@ -262,6 +285,7 @@ if [ "${SCENARIOS:-1}" = all ] || [ "${SCENARIOS:-1}" = complete ]; then
     PERF_PID=$!
   fi
   redis_before=$(cpu_ticks "$REDIS_PID")
+  curl -fs "http://127.0.0.1:$MERCHANT_PORT/metrics" > "$WORK/metrics.before" || true
   wrk_cpu=$( { TIMEFORMAT='%U %S'; time wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency \
     -s bench/complete.lua "http://127.0.0.1:$MERCHANT_PORT" \
     -- "$WORK/tokens2.txt" "$WORK/sessions.txt" "$THREADS" > "$WORK/wrk2.txt"; } 2>&1 )
@@ -269,6 +293,7 @@ if [ "${SCENARIOS:-1}" = all ] || [ "${SCENARIOS:-1}" = complete ]; then
   pg_after=$(postgres_ticks)
   redis_after=$(cpu_ticks "$REDIS_PID")
   written_after=$(written "$MERCHANT_PID")
+  batches "$WORK/metrics.before"
   if [ -n "${MERCHANT_DATABASE_URL:-}" ]; then
     wal_after=$(pg_wal)
     awk -v b="$pg_before" -v a="$pg_after" -v hz="$TICKS" -v d="$DURATION" \
