@@ -22,7 +22,7 @@ pub struct Config {
     /// PostgreSQL for the keys (SPEC §11), shared by every instance; without it, SQLite at
     /// `--db` (one instance).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    pub database_url: Option<ap2_service::secret_url::SecretUrl>,
     /// Most PostgreSQL connections this instance holds.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
     pub database_max_connections: u32,
@@ -77,5 +77,19 @@ mod tests {
             Config::try_parse_from(["key-directory", "--issuer-token", "-issuer=-t"]).unwrap();
         assert_eq!(config.issuer_tokens[0].name, "-issuer");
         assert_eq!(config.issuer_tokens[0].token.expose_secret(), "-t");
+    }
+
+    #[test]
+    fn a_printed_configuration_holds_no_password_or_token() {
+        let config = Config::try_parse_from([
+            "key-directory",
+            "--issuer-token",
+            "issuer=s3cret-t",
+            "--database-url",
+            "postgres://app:s3cret-db@db/keys",
+        ])
+        .unwrap();
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("s3cret"), "{printed}");
     }
 }

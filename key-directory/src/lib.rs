@@ -33,7 +33,8 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
     let (store, shared): (Arc<dyn KeyStore>, bool) = match config.database_url.clone() {
         Some(url) => {
             let max = config.database_max_connections;
-            let store = tokio::task::spawn_blocking(move || PgStore::open(&url, max)).await??;
+            let store =
+                tokio::task::spawn_blocking(move || PgStore::open(url.expose(), max)).await??;
             (Arc::new(store), true)
         }
         None => {

@@ -23,7 +23,7 @@ pub struct Config {
     /// PostgreSQL for sessions and orders (SPEC §11), shared by every instance; without it,
     /// SQLite in `--data-dir` (one instance).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    pub database_url: Option<ap2_service::secret_url::SecretUrl>,
     /// Most PostgreSQL connections this instance holds.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
     pub database_max_connections: u32,
@@ -33,7 +33,7 @@ pub struct Config {
     /// Redis for the jti replay set. Without it an in-memory set is used, which is safe only
     /// for a single merchant process.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
-    pub redis_url: Option<String>,
+    pub redis_url: Option<ap2_service::secret_url::SecretUrl>,
     /// A Redis Cluster for the replay set instead of `--redis-url` (SPEC §11): any of its
     /// nodes, comma-separated (`redis://h1:p1,redis://h2:p2,…`).
     #[arg(
@@ -43,7 +43,7 @@ pub struct Config {
         conflicts_with = "redis_url",
         hide_env_values = true
     )]
-    pub redis_cluster_nodes: Vec<String>,
+    pub redis_cluster_nodes: Vec<ap2_service::secret_url::SecretUrl>,
     /// After recording a mandate, how many replicas must acknowledge it (`WAIT`, SPEC §11);
     /// fewer within `--redis-timeout-ms` is 503 `replay_store_unavailable` (the mandate stays
     /// spent). With 1 or more a master's failover cannot forget an accepted mandate.
@@ -154,7 +154,7 @@ impl Config {
             database_url: None,
             database_max_connections: 16,
             key_directory_url: key_directory_url.to_owned(),
-            redis_url,
+            redis_url: redis_url.map(Into::into),
             redis_cluster_nodes: Vec::new(),
             replay_min_replicas: 0,
             catalog: None,
@@ -213,5 +213,34 @@ mod tests {
         .unwrap();
         assert_eq!(config.backend_tokens[0].name, "-backend");
         assert_eq!(config.backend_tokens[0].token.expose_secret(), "-t");
+    }
+
+    #[test]
+    fn a_printed_configuration_holds_no_password_or_token() {
+        let config = Config::try_parse_from([
+            "merchant",
+            "--merchant-id",
+            "m",
+            "--key-directory-url",
+            "http://127.0.0.1:1",
+            "--backend-token",
+            "checkout=s3cret-token",
+            "--database-url",
+            "postgres://app:s3cret-db@db/pay",
+            "--redis-cluster-nodes",
+            "redis://:s3cret-redis@r1:6379,redis://:s3cret-redis@r2:6379",
+        ])
+        .unwrap();
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(printed.contains("postgres://app:***@db/pay"), "{printed}");
+        assert_eq!(
+            config.database_url.unwrap().expose(),
+            "postgres://app:s3cret-db@db/pay"
+        );
+        assert_eq!(
+            config.redis_cluster_nodes[1].expose(),
+            "redis://:s3cret-redis@r2:6379"
+        );
     }
 }

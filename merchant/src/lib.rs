@@ -65,12 +65,16 @@ pub async fn build_with(config: Config, parts: Parts) -> anyhow::Result<Server> 
     let redis_timeout = Duration::from_millis(config.redis_timeout_ms);
     let replay = match (&config.redis_url, config.redis_cluster_nodes.as_slice()) {
         (Some(url), _) => ReplayStore::Redis(
-            RedisReplayGuard::new(url, &config.replay_prefix, redis_timeout)?
+            RedisReplayGuard::new(url.expose(), &config.replay_prefix, redis_timeout)?
                 .with_min_replicas(config.replay_min_replicas),
         ),
         (None, [_, ..]) => ReplayStore::Redis(
             RedisReplayGuard::cluster(
-                &config.redis_cluster_nodes,
+                &config
+                    .redis_cluster_nodes
+                    .iter()
+                    .map(|node| node.expose().to_owned())
+                    .collect::<Vec<_>>(),
                 &config.replay_prefix,
                 redis_timeout,
             )?
@@ -156,7 +160,7 @@ pub async fn build_with(config: Config, parts: Parts) -> anyhow::Result<Server> 
     let store: Arc<dyn MerchantStore> = match config.database_url.clone() {
         Some(url) => {
             let max = config.database_max_connections;
-            Arc::new(PgStore::open(&url, max).await?)
+            Arc::new(PgStore::open(url.expose(), max).await?)
         }
         None => {
             let data_dir = config.data_dir.clone();

@@ -27,7 +27,7 @@ pub struct Config {
     /// PostgreSQL for users and requests (SPEC §11), shared by every instance; without it,
     /// SQLite in `--data-dir` (one instance). The master key stays per deployment either way.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    pub database_url: Option<ap2_service::secret_url::SecretUrl>,
     /// Most PostgreSQL connections this instance holds.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
     pub database_max_connections: u32,
@@ -206,5 +206,33 @@ mod tests {
             .as_ref()
             .map(ExposeSecret::expose_secret);
         assert_eq!(secret, Some("-n"));
+    }
+
+    #[test]
+    fn a_printed_configuration_holds_no_password_or_token() {
+        let config = Config::try_parse_from([
+            "wallet",
+            "--issuer",
+            "https://w.example",
+            "--key-directory-url",
+            "http://127.0.0.1:1",
+            "--key-directory-token",
+            "s3cret-d",
+            "--admin-token",
+            "s3cret-a",
+            "--agent-token",
+            "agent=s3cret-t",
+            "--notify-secret",
+            "s3cret-n",
+            "--database-url",
+            "host=db user=app password=s3cret-db dbname=wallet",
+        ])
+        .unwrap();
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert_eq!(
+            config.database_url.unwrap().expose(),
+            "host=db user=app password=s3cret-db dbname=wallet"
+        );
     }
 }

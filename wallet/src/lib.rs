@@ -74,7 +74,7 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
     let store: Arc<dyn WalletStore> = match config.database_url.clone() {
         Some(url) => {
             let max = config.database_max_connections;
-            Arc::new(tokio::task::spawn_blocking(move || PgStore::open(&url, max)).await??)
+            Arc::new(tokio::task::spawn_blocking(move || PgStore::open(url.expose(), max)).await??)
         }
         None => Arc::new(tokio::task::spawn_blocking(move || SqliteStore::open(&data_dir)).await??),
     };

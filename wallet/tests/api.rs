@@ -1088,7 +1088,7 @@ async fn a_retired_key_is_revoked_in_the_end_though_the_store_failed_meanwhile()
     let mut pg = ap2_testkit::PgServer::start();
     let master = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
     let on_pg = |c: &mut wallet::Config| {
-        c.database_url = Some(pg.url());
+        c.database_url = Some(pg.url().into());
         c.master_key = Some(master.clone().into());
     };
     let mut w = World::with(on_pg).await;
@@ -1118,7 +1118,7 @@ async fn a_retired_key_is_revoked_in_the_end_though_the_store_failed_meanwhile()
     w.directory.take().unwrap().stop().await.unwrap();
     let directory_url = format!("http://127.0.0.1:{port}");
     let mut config = wallet_config(w.wallet_dir.clone(), &directory_url);
-    config.database_url = Some(pg.url());
+    config.database_url = Some(pg.url().into());
     config.master_key = Some(master.clone().into());
     w.wallet = Some(
         wallet::spawn_with_clock(config, Arc::new(w.clock.clone()))

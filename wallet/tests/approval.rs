@@ -487,7 +487,7 @@ async fn spec12_the_approval_page_tells_a_store_outage_from_an_invalid_link() {
     let mut pg = ap2_testkit::PgServer::start();
     let url = pg.url();
     let w = world(move |c| {
-        c.database_url = Some(url);
+        c.database_url = Some(url.into());
         c.master_key = Some(
             base64::engine::general_purpose::STANDARD
                 .encode([7u8; 32])

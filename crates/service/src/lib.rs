@@ -13,6 +13,7 @@ pub mod openapi;
 pub mod pg;
 pub mod problem;
 pub mod rate;
+pub mod secret_url;
 pub mod telemetry;
 
 pub use auth::{NamedToken, TokenSet, bearer_token};
