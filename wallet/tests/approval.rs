@@ -525,3 +525,48 @@ async fn spec12_the_approval_page_tells_a_store_outage_from_an_invalid_link() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// The page asks the store whether the user has a passkey; a store that cannot say is `503`,
+/// not "no passkey" (which would tell a user with passkeys to ask for an enrolment link). The
+/// failure is made real: the passkeys' table renamed away on the PostgreSQL server.
+#[tokio::test]
+async fn spec12_a_store_that_cannot_list_passkeys_is_503_not_no_passkey() {
+    let pg = ap2_testkit::PgServer::start();
+    let url = pg.url();
+    let w = world(move |c| {
+        c.database_url = Some(url.into());
+        c.master_key = Some(
+            base64::engine::general_purpose::STANDARD
+                .encode([7u8; 32])
+                .into(),
+        );
+    })
+    .await;
+    let token = w.user("alice").await;
+    let id = w.request("alice").await;
+    let link = w.notification("alice", &token, &id).await["approval_url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let psql = |sql: &str| {
+        let status = std::process::Command::new("psql")
+            .args([pg.url().as_str(), "-qc", sql])
+            .status()
+            .expect("psql (apt-get install -y postgresql-client)");
+        assert!(status.success(), "{sql}");
+    };
+    assert_eq!(
+        w.http.get(w.local(&link)).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    psql("ALTER TABLE wallet.passkeys RENAME TO passkeys_moved");
+    let page = w.http.get(w.local(&link)).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let text = page.text().await.unwrap();
+    assert!(text.contains("store_unavailable"), "{text}");
+    psql("ALTER TABLE wallet.passkeys_moved RENAME TO passkeys");
+    assert_eq!(
+        w.http.get(w.local(&link)).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+}

@@ -215,8 +215,10 @@ pub async fn approval_page(
     }
 }
 
-async fn has_passkeys(state: &AppState, user_id: &str) -> bool {
-    stored(state.store.passkeys(user_id).await).is_ok_and(|p| !p.is_empty())
+/// Whether the user has a passkey; a store that cannot say is `503`, not "none" (the page
+/// would tell a user with passkeys that they have none).
+async fn has_passkeys(state: &AppState, user_id: &str) -> Result<bool, Problem> {
+    Ok(!stored(state.store.passkeys(user_id).await)?.is_empty())
 }
 
 /// The page of `row`: the purchase and the buttons while it waits, or how it ended.
@@ -287,7 +289,14 @@ async fn render_request(
     }
     let code = match status {
         Status::PendingApproval => {
-            let passkey = state.approval.passkey() && has_passkeys(state, &row.user_id).await;
+            let passkey = if state.approval.passkey() {
+                match has_passkeys(state, &row.user_id).await {
+                    Ok(has) => has,
+                    Err(problem) => return problem_page(&problem),
+                }
+            } else {
+                false
+            };
             let id = esc(&row.id);
             let t = esc(t);
             let _ = write!(
