@@ -8,10 +8,10 @@ pub mod config;
 pub mod crypto;
 pub mod notify;
 pub mod routes;
+pub mod signers;
 pub mod store;
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ap2_directory_client::{DirectoryClient, DirectoryClientConfig};
@@ -115,7 +115,7 @@ pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::
     let state = AppState::new(App {
         store,
         master: Arc::new(master),
-        signers: Arc::new(RwLock::new(HashMap::new())),
+        signers: Arc::new(signers::Signers::default()),
         directory: DirectoryClient::new(&directory_url, DirectoryClientConfig::default())?,
         directory_token: config.key_directory_token.clone(),
         admin: Arc::new(TokenSet::new(&[admin]).map_err(anyhow::Error::msg)?),
@@ -236,11 +236,7 @@ async fn mark_revoked(state: &AppState, kid: &Kid) {
             .await
         {
             Ok(user) => {
-                if let Ok(mut signers) = state.signers.write() {
-                    // The user's current key, or a key another instance rotated away from
-                    // while this one still held it in memory: never signed with again.
-                    signers.retain(|_, signer| ap2_mandate::Signer::kid(signer.as_ref()) != kid);
-                }
+                state.signers.revoked(kid.as_str());
                 if let Some(user) = user {
                     tracing::warn!(user_id = %user, %kid, "the user's key was revoked: no more mandates until it is rotated");
                 }

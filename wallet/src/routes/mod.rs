@@ -5,8 +5,7 @@ pub mod pages;
 pub mod requests;
 pub mod users;
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use ap2_directory_client::DirectoryClient;
 use ap2_mandate::{Clock, Kid, LocalSigner};
@@ -47,7 +46,7 @@ pub struct App {
     /// Seals private keys at rest.
     pub master: Arc<MasterKey>,
     /// Users' keys, opened once and kept in memory for signing.
-    pub signers: Arc<RwLock<HashMap<String, Arc<LocalSigner>>>>,
+    pub signers: Arc<crate::signers::Signers>,
     /// The key directory.
     pub directory: DirectoryClient,
     /// This wallet's issuer token at the directory.
@@ -241,27 +240,30 @@ pub fn key_revoked() -> Problem {
     )
 }
 
+/// The user's signer: from memory, or opened from the store and kept. A key revoked or
+/// rotated while it was being read is read again (`crate::signers`).
 pub async fn signer_for(state: &AppState, user_id: &str) -> Result<Arc<LocalSigner>, Problem> {
-    if let Some(signer) = state
-        .signers
-        .read()
-        .ok()
-        .and_then(|signers| signers.get(user_id).cloned())
-    {
-        return Ok(signer);
+    loop {
+        if let Some(signer) = state.signers.get(user_id) {
+            return Ok(signer);
+        }
+        let seen = state.signers.changes();
+        let user = stored(state.store.user(user_id).await)?.ok_or_else(user_not_found)?;
+        if user.key_revoked_at.is_some() {
+            return Err(key_revoked());
+        }
+        let der = state
+            .master
+            .open(&user.user_id, &user.sealed_key)
+            .map_err(Problem::internal)?;
+        let kid = Kid::parse(&user.kid).map_err(Problem::internal)?;
+        let signer =
+            Arc::new(LocalSigner::from_pkcs8_der(&der, Some(kid)).map_err(Problem::internal)?);
+        if state
+            .signers
+            .insert_unless_changed(&user.user_id, signer.clone(), seen)
+        {
+            return Ok(signer);
+        }
     }
-    let user = stored(state.store.user(user_id).await)?.ok_or_else(user_not_found)?;
-    if user.key_revoked_at.is_some() {
-        return Err(key_revoked());
-    }
-    let der = state
-        .master
-        .open(&user.user_id, &user.sealed_key)
-        .map_err(Problem::internal)?;
-    let kid = Kid::parse(&user.kid).map_err(Problem::internal)?;
-    let signer = Arc::new(LocalSigner::from_pkcs8_der(&der, Some(kid)).map_err(Problem::internal)?);
-    if let Ok(mut signers) = state.signers.write() {
-        signers.insert(user.user_id, signer.clone());
-    }
-    Ok(signer)
 }

@@ -88,9 +88,9 @@ pub async fn create(
     }
     stored(state.store.mark_registered(&body.user_id).await)?;
     let kid = signer.kid().to_string();
-    if let Ok(mut signers) = state.signers.write() {
-        signers.insert(body.user_id.clone(), std::sync::Arc::new(signer));
-    }
+    state
+        .signers
+        .replaced(&body.user_id, std::sync::Arc::new(signer));
     tracing::info!(user_id = %body.user_id, %kid, "user created and key registered");
     Ok((
         StatusCode::CREATED,
@@ -170,18 +170,17 @@ pub async fn rotate(
             .await,
         super::user_not_found,
     )?;
-    let signer = std::sync::Arc::new(signer);
-    if let Ok(mut signers) = state.signers.write() {
-        signers.insert(user_id.clone(), signer.clone());
-    }
+    state
+        .signers
+        .replaced(&user_id, std::sync::Arc::new(signer));
     let previous_revoked = crate::revoke_retired(&state, &previous).await;
     if !previous_revoked {
         crate::retry_retired_revocations(state.clone());
     }
-    tracing::info!(%user_id, kid = %signer.kid(), %previous, previous_revoked, "user key rotated");
+    tracing::info!(%user_id, %kid, %previous, previous_revoked, "user key rotated");
     Ok(ApiJson(Rotated {
         user_id,
-        kid: signer.kid().to_string(),
+        kid,
         previous_kid: previous,
         previous_revoked,
     }))
