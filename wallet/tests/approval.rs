@@ -479,12 +479,9 @@ async fn spec12_notifications_reach_the_webhook_signed_and_retried() {
     }
 }
 
-/// A database that cannot answer is the store's failure, not the link's: while it is down the
-/// approval page is `503 store_unavailable` (the user is told to try again, not that the link
-/// is bad), and once it is back the same link opens the page again, without a restart.
-#[tokio::test]
-async fn spec12_the_approval_page_tells_a_store_outage_from_an_invalid_link() {
-    let mut pg = ap2_testkit::PgServer::start();
+/// A wallet on `pg` (with the master key every instance would share), and the approval link
+/// of a request it holds for alice.
+async fn on_postgres_with_a_link(pg: &ap2_testkit::PgServer) -> (World, String) {
     let url = pg.url();
     let w = world(move |c| {
         c.database_url = Some(url.into());
@@ -501,6 +498,16 @@ async fn spec12_the_approval_page_tells_a_store_outage_from_an_invalid_link() {
         .as_str()
         .unwrap()
         .to_owned();
+    (w, link)
+}
+
+/// A database that cannot answer is the store's failure, not the link's: while it is down the
+/// approval page is `503 store_unavailable` (the user is told to try again, not that the link
+/// is bad), and once it is back the same link opens the page again, without a restart.
+#[tokio::test]
+async fn spec12_the_approval_page_tells_a_store_outage_from_an_invalid_link() {
+    let mut pg = ap2_testkit::PgServer::start();
+    let (w, link) = on_postgres_with_a_link(&pg).await;
     let page = w.http.get(w.local(&link)).send().await.unwrap();
     assert_eq!(page.status(), StatusCode::OK);
     pg.stop();
@@ -532,22 +539,7 @@ async fn spec12_the_approval_page_tells_a_store_outage_from_an_invalid_link() {
 #[tokio::test]
 async fn spec12_a_store_that_cannot_list_passkeys_is_503_not_no_passkey() {
     let pg = ap2_testkit::PgServer::start();
-    let url = pg.url();
-    let w = world(move |c| {
-        c.database_url = Some(url.into());
-        c.master_key = Some(
-            base64::engine::general_purpose::STANDARD
-                .encode([7u8; 32])
-                .into(),
-        );
-    })
-    .await;
-    let token = w.user("alice").await;
-    let id = w.request("alice").await;
-    let link = w.notification("alice", &token, &id).await["approval_url"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (w, link) = on_postgres_with_a_link(&pg).await;
     let psql = |sql: &str| {
         let status = std::process::Command::new("psql")
             .args([pg.url().as_str(), "-qc", sql])
