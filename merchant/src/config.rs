@@ -199,38 +199,35 @@ mod tests {
 
     use super::Config;
 
-    #[test]
-    fn tokens_that_begin_with_a_hyphen_are_values_not_flags() {
-        let config = Config::try_parse_from([
+    /// The program's name and the flags it cannot start without, then `more`.
+    fn parse(more: &[&str]) -> Config {
+        let required = [
             "merchant",
             "--merchant-id",
             "m",
             "--key-directory-url",
             "http://127.0.0.1:1",
-            "--backend-token",
-            "-backend=-t",
-        ])
-        .unwrap();
+        ];
+        Config::try_parse_from(required.iter().chain(more)).unwrap()
+    }
+
+    #[test]
+    fn tokens_that_begin_with_a_hyphen_are_values_not_flags() {
+        let config = parse(&["--backend-token", "-backend=-t"]);
         assert_eq!(config.backend_tokens[0].name, "-backend");
         assert_eq!(config.backend_tokens[0].token.expose_secret(), "-t");
     }
 
     #[test]
     fn a_printed_configuration_holds_no_password_or_token() {
-        let config = Config::try_parse_from([
-            "merchant",
-            "--merchant-id",
-            "m",
-            "--key-directory-url",
-            "http://127.0.0.1:1",
+        let config = parse(&[
             "--backend-token",
             "checkout=s3cret-token",
             "--database-url",
             "postgres://app:s3cret-db@db/pay",
             "--redis-cluster-nodes",
             "redis://:s3cret-redis@r1:6379,redis://:s3cret-redis@r2:6379",
-        ])
-        .unwrap();
+        ]);
         let printed = format!("{config:?}");
         assert!(!printed.contains("s3cret"), "{printed}");
         assert!(printed.contains("postgres://app:***@db/pay"), "{printed}");

@@ -176,15 +176,22 @@ mod tests {
 
     use super::Config;
 
-    #[test]
-    fn tokens_that_begin_with_a_hyphen_are_values_not_flags() {
-        // Generated base64url tokens begin with `-` one time in 64; agent ids may too.
-        let config = Config::try_parse_from([
+    /// The program's name and the flags every test here gives, then `more`.
+    fn parse(more: &[&str]) -> Config {
+        let required = [
             "wallet",
             "--issuer",
             "https://w.example",
             "--key-directory-url",
             "http://127.0.0.1:1",
+        ];
+        Config::try_parse_from(required.iter().chain(more)).unwrap()
+    }
+
+    #[test]
+    fn tokens_that_begin_with_a_hyphen_are_values_not_flags() {
+        // Generated base64url tokens begin with `-` one time in 64; agent ids may too.
+        let config = parse(&[
             "--key-directory-token",
             "-d",
             "--admin-token",
@@ -195,8 +202,7 @@ mod tests {
             "http://127.0.0.1:2",
             "--notify-secret",
             "-n",
-        ])
-        .unwrap();
+        ]);
         assert_eq!(config.key_directory_token.expose_secret(), "-d");
         assert_eq!(config.admin_token.expose_secret(), "-a");
         assert_eq!(config.agent_tokens[0].name, "-agent");
@@ -210,12 +216,7 @@ mod tests {
 
     #[test]
     fn a_printed_configuration_holds_no_password_or_token() {
-        let config = Config::try_parse_from([
-            "wallet",
-            "--issuer",
-            "https://w.example",
-            "--key-directory-url",
-            "http://127.0.0.1:1",
+        let config = parse(&[
             "--key-directory-token",
             "s3cret-d",
             "--admin-token",
@@ -226,8 +227,7 @@ mod tests {
             "s3cret-n",
             "--database-url",
             "host=db user=app password=s3cret-db dbname=wallet",
-        ])
-        .unwrap();
+        ]);
         let printed = format!("{config:?}");
         assert!(!printed.contains("s3cret"), "{printed}");
         assert_eq!(

@@ -1082,7 +1082,7 @@ async fn a_pending_key_is_registered_once_the_directory_is_back() {
 /// while the wallet retries: a store that cannot list the retired keys once does not mean
 /// none is left (the retries used to stop there, leaving the old key valid).
 #[tokio::test]
-async fn a_retired_key_is_revoked_in_the_end_though_the_store_failed_meanwhile() {
+async fn spec10_a_retired_key_is_revoked_in_the_end_though_the_store_failed_meanwhile() {
     use base64::Engine;
     use wallet::store::WalletStore;
     let mut pg = ap2_testkit::PgServer::start();

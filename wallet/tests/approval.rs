@@ -123,6 +123,14 @@ impl World {
             .unwrap_or_else(|| panic!("no notification for {id}: {body}"))
     }
 
+    /// The approval link in `user`'s notification of request `id`.
+    async fn approval_link(&self, user_id: &str, token: &str, id: &str) -> String {
+        self.notification(user_id, token, id).await["approval_url"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
     async fn status(&self, id: &str) -> Value {
         self.http
             .get(self.url(&format!("/v1/mandate-requests/{id}")))
@@ -266,14 +274,8 @@ async fn spec12_a_link_opens_its_own_request_only() {
     let bob = w.user("bob").await;
     let a = w.request("alice").await;
     let b = w.request("bob").await;
-    let alice_link = w.notification("alice", &alice, &a).await["approval_url"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let bob_link = w.notification("bob", &bob, &b).await["approval_url"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let alice_link = w.approval_link("alice", &alice, &a).await;
+    let bob_link = w.approval_link("bob", &bob, &b).await;
     for (path, why) in [
         (
             format!("/approve/{a}?t={}", tag(&bob_link)),
@@ -494,10 +496,7 @@ async fn on_postgres_with_a_link(pg: &ap2_testkit::PgServer) -> (World, String) 
     .await;
     let token = w.user("alice").await;
     let id = w.request("alice").await;
-    let link = w.notification("alice", &token, &id).await["approval_url"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let link = w.approval_link("alice", &token, &id).await;
     (w, link)
 }
 
