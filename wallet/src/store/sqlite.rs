@@ -58,7 +58,14 @@ CREATE TABLE IF NOT EXISTS requests (
     mandate     TEXT,
     mandate_exp INTEGER
 ) STRICT;
-CREATE INDEX IF NOT EXISTS requests_by_user ON requests(user_id, status);
+-- A user's requests: for the foreign key's checks (a user deleted), never changed once made.
+-- A user's pending requests (the notifications, the cap on pending ones) have their own
+-- small index, which a request leaves when it is approved or ends. Before, one index on
+-- (user_id, status) held every request ever made, and each approval moved its entry in it.
+DROP INDEX IF EXISTS requests_by_user;
+CREATE INDEX IF NOT EXISTS requests_of_user ON requests(user_id);
+CREATE INDEX IF NOT EXISTS requests_pending_by_user ON requests(user_id, created_at, id)
+    WHERE status = 'pending_approval';
 CREATE INDEX IF NOT EXISTS requests_pending_by_expiry ON requests(expires_at)
     WHERE status = 'pending_approval';
 CREATE INDEX IF NOT EXISTS requests_ended_by_expiry ON requests(expires_at)
@@ -86,6 +93,20 @@ CREATE TABLE IF NOT EXISTS retired_keys (
     revoked    INTEGER NOT NULL
 ) STRICT;
 ";
+
+/// A user's pending requests not yet expired at `?2` (the cap on pending requests), by
+/// `requests_pending_by_user`.
+const COUNT_PENDING: &str = "SELECT COUNT(*) FROM requests WHERE user_id = ?1 \
+     AND status = 'pending_approval' AND expires_at > ?2";
+/// A page of a user's pending requests (the notifications), after the cursor `(?3, ?4)`, by
+/// `requests_pending_by_user`, in its order.
+const PENDING_FOR_USER: &str = concat!(
+    "SELECT ",
+    request_columns!(),
+    " FROM requests WHERE user_id = ?1 \
+     AND status = 'pending_approval' AND expires_at > ?2 \
+     AND (created_at, id) > (?3, ?4) ORDER BY created_at, id LIMIT ?5"
+);
 
 /// The sweep (`WalletStore::sweep_requests`): the oldest first, `?2` at a time, each by its
 /// partial index. The database's one writer runs them, so nothing changes a row between the
@@ -372,12 +393,11 @@ impl WalletStore for SqliteStore {
             .write_async(move |conn| {
                 let pending: i64 = query_row_cached(
                     conn,
-                        "SELECT COUNT(*) FROM requests WHERE user_id = ?1 \
-                     AND status = 'pending_approval' AND expires_at > ?2",
-                        params![r.user_id, r.created_at],
-                        |row| row.get(0),
-                    )
-                    .map_err(backend)?;
+                    COUNT_PENDING,
+                    params![r.user_id, r.created_at],
+                    |row| row.get(0),
+                )
+                .map_err(backend)?;
                 if pending >= i64::from(max_pending) {
                     return Err(StoreError::TooManyPending);
                 }
@@ -439,15 +459,7 @@ impl WalletStore for SqliteStore {
     ) -> Result<Vec<RequestRow>, StoreError> {
         let (after_time, after_id) = after.unwrap_or((i64::MIN, ""));
         self.db.with(|conn| {
-            let mut stmt = conn
-                .prepare_cached(concat!(
-                    "SELECT ",
-                    request_columns!(),
-                    " FROM requests WHERE user_id = ?1 \
-                     AND status = 'pending_approval' AND expires_at > ?2 \
-                     AND (created_at, id) > (?3, ?4) ORDER BY created_at, id LIMIT ?5"
-                ))
-                .map_err(backend)?;
+            let mut stmt = conn.prepare_cached(PENDING_FOR_USER).map_err(backend)?;
             let rows = stmt
                 .query_map(
                     params![user_id, now, after_time, after_id, limit],
@@ -623,5 +635,86 @@ impl WalletStore for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.db
             .with(|conn| query_row_cached(conn, "SELECT 1", [], |_| Ok(())).map_err(backend))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    /// What `read` gives on one of `store`'s connections.
+    fn read<T>(store: &SqliteStore, read: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> T {
+        store.db.with(|conn| read(conn).map_err(backend)).unwrap()
+    }
+
+    /// `sql`'s plan on `store`'s database (its `args` parameters NULL), one line per step.
+    fn plan(store: &SqliteStore, sql: &str, args: usize) -> String {
+        read(store, |conn| {
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+            let nulls = vec![rusqlite::types::Value::Null; args];
+            let steps = stmt
+                .query_map(rusqlite::params_from_iter(nulls), |row| {
+                    row.get::<_, String>(3)
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(steps.join("\n"))
+        })
+    }
+
+    /// The indexes made on `requests` (not the primary key's), by name.
+    fn indexes(store: &SqliteStore) -> Vec<String> {
+        read(store, |conn| {
+            conn.prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'requests' \
+                 AND sql IS NOT NULL ORDER BY name",
+            )?
+            .query_map([], |row| row.get(0))?
+            .collect()
+        })
+    }
+
+    #[test]
+    fn a_users_pending_requests_are_read_by_their_own_index_and_a_user_by_the_plain_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(tmp.path()).unwrap();
+        for (sql, args) in [(COUNT_PENDING, 2), (PENDING_FOR_USER, 5)] {
+            let plan = plan(&store, sql, args);
+            assert!(
+                plan.contains("USING INDEX requests_pending_by_user"),
+                "{sql}: {plan}"
+            );
+            // In the index's order: no sort step.
+            assert!(!plan.contains("TEMP B-TREE"), "{sql}: {plan}");
+        }
+        // The shape of the foreign key's check when a user is deleted.
+        let plan = plan(&store, "SELECT 1 FROM requests WHERE user_id = ?1", 1);
+        assert!(
+            plan.contains("USING COVERING INDEX requests_of_user"),
+            "{plan}"
+        );
+    }
+
+    #[test]
+    fn a_database_from_before_loses_the_index_of_every_request_by_status() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(tmp.path()).unwrap();
+        read(&store, |conn| {
+            conn.execute_batch(
+                "DROP INDEX requests_of_user; DROP INDEX requests_pending_by_user;
+                 CREATE INDEX requests_by_user ON requests(user_id, status);",
+            )
+        });
+        drop(store);
+        let store = SqliteStore::open(tmp.path()).unwrap();
+        assert_eq!(
+            indexes(&store),
+            [
+                "requests_ended_by_expiry",
+                "requests_of_user",
+                "requests_pending_by_expiry",
+                "requests_pending_by_user"
+            ]
+        );
     }
 }
