@@ -118,8 +118,15 @@ for key, pct in groups.most_common(14):
 PY
 }
 
-# The CPU ticks of every process named postgres (0 when there is none).
-postgres_ticks() { ticks_of $(pgrep -x postgres || true); }
+# The CPU ticks of every process named postgres (0 when there is none), and of those that
+# have exited (the postmaster's reaped children: autovacuum workers that start and end inside
+# a run, and the backends of this script's own psql calls, a few milliseconds each).
+postgres_ticks() {
+  local postmaster reaped=0
+  postmaster=$(pgrep -o -x postgres || true)
+  [ -n "$postmaster" ] && reaped=$(awk '{print $16 + $17}' "/proc/$postmaster/stat")
+  echo $(( $(ticks_of $(pgrep -x postgres || true)) + reaped ))
+}
 # Bytes a process has had written to disk (its /proc/PID/io write_bytes).
 written() { awk '/^write_bytes/ {print $2}' "/proc/$1/io"; }
 # PostgreSQL's WAL so far, "bytes full_page_images" (pg_stat_wal), for MERCHANT_DATABASE_URL.
