@@ -9,6 +9,7 @@ mod cluster;
 pub mod forge;
 pub mod openapi;
 mod pg;
+pub mod sqlite;
 
 pub use cluster::RedisCluster;
 pub use pg::{PgDatabase, PgServer};

@@ -58,6 +58,37 @@ CREATE TABLE IF NOT EXISTS orders (
 ) STRICT;
 ";
 
+/// The sessions' indexes by status, each a partial index holding one status: counting an
+/// owner's open sessions (SPEC §9), sweeping the expired ones, and finding the orders a crash
+/// left charging. A session's status changes twice per completion; the indexes from before had
+/// `status` in their keys, so each change moved its entry in both (eight index writes per
+/// completion, and every completed session kept two entries for ever). Now opening a session
+/// adds to the two open indexes, beginning its order moves it to the charging one, and paying
+/// removes it from that (docs/PROTOCOL.md). The indexes from before are dropped on open.
+const INDEXES: &str = "
+DROP INDEX IF EXISTS sessions_by_status_created;
+DROP INDEX IF EXISTS sessions_open_by_owner;
+CREATE INDEX IF NOT EXISTS sessions_open_by_owner_created ON sessions(owner_jkt, created_at)
+    WHERE status = 'ready_for_complete';
+CREATE INDEX IF NOT EXISTS sessions_open_by_created ON sessions(created_at)
+    WHERE status = 'ready_for_complete';
+CREATE INDEX IF NOT EXISTS sessions_charging ON sessions(created_at) WHERE status = 'charging';
+";
+/// An owner's open sessions opened after `?2`, by `sessions_open_by_owner_created`.
+const COUNT_OPEN: &str = "SELECT COUNT(*) FROM sessions WHERE owner_jkt = ?1 \
+     AND status = 'ready_for_complete' AND created_at > ?2";
+/// The open sessions opened at or before `?1` (expired), by `sessions_open_by_created`.
+const DELETE_EXPIRED: &str =
+    "DELETE FROM sessions WHERE status = 'ready_for_complete' AND created_at <= ?1";
+/// The orders begun before `?1` whose session is still charging, by `sessions_charging` and
+/// the orders' unique index on `session_id`.
+const STUCK_ORDERS: &str = concat!(
+    "SELECT ",
+    order_columns!(),
+    " FROM orders WHERE charge_id IS NULL AND created_at < ?1 \
+      AND session_id IN (SELECT id FROM sessions WHERE status = 'charging')"
+);
+
 fn session_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRow> {
     let status: String = row.get(3)?;
     Ok(SessionRow {
@@ -104,16 +135,7 @@ impl SqliteStore {
         // Databases made before SPEC §8 (agent binding).
         db.add_column("sessions", "owner_jkt", "TEXT")?;
         db.add_column("orders", "agent_jkt", "TEXT")?;
-        // SPEC §9: counting an owner's open sessions, and sweeping expired ones.
-        db.with(|conn| {
-            conn.execute_batch(
-                "CREATE INDEX IF NOT EXISTS sessions_open_by_owner \
-                     ON sessions(owner_jkt, status, created_at); \
-                 CREATE INDEX IF NOT EXISTS sessions_by_status_created \
-                     ON sessions(status, created_at);",
-            )
-            .map_err(anyhow::Error::from)
-        })?;
+        db.with(|conn| conn.execute_batch(INDEXES).map_err(anyhow::Error::from))?;
         Ok(Self {
             db: std::sync::Arc::new(db),
         })
@@ -136,14 +158,11 @@ impl MerchantStore for SqliteStore {
         self.db
             .write_async(move |conn| {
                 if let (Some(owner), Some((max, opened_after))) = (&s.owner_jkt, cap) {
-                    let open: i64 = query_row_cached(
-                        conn,
-                        "SELECT COUNT(*) FROM sessions WHERE owner_jkt = ?1 \
-                         AND status = 'ready_for_complete' AND created_at > ?2",
-                        params![owner, opened_after],
-                        |r| r.get(0),
-                    )
-                    .map_err(backend)?;
+                    let open: i64 =
+                        query_row_cached(conn, COUNT_OPEN, params![owner, opened_after], |r| {
+                            r.get(0)
+                        })
+                        .map_err(backend)?;
                     if open >= i64::from(max) {
                         return Err(StoreError::TooManySessions);
                     }
@@ -174,12 +193,7 @@ impl MerchantStore for SqliteStore {
         // A write: the writer thread's, in its group, so it never contends for the lock.
         self.db
             .write_async(move |conn| {
-                execute_cached(
-                    conn,
-                    "DELETE FROM sessions WHERE status = 'ready_for_complete' AND created_at <= ?1",
-                    params![opened_before],
-                )
-                .map_err(backend)
+                execute_cached(conn, DELETE_EXPIRED, params![opened_before]).map_err(backend)
             })
             .await
     }
@@ -325,14 +339,7 @@ impl MerchantStore for SqliteStore {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
             db.with(|conn| {
-                let mut stmt = conn
-                    .prepare(concat!(
-                        "SELECT ",
-                        order_columns!(),
-                        " FROM orders WHERE charge_id IS NULL AND created_at < ?1 \
-                         AND session_id IN (SELECT id FROM sessions WHERE status = 'charging')"
-                    ))
-                    .map_err(backend)?;
+                let mut stmt = conn.prepare(STUCK_ORDERS).map_err(backend)?;
                 let rows = stmt
                     .query_map(params![begun_before], order_row)
                     .map_err(backend)?;
@@ -346,5 +353,63 @@ impl MerchantStore for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.db
             .with(|conn| query_row_cached(conn, "SELECT 1", [], |_| Ok(())).map_err(backend))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    /// What `read` gives on one of `store`'s connections.
+    fn read<T>(store: &SqliteStore, read: impl FnOnce(&rusqlite::Connection) -> T) -> T {
+        store
+            .db
+            .with(|conn| Ok::<_, StoreError>(read(conn)))
+            .unwrap()
+    }
+
+    #[test]
+    fn spec9_the_sessions_are_counted_swept_and_recovered_by_their_status_indexes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(tmp.path()).unwrap();
+        for (sql, args, index) in [
+            (COUNT_OPEN, 2, "sessions_open_by_owner_created"),
+            (DELETE_EXPIRED, 1, "sessions_open_by_created"),
+            (STUCK_ORDERS, 1, "sessions_charging"),
+        ] {
+            let plan = read(&store, |conn| ap2_testkit::sqlite::plan(conn, sql, args));
+            assert!(plan.split_whitespace().any(|w| w == index), "{sql}: {plan}");
+            // No statement reads a whole table (a scan of a partial index reads its status).
+            let whole = |l: &str| l.starts_with("SCAN ") && !l.contains(" USING ");
+            assert!(!plan.lines().any(whole), "{sql}: {plan}");
+        }
+    }
+
+    #[test]
+    fn a_database_from_before_loses_the_indexes_with_status_in_their_keys() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(tmp.path()).unwrap();
+        read(&store, |conn| {
+            conn.execute_batch(
+                "DROP INDEX sessions_open_by_owner_created; DROP INDEX sessions_open_by_created;
+                 DROP INDEX sessions_charging;
+                 CREATE INDEX sessions_open_by_owner ON sessions(owner_jkt, status, created_at);
+                 CREATE INDEX sessions_by_status_created ON sessions(status, created_at);",
+            )
+            .unwrap();
+        });
+        drop(store);
+        let store = SqliteStore::open(tmp.path()).unwrap();
+        assert_eq!(
+            read(&store, |conn| ap2_testkit::sqlite::indexes(
+                conn, "sessions"
+            )),
+            [
+                "sessions_charging",
+                "sessions_open_by_created",
+                "sessions_open_by_owner_created"
+            ]
+        );
     }
 }

@@ -648,30 +648,8 @@ mod tests {
         store.db.with(|conn| read(conn).map_err(backend)).unwrap()
     }
 
-    /// `sql`'s plan on `store`'s database (its `args` parameters NULL), one line per step.
     fn plan(store: &SqliteStore, sql: &str, args: usize) -> String {
-        read(store, |conn| {
-            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
-            let nulls = vec![rusqlite::types::Value::Null; args];
-            let steps = stmt
-                .query_map(rusqlite::params_from_iter(nulls), |row| {
-                    row.get::<_, String>(3)
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(steps.join("\n"))
-        })
-    }
-
-    /// The indexes made on `requests` (not the primary key's), by name.
-    fn indexes(store: &SqliteStore) -> Vec<String> {
-        read(store, |conn| {
-            conn.prepare(
-                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'requests' \
-                 AND sql IS NOT NULL ORDER BY name",
-            )?
-            .query_map([], |row| row.get(0))?
-            .collect()
-        })
+        read(store, |conn| Ok(ap2_testkit::sqlite::plan(conn, sql, args)))
     }
 
     #[test]
@@ -708,7 +686,9 @@ mod tests {
         drop(store);
         let store = SqliteStore::open(tmp.path()).unwrap();
         assert_eq!(
-            indexes(&store),
+            read(&store, |conn| Ok(ap2_testkit::sqlite::indexes(
+                conn, "requests"
+            ))),
             [
                 "requests_ended_by_expiry",
                 "requests_of_user",
