@@ -361,14 +361,6 @@ impl MerchantStore for SqliteStore {
 mod tests {
     use super::*;
 
-    /// What `read` gives on one of `store`'s connections.
-    fn read<T>(store: &SqliteStore, read: impl FnOnce(&rusqlite::Connection) -> T) -> T {
-        store
-            .db
-            .with(|conn| Ok::<_, StoreError>(read(conn)))
-            .unwrap()
-    }
-
     #[test]
     fn spec9_the_sessions_are_counted_swept_and_recovered_by_their_status_indexes() {
         let tmp = tempfile::tempdir().unwrap();
@@ -378,7 +370,7 @@ mod tests {
             (DELETE_EXPIRED, 1, "sessions_open_by_created"),
             (STUCK_ORDERS, 1, "sessions_charging"),
         ] {
-            let plan = read(&store, |conn| ap2_testkit::sqlite::plan(conn, sql, args));
+            let plan = ap2_testkit::sqlite::plan(&store.db, sql, args);
             assert!(plan.split_whitespace().any(|w| w == index), "{sql}: {plan}");
             // No statement reads a whole table (a scan of a partial index reads its status).
             let whole = |l: &str| l.starts_with("SCAN ") && !l.contains(" USING ");
@@ -390,21 +382,17 @@ mod tests {
     fn a_database_from_before_loses_the_indexes_with_status_in_their_keys() {
         let tmp = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(tmp.path()).unwrap();
-        read(&store, |conn| {
-            conn.execute_batch(
-                "DROP INDEX sessions_open_by_owner_created; DROP INDEX sessions_open_by_created;
+        ap2_testkit::sqlite::execute(
+            &store.db,
+            "DROP INDEX sessions_open_by_owner_created; DROP INDEX sessions_open_by_created;
                  DROP INDEX sessions_charging;
                  CREATE INDEX sessions_open_by_owner ON sessions(owner_jkt, status, created_at);
                  CREATE INDEX sessions_by_status_created ON sessions(status, created_at);",
-            )
-            .unwrap();
-        });
+        );
         drop(store);
         let store = SqliteStore::open(tmp.path()).unwrap();
         assert_eq!(
-            read(&store, |conn| ap2_testkit::sqlite::indexes(
-                conn, "sessions"
-            )),
+            ap2_testkit::sqlite::indexes(&store.db, "sessions"),
             [
                 "sessions_charging",
                 "sessions_open_by_created",

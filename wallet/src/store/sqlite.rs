@@ -643,13 +643,8 @@ impl WalletStore for SqliteStore {
 mod tests {
     use super::*;
 
-    /// What `read` gives on one of `store`'s connections.
-    fn read<T>(store: &SqliteStore, read: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> T {
-        store.db.with(|conn| read(conn).map_err(backend)).unwrap()
-    }
-
     fn plan(store: &SqliteStore, sql: &str, args: usize) -> String {
-        read(store, |conn| Ok(ap2_testkit::sqlite::plan(conn, sql, args)))
+        ap2_testkit::sqlite::plan(&store.db, sql, args)
     }
 
     #[test]
@@ -677,18 +672,15 @@ mod tests {
     fn a_database_from_before_loses_the_index_of_every_request_by_status() {
         let tmp = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(tmp.path()).unwrap();
-        read(&store, |conn| {
-            conn.execute_batch(
-                "DROP INDEX requests_of_user; DROP INDEX requests_pending_by_user;
+        ap2_testkit::sqlite::execute(
+            &store.db,
+            "DROP INDEX requests_of_user; DROP INDEX requests_pending_by_user;
                  CREATE INDEX requests_by_user ON requests(user_id, status);",
-            )
-        });
+        );
         drop(store);
         let store = SqliteStore::open(tmp.path()).unwrap();
         assert_eq!(
-            read(&store, |conn| Ok(ap2_testkit::sqlite::indexes(
-                conn, "requests"
-            ))),
+            ap2_testkit::sqlite::indexes(&store.db, "requests"),
             [
                 "requests_ended_by_expiry",
                 "requests_of_user",
