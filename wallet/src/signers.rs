@@ -52,6 +52,34 @@ impl Signers {
         true
     }
 
+    /// `user`'s signer: the cached one, or one `read` from the store and cached. A key that
+    /// changed while it was read is read once more: that read follows the change (the store
+    /// records a change before the cache counts it), so it is as current as any read, and it
+    /// is used, cached only if nothing changed again meanwhile. So key changes elsewhere
+    /// (users created, keys rotated) cost a mint at most one more read, never an unbounded
+    /// wait.
+    pub async fn get_or_read<E, Fut>(
+        &self,
+        user: &str,
+        mut read: impl FnMut() -> Fut,
+    ) -> Result<Arc<LocalSigner>, E>
+    where
+        Fut: std::future::Future<Output = Result<Arc<LocalSigner>, E>>,
+    {
+        if let Some(signer) = self.get(user) {
+            return Ok(signer);
+        }
+        let seen = self.changes();
+        let signer = read().await?;
+        if self.insert_unless_changed(user, signer.clone(), seen) {
+            return Ok(signer);
+        }
+        let seen = self.changes();
+        let signer = read().await?;
+        self.insert_unless_changed(user, signer.clone(), seen);
+        Ok(signer)
+    }
+
     /// `user`'s key is now `signer` (a user created, or a key rotated; the store already holds
     /// it): it signs for them from now on.
     pub fn replaced(&self, user: &str, signer: Arc<LocalSigner>) {
@@ -101,6 +129,75 @@ mod tests {
         // Cached before the revocation: the revocation drops it.
         signers.revoked(&kid);
         assert!(signers.get("alice").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_key_changed_while_read_is_read_once_more_and_the_second_read_is_used() {
+        let signers = Signers::default();
+        let (old, new) = (signer(), signer());
+        let reads = std::cell::Cell::new(0);
+        let read = || {
+            reads.set(reads.get() + 1);
+            // The first read races a revocation of what it read; the second follows it.
+            let read = if reads.get() == 1 {
+                signers.revoked(old.kid().as_str());
+                old.clone()
+            } else {
+                new.clone()
+            };
+            async move { Ok::<_, ()>(read) }
+        };
+        let got = signers.get_or_read("alice", read).await.unwrap();
+        assert_eq!(got.kid(), new.kid(), "the read after the change signs");
+        assert_eq!(reads.get(), 2);
+        assert_eq!(
+            signers.get("alice").unwrap().kid(),
+            new.kid(),
+            "and is cached"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stream_of_key_changes_costs_a_mint_one_more_read_not_a_wait() {
+        let signers = Signers::default();
+        let key = signer();
+        let reads = std::cell::Cell::new(0);
+        // Every read races a key change elsewhere (a user created, a key rotated).
+        let read = || {
+            reads.set(reads.get() + 1);
+            signers.replaced(&format!("other-{}", reads.get()), signer());
+            let key = key.clone();
+            async move { Ok::<_, ()>(key) }
+        };
+        let got = signers.get_or_read("alice", read).await.unwrap();
+        assert_eq!(got.kid(), key.kid());
+        assert_eq!(reads.get(), 2, "read twice, then used");
+        assert!(
+            signers.get("alice").is_none(),
+            "not cached: it changed again"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_key_read_with_no_change_is_read_once_and_cached() {
+        let signers = Signers::default();
+        let key = signer();
+        let reads = std::cell::Cell::new(0);
+        let read = || {
+            reads.set(reads.get() + 1);
+            let key = key.clone();
+            async move { Ok::<_, ()>(key) }
+        };
+        signers.get_or_read("alice", read).await.unwrap();
+        signers.get_or_read("alice", read).await.unwrap();
+        assert_eq!(reads.get(), 1, "the second answer is the cached key");
+        let failed = signers.get_or_read("bob", || async { Err("store down") });
+        assert_eq!(
+            failed.await.err(),
+            Some("store down"),
+            "a failed read is answered"
+        );
+        assert!(signers.get("bob").is_none());
     }
 
     #[test]

@@ -241,13 +241,9 @@ pub fn key_revoked() -> Problem {
 }
 
 /// The user's signer: from memory, or opened from the store and kept. A key revoked or
-/// rotated while it was being read is read again (`crate::signers`).
+/// rotated while it was being read is read again, once (`crate::signers`).
 pub async fn signer_for(state: &AppState, user_id: &str) -> Result<Arc<LocalSigner>, Problem> {
-    loop {
-        if let Some(signer) = state.signers.get(user_id) {
-            return Ok(signer);
-        }
-        let seen = state.signers.changes();
+    let read = || async {
         let user = stored(state.store.user(user_id).await)?.ok_or_else(user_not_found)?;
         if user.key_revoked_at.is_some() {
             return Err(key_revoked());
@@ -257,13 +253,8 @@ pub async fn signer_for(state: &AppState, user_id: &str) -> Result<Arc<LocalSign
             .open(&user.user_id, &user.sealed_key)
             .map_err(Problem::internal)?;
         let kid = Kid::parse(&user.kid).map_err(Problem::internal)?;
-        let signer =
-            Arc::new(LocalSigner::from_pkcs8_der(&der, Some(kid)).map_err(Problem::internal)?);
-        if state
-            .signers
-            .insert_unless_changed(&user.user_id, signer.clone(), seen)
-        {
-            return Ok(signer);
-        }
-    }
+        let signer = LocalSigner::from_pkcs8_der(&der, Some(kid)).map_err(Problem::internal)?;
+        Ok(Arc::new(signer))
+    };
+    state.signers.get_or_read(user_id, read).await
 }
