@@ -150,17 +150,4 @@ pub const PROBLEM_CODES: &[&str] = &[
     "unauthorized",
 ];
 
-/// The OpenAPI 3.1 document (SPEC §13).
-pub fn openapi() -> &'static serde_json::Value {
-    static DOC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
-    DOC.get_or_init(|| {
-        ap2_service::openapi::finish(<ApiDoc as utoipa::OpenApi>::openapi(), PROBLEM_CODES)
-    })
-}
-
-/// `GET /openapi.json`.
-#[utoipa::path(get, path = "/openapi.json", tag = "operations",
-    responses((status = 200, description = "this document", body = Object)))]
-async fn openapi_json() -> axum::response::Response {
-    ap2_service::openapi::serve(openapi())
-}
+ap2_service::openapi_document!(ApiDoc, ap2_service::openapi::finish, PROBLEM_CODES);

@@ -122,3 +122,26 @@ pub fn finish_with_spec_codes(doc: utoipa::openapi::OpenApi, codes: &[&str]) -> 
     all.extend(ap2_mandate::ProblemCode::ALL.iter().map(|c| c.as_str()));
     finish(doc, &all)
 }
+
+/// Defines a service's `pub fn openapi() -> &'static Value`, its document built once from
+/// `$doc` (a `utoipa::OpenApi`) by `$finish` ([`finish`] or [`finish_with_spec_codes`]) with
+/// the problem codes `$codes`, and the `GET /openapi.json` handler `openapi_json` that serves
+/// it (list it in `$doc`'s paths). The calling crate depends on `utoipa`, `serde_json` and
+/// `axum`.
+#[macro_export]
+macro_rules! openapi_document {
+    ($doc:ty, $finish:path, $codes:expr) => {
+        /// The OpenAPI 3.1 document (SPEC §13).
+        pub fn openapi() -> &'static serde_json::Value {
+            static DOC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+            DOC.get_or_init(|| $finish(<$doc as utoipa::OpenApi>::openapi(), $codes))
+        }
+
+        /// `GET /openapi.json`.
+        #[utoipa::path(get, path = "/openapi.json", tag = "operations",
+                    responses((status = 200, description = "this document", body = Object)))]
+        async fn openapi_json() -> axum::response::Response {
+            $crate::openapi::serve(openapi())
+        }
+    };
+}
