@@ -51,6 +51,26 @@ async fn wallet(dir: &Path, directory: &Service, extra: &[&str]) -> (Service, St
     (service, public)
 }
 
+/// A webhook on a free loopback port; its URL, and the notifications it receives.
+async fn webhook() -> (String, tokio::sync::mpsc::UnboundedReceiver<Value>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let tx = tx.clone();
+            async move {
+                let note: Value = serde_json::from_slice(&body).unwrap();
+                let _ = tx.send(note);
+                StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, rx)
+}
+
 struct Api {
     http: reqwest::Client,
     base: String,
@@ -344,19 +364,37 @@ async fn spec12_a_person_approves_with_a_passkey_in_a_browser() {
 async fn spec12_an_expired_link_shows_that_it_expired() {
     let tmp = tempfile::tempdir().unwrap();
     let directory = key_directory(tmp.path(), ISSUER, DIRECTORY_TOKEN).await;
+    // The link is taken from the webhook, sent when the request is made: the notifications
+    // list shows pending requests only, and a 1 s deadline can pass before it is read.
+    let (hook, mut pushed) = webhook().await;
     let (wallet, _) = wallet(
         &tmp.path().join("wallet"),
         &directory,
-        &["--approval-ttl-secs", "1"],
+        &[
+            "--approval-ttl-secs",
+            "1",
+            "--notify-url",
+            &hook,
+            "--notify-secret",
+            "e2e-webhook-secret",
+        ],
     )
     .await;
     let api = Api {
         http: reqwest::Client::new(),
         base: wallet.url(),
     };
-    let token = api.user("carol").await;
+    api.user("carol").await;
     let id = api.request("carol").await;
-    let url = api.approval_url("carol", &token, &id).await;
+    let note = tokio::time::timeout(std::time::Duration::from_secs(10), pushed.recv())
+        .await
+        .expect("no notification was pushed in 10 s")
+        .expect("the webhook stopped");
+    assert_eq!(note["notification"]["request_id"], id.as_str());
+    let url = note["notification"]["approval_url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     // The request's deadline passes (1 s), then the link is opened.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while api.status(&id).await["status"] != "expired" {
